@@ -1,0 +1,43 @@
+"""The code location: assets, checks, jobs, sensors and the settings resource (`dagster dev` loads `defs`)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.blocklist import blocklist
+from assets.partitions import shard_partitions
+from assets.release import release
+from assets.removals import removals
+from assets.resources import RelaionSettings
+from assets.sensors import build_sensors
+from assets.variants import research, research_safe
+from relaion_pipeline.settings import Settings
+
+ALL_ASSETS = [blocklist, removals, research, research_safe, release]
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """Definitions for one set of settings; the CLI and the UI build theirs the same way."""
+    blocklist_job = dg.define_asset_job("blocklist_job", selection=[blocklist], description="Rebuild the blocklist.")
+    shard_job = dg.define_asset_job(
+        "shard_job",
+        selection=[removals, research, research_safe],
+        partitions_def=shard_partitions,
+        description="Match one shard and write its research and research-safe variants (with blocking checks).",
+    )
+    release_job = dg.define_asset_job("release_job", selection=[release], description="Publish a release.")
+    release_schedule = dg.ScheduleDefinition(
+        job=release_job,
+        cron_schedule="0 3 * * *",
+        description="Publish a release every night from the shards that passed their checks.",
+    )
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[blocklist_job, shard_job, release_job],
+        sensors=build_sensors(shard_job, blocklist_job),
+        schedules=[release_schedule],
+        resources={"relaion": RelaionSettings.from_settings(settings)},
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,132 @@
+"""Run the whole job in this process through the same Dagster definitions and instance the UI uses.
+
+`relaion run` calls `run_all`: it registers every shard as a partition, materializes the blocklist, then each
+shard's assets (with their blocking checks), then the release, and reports progress as it goes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from assets.definitions import build_definitions
+from assets.partitions import shard_partitions
+from relaion_pipeline import pipeline, shards, storage
+from relaion_pipeline.settings import Settings
+
+DAGSTER_YAML = """\
+# Dagster instance of the embedded default store (SQLite storage under this folder).
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+"""
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+@dataclass
+class ShardOutcome:
+    name: str
+    ok: bool
+    rows_in: int = 0
+    rows_removed: int = 0
+    rows_research: int = 0
+    rows_safe: int = 0
+    seconds: float = 0.0
+    failed_checks: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class RunSummary:
+    blocklist: dict
+    shards: list[ShardOutcome]
+    release: dict | None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(s.ok for s in self.shards) and self.release is not None
+
+
+def instance_for(settings: Settings) -> dg.DagsterInstance:
+    """The Dagster instance kept under `<work>/dagster` (created on first use)."""
+    home = pipeline.Work(settings.work).dagster_home
+    if not storage.is_local(home):
+        raise ValueError(f"{home}: the Dagster instance must live on a local path; set --work to a local folder")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
+    return dg.DagsterInstance.get()
+
+
+def _failure(result) -> str:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            return error.message.strip().splitlines()[-1] if error else "step failed"
+    return "run failed"
+
+
+def run_all(settings: Settings, progress=print) -> RunSummary:
+    instance = instance_for(settings)
+    defs = build_definitions(settings)
+    found = [s.name for s in shards.discover(settings.shards)]
+    known = set(instance.get_dynamic_partitions(shard_partitions.name))
+    new = [name for name in found if name not in known]
+    if new:
+        instance.add_dynamic_partitions(shard_partitions.name, new)
+    progress(f"{len(found)} shards under {settings.shards} ({len(new)} new)")
+
+    result = defs.resolve_job_def("blocklist_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    if not result.success:
+        return RunSummary(blocklist={}, shards=[], release=None, error=f"blocklist: {_failure(result)}")
+    version = storage.read_json(storage.join(pipeline.Work(settings.work).blocklist_dir, "current.json"))
+    progress(f"blocklist {version['version']}: {version['entries']:,} entries from {len(version['sources'])} sources")
+
+    shard_job = defs.resolve_job_def("shard_job")
+    outcomes = []
+    for index, name in enumerate(found, start=1):
+        started = time.perf_counter()
+        result = shard_job.execute_in_process(
+            partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
+        )
+        outcome = ShardOutcome(name=name, ok=result.success, seconds=time.perf_counter() - started)
+        outcome.failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+        try:
+            outcome.rows_in = pipeline.read_stats(settings, "removals", name)["rows_in"]
+            outcome.rows_removed = pipeline.read_stats(settings, "removals", name)["rows_removed"]
+            outcome.rows_research = pipeline.read_stats(settings, pipeline.RESEARCH, name)["rows_out"]
+            outcome.rows_safe = pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"]
+        except pipeline.StageError:
+            pass
+        if not result.success:
+            outcome.error = (
+                "failed checks: " + ", ".join(outcome.failed_checks) if outcome.failed_checks else _failure(result)
+            )
+        outcomes.append(outcome)
+        rate = outcome.rows_in / outcome.seconds if outcome.seconds else 0
+        status = "ok" if outcome.ok else f"FAILED ({outcome.error})"
+        progress(
+            f"[{index}/{len(found)}] {name}: {outcome.rows_in:,} rows in, {outcome.rows_removed:,} removed, "
+            f"research {outcome.rows_research:,}, research-safe {outcome.rows_safe:,} "
+            f"({outcome.seconds:.1f} s, {rate:,.0f} rows/s) {status}"
+        )
+
+    result = defs.resolve_job_def("release_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    if not result.success:
+        return RunSummary(blocklist=version, shards=outcomes, release=None, error=f"release: {_failure(result)}")
+    materialization = result.asset_materializations_for_node("release")[-1]
+    release = {key: value.value for key, value in materialization.metadata.items()}
+    return RunSummary(blocklist=version, shards=outcomes, release=release)

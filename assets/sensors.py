@@ -1,0 +1,58 @@
+"""Sensors: new shards become partitions and get processed; changed partner lists rebuild the blocklist,
+and a new blocklist version re-runs every shard."""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+
+from assets.blocklist import blocklist
+from assets.partitions import shard_partitions
+from assets.resources import RelaionSettings
+from relaion_pipeline import shards, storage
+
+
+def list_fingerprint(location: str) -> str:
+    """A digest of the names, sizes and modification times of every partner-list file."""
+    fs, root = storage.filesystem(location)
+    if not fs.isdir(root):
+        return ""
+    digest = hashlib.sha256()
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        digest.update(f"{path}\t{info.get('size')}\t{info.get('mtime') or info.get('LastModified')}\n".encode())
+    return digest.hexdigest()
+
+
+def build_sensors(shard_job, blocklist_job) -> list:
+    @dg.sensor(job=shard_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings) -> dg.SensorResult:
+        """Adds a partition for every new shard under the shard location and runs it."""
+        found = [s.name for s in shards.discover(relaion.settings().shards)]
+        known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
+        new = [name for name in found if name not in known]
+        if not new:
+            return dg.SensorResult(skip_reason=f"no new shards ({len(found)} known)")
+        return dg.SensorResult(
+            dynamic_partitions_requests=[shard_partitions.build_add_request(new)],
+            run_requests=[dg.RunRequest(partition_key=name, run_key=f"new-shard:{name}") for name in new],
+        )
+
+    @dg.sensor(job=blocklist_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def partner_list_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
+        """Rebuilds the blocklist when any partner-list file is added, removed or changed."""
+        fingerprint = list_fingerprint(relaion.settings().blocklists)
+        if not fingerprint or fingerprint == context.cursor:
+            return dg.SkipReason("partner lists unchanged")
+        context.update_cursor(fingerprint)
+        return dg.RunRequest(run_key=f"lists:{fingerprint[:16]}")
+
+    @dg.asset_sensor(asset_key=blocklist.key, job=shard_job, default_status=dg.DefaultSensorStatus.RUNNING)
+    def blocklist_version_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        """Re-matches every shard after the blocklist is rebuilt."""
+        version = asset_event.asset_materialization.metadata.get("version")
+        version = version.value if version is not None else asset_event.run_id
+        for name in context.instance.get_dynamic_partitions(shard_partitions.name):
+            yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
+
+    return [shard_sensor, partner_list_sensor, blocklist_version_sensor]

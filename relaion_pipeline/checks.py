@@ -1,0 +1,188 @@
+"""The blocking checks that guard publication of a shard's variants, declared in one readable place.
+
+Each suite is a list of (name, why, frame SQL, expectations). DuckDB reduces the shard to the frame (offending
+rows or one row of counts), Great Expectations validates it. Every outcome is written as JSON under
+`<work>/validation/<suite>/<shard>.json` together with the sha256 of the file it validated, so the release
+publishes a shard only when its checks passed on exactly the bytes being published.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from relaion_pipeline import blocklists, matching, quality, shards, storage
+from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
+from relaion_pipeline.schemas import quote, sql_string
+from relaion_pipeline.settings import Settings
+
+RESEARCH_NO_MATCH = "research_has_no_blocklist_match"
+RESEARCH_COUNTS = "research_rows_add_up"
+SAFE_THRESHOLD = "research_safe_below_threshold"
+SAFE_SUBSET = "research_safe_rows_add_up"
+BLOCKING = {RESEARCH: (RESEARCH_NO_MATCH, RESEARCH_COUNTS), RESEARCH_SAFE: (SAFE_THRESHOLD, SAFE_SUBSET)}
+
+WHY = {
+    RESEARCH_NO_MATCH: "research must hold no row that any partner list or the keyword rule removes",
+    RESEARCH_COUNTS: "every input row is either removed or published, none lost or duplicated",
+    SAFE_THRESHOLD: "research-safe must hold no row whose safety score is above the safe threshold",
+    SAFE_SUBSET: "research-safe is research minus the unsafe rows, nothing else",
+}
+
+
+def _record(settings: Settings, outcome: quality.Outcome, validated: str) -> quality.Outcome:
+    size, digest = storage.size_and_sha256(validated)
+    payload = outcome.as_dict() | {"why": WHY[outcome.suite], "validated_sha256": digest, "validated_bytes": size}
+    storage.write_json_atomic(payload, Work(settings.work).validation(outcome.suite, outcome.partition))
+    return outcome
+
+
+def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
+    """Re-match the published research file against the list, and check that rows in = removed + out."""
+    gx = quality.expectations()
+    work = Work(settings.work)
+    research_path = work.variant(RESEARCH, name)
+    stats = read_stats(settings, RESEARCH, name)
+    _, blocklist_path = blocklists.read_current(work.blocklist_dir)
+    shard = shards.resolve(settings.shards, name)
+    roles = shards.roles(shard)
+    con = matching.connect(settings)
+    try:
+        kinds = {
+            k for (k,) in con.sql(f"SELECT DISTINCT kind FROM read_parquet({sql_string(blocklist_path)})").fetchall()
+        }
+        inputs = matching.MatchInputs(
+            shard_name=name,
+            shard_path=research_path,
+            roles=roles,
+            blocklist_path=blocklist_path,
+            sidecar_path=None,  # sidecar keys are checked below, by row key, against the removals
+            sidecar_columns=(),
+        )
+        leaked = matching.find_removals(con, inputs, kinds, settings).select(["row_key", "kind", "source", "category"])
+        removals = work.removals(name)
+        if roles.key is not None:
+            still_present = con.sql(
+                f"SELECT CAST({quote(roles.key)} AS VARCHAR) AS row_key, 'removed-row' AS kind, '' AS source, "
+                f"'' AS category FROM read_parquet({sql_string(research_path)}) "
+                f"WHERE CAST({quote(roles.key)} AS VARCHAR) IN "
+                f"(SELECT row_key FROM read_parquet({sql_string(removals)}))"
+            ).to_arrow_table()
+            leaked = pa.concat_tables([leaked, still_present.cast(leaked.schema)])
+    finally:
+        con.close()
+    frame = leaked.to_pandas()
+    no_match = quality.validate(
+        RESEARCH_NO_MATCH,
+        name,
+        frame,
+        [gx.ExpectTableRowCountToEqual(value=0, notes=WHY[RESEARCH_NO_MATCH])],
+    )
+    rows_out = pq.ParquetFile(research_path).metadata.num_rows
+    counts = pd.DataFrame(
+        {
+            "rows_in": [pq.ParquetFile(shard.path).metadata.num_rows],
+            "rows_removed": [stats["rows_removed"]],
+            "rows_out": [rows_out],
+        }
+    )
+    counts["rows_in_minus_removed"] = counts["rows_in"] - counts["rows_removed"]
+    rows_add_up = quality.validate(
+        RESEARCH_COUNTS,
+        name,
+        counts,
+        [
+            gx.ExpectColumnPairValuesToBeEqual(
+                column_A="rows_out", column_B="rows_in_minus_removed", notes=WHY[RESEARCH_COUNTS]
+            )
+        ],
+    )
+    return [_record(settings, no_match, research_path), _record(settings, rows_add_up, research_path)]
+
+
+def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
+    """No score above the safe threshold in research-safe; its rows are research minus the unsafe ones."""
+    gx = quality.expectations()
+    work = Work(settings.work)
+    safe_path = work.variant(RESEARCH_SAFE, name)
+    research_path = work.variant(RESEARCH, name)
+    stats = read_stats(settings, RESEARCH_SAFE, name)
+    shard = shards.resolve(settings.shards, name)
+    roles = shards.roles(shard)
+    key = roles.key_sql(name)
+    con = matching.connect(settings)
+    try:
+        if roles.punsafe is not None:
+            column = quote(roles.punsafe)
+            frame = con.sql(
+                f"SELECT {key} AS row_key, CAST({column} AS DOUBLE) AS score "
+                f"FROM read_parquet({sql_string(safe_path)}, file_row_number = true) "
+                f"WHERE {column} > {settings.safe_threshold!r}"
+                + (f" OR {column} IS NULL" if settings.missing_score == "drop" else "")
+            ).df()
+            rules = [
+                gx.ExpectColumnValuesToBeBetween(
+                    column="score", min_value=0.0, max_value=settings.safe_threshold, notes=WHY[SAFE_THRESHOLD]
+                ),
+                gx.ExpectColumnValuesToNotBeNull(column="score", notes="a row without a score is not known safe"),
+            ]
+        elif roles.nsfw is not None:
+            tags = ", ".join(sql_string(t) for t in settings.unsafe_tag_values) or "NULL"
+            frame = con.sql(
+                f"SELECT {key} AS row_key, {quote(roles.nsfw)} AS tag "
+                f"FROM read_parquet({sql_string(safe_path)}, file_row_number = true) "
+                f"WHERE {quote(roles.nsfw)} IN ({tags})"
+                + (f" OR {quote(roles.nsfw)} IS NULL" if settings.missing_score == "drop" else "")
+            ).df()
+            rules = [
+                gx.ExpectColumnValuesToNotBeInSet(
+                    column="tag", value_set=settings.unsafe_tag_values, notes=WHY[SAFE_THRESHOLD]
+                ),
+                gx.ExpectColumnValuesToNotBeNull(column="tag", notes="a row without a tag is not known safe"),
+            ]
+        else:
+            frame = pd.DataFrame({"row_key": pd.Series([], dtype="str")})
+            rules = [gx.ExpectTableRowCountToEqual(value=0, notes="shard has no safety score; nothing to exceed")]
+    finally:
+        con.close()
+    below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
+    counts = pd.DataFrame(
+        {
+            "research_rows": [pq.ParquetFile(research_path).metadata.num_rows],
+            "safe_rows": [pq.ParquetFile(safe_path).metadata.num_rows],
+            "dropped_unsafe": [stats["rows_dropped_unsafe"]],
+        }
+    )
+    counts["research_minus_dropped"] = counts["research_rows"] - counts["dropped_unsafe"]
+    adds_up = quality.validate(
+        SAFE_SUBSET,
+        name,
+        counts,
+        [
+            gx.ExpectColumnPairValuesToBeEqual(
+                column_A="safe_rows", column_B="research_minus_dropped", notes=WHY[SAFE_SUBSET]
+            )
+        ],
+    )
+    return [_record(settings, below, safe_path), _record(settings, adds_up, safe_path)]
+
+
+def passed(settings: Settings, name: str) -> tuple[bool, str]:
+    """Whether every blocking check of a shard passed on the files now in the work location, and if not why."""
+    work = Work(settings.work)
+    for variant, suites in BLOCKING.items():
+        path = work.variant(variant, name)
+        if not storage.exists(path):
+            return False, f"no {variant} output"
+        _, digest = storage.size_and_sha256(path)
+        for suite in suites:
+            record_path = work.validation(suite, name)
+            if not storage.exists(record_path):
+                return False, f"check {suite} has not run"
+            record = storage.read_json(record_path)
+            if record.get("validated_sha256") != digest:
+                return False, f"check {suite} ran on an older {variant} file"
+            if not record.get("success"):
+                return False, f"check {suite} failed"
+    return True, "passed"

@@ -1,0 +1,124 @@
+"""`relaion`: generate demo data, run the whole job, verify a release.
+
+`relaion run` goes through the Dagster definitions in `assets/` (imported only by that command), so a run from
+the terminal and a run from the UI are the same runs, in the same instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from relaion_pipeline.settings import Settings
+
+LOCATION_FLAGS = {
+    "shards": "input shards: every *.parquet below is one shard",
+    "blocklists": "partner lists: one folder per source",
+    "sidecars": "image-hash sidecars, <shard>.parquet keyed by row key",
+    "release": "where releases are published (<release>/<version>/ and <release>/latest)",
+    "work": "working files and the Dagster instance",
+}
+
+
+def _demo_data(args) -> int:
+    from relaion_pipeline import demo
+
+    planted = demo.generate(args.out, shards=args.shards, rows=args.rows, seed=args.seed)
+    shard_count = len([k for k in planted if not k.startswith("_")])
+    print(f"wrote {shard_count} shards of {args.rows:,} rows, sidecars and partner lists under {args.out}")
+    print(f"  shards:     {args.out}/shards\n  blocklists: {args.out}/blocklists\n  sidecars:   {args.out}/sidecars")
+    return 0
+
+
+def _settings(args) -> Settings:
+    overrides = {name: getattr(args, name, None) for name in LOCATION_FLAGS}
+    for name in ("keywords", "research_threshold", "safe_threshold"):
+        overrides[name] = getattr(args, name, None)
+    return Settings.from_env(**overrides)
+
+
+def _run(args) -> int:
+    from assets.runner import run_all
+
+    settings = _settings(args)
+    summary = run_all(settings, progress=lambda line: print(line, flush=True))
+    if summary.error:
+        print(f"error: {summary.error}", file=sys.stderr)
+    if summary.shards:
+        header = f"{'shard':<32} {'rows in':>12} {'removed':>9} {'research':>12} {'safe':>12}  status"
+        print("\n" + header + "\n" + "-" * len(header))
+        for s in summary.shards:
+            status = "ok" if s.ok else f"FAILED: {s.error}"
+            print(f"{s.name:<32} {s.rows_in:>12,} {s.rows_removed:>9,} {s.rows_research:>12,} {s.rows_safe:>12,}  {status}")
+    if summary.release:
+        r = summary.release
+        print(
+            f"\nrelease {r['version']}: {r['shards']} shards published, {r['held_back']} held back,"
+            f" {r['rows_research']:,} research rows, {r['rows_research_safe']:,} research-safe rows"
+        )
+        print(f"  manifest: {r['path']}/manifest.json")
+        print(f"  verify:   relaion verify {r['path']}")
+    print(f"  UI:       DAGSTER_HOME={settings.work}/dagster dagster dev   (then http://127.0.0.1:3000)")
+    return 0 if summary.ok else 1
+
+
+def _verify(args) -> int:
+    from relaion_pipeline import release
+
+    manifest, problems = release.verify(args.release)
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    shards = manifest.get("shards", {})
+    if problems:
+        print(f"release {manifest.get('version')}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    files = sum(len(entry.get("files", {})) for entry in shards.values())
+    print(f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files, checksums and row counts match)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="relaion", description=__doc__.splitlines()[0])
+    top.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = top.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    demo = commands.add_parser("demo-data", help="write synthetic LAION-like shards and partner lists", formatter_class=defaults)
+    demo.add_argument("--out", required=True, help="folder to create (shards/, blocklists/, sidecars/)")
+    demo.add_argument("--shards", type=int, default=4, help="number of shards")
+    demo.add_argument("--rows", type=int, default=5000, help="rows per shard")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.set_defaults(handler=_demo_data)
+
+    run = commands.add_parser("run", help="run every stage for every shard, then publish", formatter_class=defaults)
+    base = Settings()
+    for name, text in LOCATION_FLAGS.items():
+        run.add_argument(f"--{name}", default=None, help=f"{text} (default: {getattr(base, name)})")
+    run.add_argument("--keywords", default=None, help=f"caption keyword file (default: {base.keywords})")
+    run.add_argument("--research-threshold", type=float, default=None, help=f"default {base.research_threshold}")
+    run.add_argument("--safe-threshold", type=float, default=None, help=f"default {base.safe_threshold}")
+    run.set_defaults(handler=_run)
+
+    verify = commands.add_parser("verify", help="recompute checksums and counts of a release", formatter_class=defaults)
+    verify.add_argument("release", help="a release folder, or a release location holding a 'latest' pointer")
+    verify.set_defaults(handler=_verify)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one readable line; the traceback only on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Matching a shard against the merged blocklist, set-oriented in DuckDB.
+
+One query per shard: canonicalize every URL, expand it to its lookup expressions, hash them, and join the hashes
+with the list; domains join on every suffix of the host, image hashes through the shard's sidecar, and the
+research keyword rule is a filter on score and caption. The result is the removals table: row number, row key,
+kind, source, category, the matching hash (the list value) and the scope it hit (`url`, `path`, `host`,
+`image` or `caption`). It never holds a URL, an expression's text or a caption.
+
+Most URLs are regular (`http(s)://host/path?query` with nothing to unescape or resolve): DuckDB canonicalizes
+those itself. The rest (escapes, IP hosts, dot segments, non-ASCII, ...) go through the reference implementation
+in `relaion_pipeline.urls` as a vectorized UDF, so both paths give exactly the reference result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from relaion_pipeline import schemas, urls
+from relaion_pipeline.schemas import quote, sql_string
+from relaion_pipeline.settings import Settings
+
+REMOVALS_SCHEMA = pa.schema(
+    [
+        ("row_number", pa.int64()),
+        ("row_key", pa.string()),
+        ("kind", pa.string()),
+        ("source", pa.string()),
+        ("category", pa.string()),
+        ("hash", pa.string()),
+        ("match", pa.string()),
+    ]
+)
+KEYWORD_KIND = "keyword"
+KEYWORD_SOURCE = "keyword-list"
+KEYWORD_CATEGORY = "unsafe-caption"
+
+# A URL DuckDB can canonicalize by itself: lower-case http(s) scheme, a host of letters, digits, '-' and
+# dots, then printable ASCII without '%' (nothing to unescape) up to an optional fragment.
+FAST_URL = r"""(?s)^https?://([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)((?:/[!-"$&-~]*)?)(?:#.*)?$"""
+DOT_SEGMENT = r"/\.\.?(?:/|$)"
+POSSIBLE_IP = r"(?:0[xX][0-9A-Fa-f]+|[0-9.])+"
+DOTTED_QUAD = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+
+CANONICAL_TYPE = "STRUCT(host VARCHAR, path VARCHAR, query VARCHAR)"
+_CANONICAL_ARROW = pa.struct([("host", pa.string()), ("path", pa.string()), ("query", pa.string())])
+
+
+def _canonical_udf(url_array: pa.Array) -> pa.Array:
+    out = []
+    for url in url_array.to_pylist():
+        try:
+            c = urls.parse(url)
+            out.append({"host": c.host, "path": c.path, "query": c.query})
+        except ValueError:
+            out.append(None)
+    return pa.array(out, _CANONICAL_ARROW)
+
+
+def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the pipeline's UDF and resource limits."""
+    settings = settings or Settings()
+    con = duckdb.connect()
+    if settings.duckdb_threads:
+        con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+    con.execute(f"SET memory_limit = {sql_string(settings.duckdb_memory_limit)}")
+    con.create_function(
+        "relaion_canonical",
+        _canonical_udf,
+        [duckdb.sqltype("VARCHAR")],
+        duckdb.sqltype(CANONICAL_TYPE),
+        type="arrow",
+        null_handling="special",
+    )
+    return con
+
+
+def canonical_parts_sql(source: str, url: str = "url") -> str:
+    """SQL selecting `row_number, row_key, host, path, query` for every row of `source` with a usable URL."""
+    fast = sql_string(FAST_URL)
+    return f"""
+    split AS (
+        SELECT row_number, row_key, {url} AS url,
+               regexp_extract({url}, {fast}, 1) AS raw_host,
+               regexp_extract({url}, {fast}, 2) AS rest
+        FROM {source}
+        WHERE {url} IS NOT NULL
+    ),
+    classified AS (
+        SELECT *, split_part(rest, '?', 1) AS raw_path,
+               regexp_full_match(url, {fast})
+               AND NOT contains(split_part(rest, '?', 1), '//')
+               AND NOT regexp_matches(split_part(rest, '?', 1), {sql_string(DOT_SEGMENT)})
+               AND NOT regexp_full_match(raw_host, {sql_string(POSSIBLE_IP)}) AS fast
+        FROM split
+    ),
+    canonical AS (
+        SELECT row_number, row_key, lower(raw_host) AS host,
+               CASE WHEN raw_path = '' THEN '/' ELSE raw_path END AS path,
+               CASE WHEN contains(rest, '?') THEN substr(rest, strpos(rest, '?') + 1) END AS query
+        FROM classified WHERE fast
+        UNION ALL
+        SELECT row_number, row_key, c.host, c.path, c.query
+        FROM (SELECT row_number, row_key, relaion_canonical(url) AS c FROM classified WHERE NOT fast)
+        WHERE c IS NOT NULL
+    )"""
+
+
+EXPRESSIONS_SQL = f"""
+    lists AS (
+        SELECT row_number, row_key, host, path, query,
+               CASE WHEN regexp_full_match(host, {sql_string(DOTTED_QUAD)}) OR starts_with(host, '[') THEN [host]
+                    ELSE list_prepend(host, list_transform(
+                        range(greatest(len(string_split(host, '.')) - {urls.MAX_HOST_SUFFIX_COMPONENTS}, 1),
+                              len(string_split(host, '.')) - 1),
+                        lambda i: array_to_string(string_split(host, '.')[i + 1:], '.')))
+               END AS hosts,
+               list_distinct(
+                   (CASE WHEN query IS NOT NULL THEN [path || '?' || query] ELSE [] END)
+                   || [path]
+                   || list_transform(
+                        range(0, least(len(string_split(path[2:], '/')) - 1, {urls.MAX_PATH_PREFIXES - 1}) + 1),
+                        lambda k: '/' || array_to_string(
+                            list_transform(string_split(path[2:], '/')[1:k], lambda d: d || '/'), ''))
+               ) AS paths
+        FROM canonical
+    ),
+    expressions AS (
+        SELECT row_number, row_key, e.expression, e.scope
+        FROM (
+            SELECT row_number, row_key, unnest(flatten(list_transform(range(1, len(hosts) + 1), lambda i:
+                list_transform(paths, lambda p: {{
+                    'expression': hosts[i] || p,
+                    'scope': CASE WHEN i = 1 AND (p = path OR p = path || '?' || query) THEN 'url'
+                                  WHEN p = '/' THEN 'host' ELSE 'path' END
+                }})))) AS e
+            FROM lists
+        )
+    )"""
+
+
+def lookup_expressions_sql(con: duckdb.DuckDBPyConnection, url_values: list[str]) -> dict[int, set[tuple]]:
+    """Lookup expressions with scopes of `url_values` as DuckDB computes them (for tests and audits)."""
+    table = pa.table({"row_number": pa.array(range(len(url_values)), pa.int64()), "url": url_values})
+    con.register("relaion_urls", table)
+    try:
+        rows = con.sql(
+            f"WITH src AS (SELECT row_number, CAST(row_number AS VARCHAR) AS row_key, url FROM relaion_urls),"
+            f"{canonical_parts_sql('src')}, {EXPRESSIONS_SQL} SELECT row_number, expression, scope FROM expressions"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_urls")
+    out: dict[int, set[tuple]] = {i: set() for i in range(len(url_values))}
+    for row_number, expression, scope in rows:
+        out[row_number].add((expression, scope))
+    return out
+
+
+def keyword_pattern(path: str) -> str | None:
+    """A case-insensitive whole-word RE2 pattern for the keyword file, or None when it lists nothing."""
+    with open(path, encoding="utf-8-sig") as handle:
+        words = [line.split("#", 1)[0].strip() for line in handle]
+    words = [w for w in words if w]
+    if not words:
+        return None
+    escaped = [re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", w.lower()) for w in words]
+    return r"(?i)(?:^|[^\pL\pN_])(?:" + "|".join(escaped) + r")(?:[^\pL\pN_]|$)"
+
+
+@dataclass(frozen=True)
+class MatchInputs:
+    """What one shard is matched with."""
+
+    shard_name: str
+    shard_path: str
+    roles: schemas.Roles
+    blocklist_path: str
+    sidecar_path: str | None  # None: no sidecar for this shard
+    sidecar_columns: tuple[str, ...] = ()  # which of md5/sha1/sha256 the sidecar has
+
+
+def unsafe_condition(roles: schemas.Roles, threshold: float, settings: Settings) -> str | None:
+    """SQL that is true for rows whose safety score is above `threshold`; None when the shard has no score."""
+    if roles.punsafe is not None:
+        return f"{quote(roles.punsafe)} > {float(threshold)!r}"
+    if roles.nsfw is not None and settings.unsafe_tag_values:
+        tags = ", ".join(sql_string(t) for t in settings.unsafe_tag_values)
+        return f"{quote(roles.nsfw)} IN ({tags})"
+    return None
+
+
+def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings) -> str:
+    """The whole matching query for one shard; `kinds` are the kinds present in the blocklist."""
+    roles = inputs.roles
+    parts = [
+        f"""src AS (
+        SELECT file_row_number AS row_number, {roles.key_sql(inputs.shard_name)} AS row_key,
+               {quote(roles.url)} AS url
+        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+    )""",
+        f"bl AS (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}))",
+    ]
+    selects = []
+    if kinds & {"url_sha256", "url_md5", "domain"}:
+        parts.append(canonical_parts_sql("src"))
+    if kinds & {"url_sha256", "url_md5"}:
+        parts.append(EXPRESSIONS_SQL)
+        for kind, function in (("url_sha256", "sha256"), ("url_md5", "md5")):
+            if kind in kinds:
+                selects.append(f"""
+        SELECT e.row_number, e.row_key, b.kind, b.source, b.category, b.value AS hash, e.scope AS match
+        FROM expressions e JOIN bl b ON b.kind = '{kind}' AND b.value = {function}(e.expression)""")
+    if "domain" in kinds:
+        selects.append("""
+        SELECT c.row_number, c.row_key, b.kind, b.source, b.category, b.value AS hash, 'host' AS match
+        FROM (SELECT row_number, row_key, unnest(
+                CASE WHEN starts_with(host, '[') THEN [host] ELSE list_transform(
+                    range(1, len(string_split(host, '.')) + 1),
+                    lambda i: array_to_string(string_split(host, '.')[i:], '.')) END) AS suffix
+              FROM canonical) c
+        JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
+    image_kinds = [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds]
+    if inputs.sidecar_path and image_kinds:
+        parts.append(
+            f"""sidecar AS (
+        SELECT s.row_number, s.row_key, {
+                ", ".join(f"lower(CAST(c.{col} AS VARCHAR)) AS {col}" for col in inputs.sidecar_columns)
+            }
+        FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
+    )"""
+        )
+        for kind in image_kinds:
+            column = kind.removeprefix("image_")
+            if column in inputs.sidecar_columns:
+                selects.append(f"""
+        SELECT s.row_number, s.row_key, b.kind, b.source, b.category, b.value AS hash, 'image' AS match
+        FROM sidecar s JOIN bl b ON b.kind = '{kind}' AND b.value = s.{column}""")
+    pattern = keyword_pattern(settings.keywords)
+    unsafe = unsafe_condition(roles, settings.research_threshold, settings)
+    if pattern and unsafe and roles.caption:
+        selects.append(f"""
+        SELECT file_row_number, {roles.key_sql(inputs.shard_name)}, '{KEYWORD_KIND}', '{KEYWORD_SOURCE}',
+               '{KEYWORD_CATEGORY}', NULL, 'caption'
+        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+        WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})""")
+    if not selects:
+        selects.append("SELECT * FROM (SELECT 0::BIGINT, ''::VARCHAR, '', '', '', ''::VARCHAR, '') WHERE false")
+    union = "\n        UNION ALL".join(selects)
+    return f"""
+    WITH {", ".join(parts)},
+    matches AS ({union})
+    SELECT DISTINCT row_number, row_key, kind, source, category, hash, match FROM matches
+    ORDER BY row_number, kind, source, category, hash, match"""
+
+
+def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings) -> pa.Table:
+    """The removals table of one shard (see the module docstring)."""
+    table = con.sql(removals_sql(inputs, kinds, settings)).to_arrow_table()
+    return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)

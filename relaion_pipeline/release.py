@@ -1,0 +1,213 @@
+"""Releases: assemble the shards that passed their checks into a versioned, verifiable release.
+
+Layout under the release location:
+
+    <release>/<version>/manifest.json
+    <release>/<version>/research/<shard>.parquet
+    <release>/<version>/research-safe/<shard>.parquet
+    <release>/latest                      (the version a reader should use)
+
+The version is a digest of what the release holds, so publishing the same inputs twice gives the same version
+and writes nothing new. A release is assembled under a temporary folder, its manifest written last, then the
+folder is renamed into place and `latest` replaced: a reader never sees a partial release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from relaion_pipeline import blocklists, checks, storage
+from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
+from relaion_pipeline.settings import Settings
+
+FORMAT = "relaion-release/1"
+VARIANTS = (RESEARCH, RESEARCH_SAFE)
+
+
+class ReleaseError(RuntimeError):
+    """A release that cannot be published or does not verify."""
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout."""
+    try:
+        version = metadata.version("relaion-pipeline")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
+    """Which shards can be published (with their stats) and which are held back (with the reason)."""
+    work = Work(settings.work)
+    current_version, _ = blocklists.read_current(work.blocklist_dir)
+    ready, held_back = {}, {}
+    for name in sorted(shard_names):
+        try:
+            research = read_stats(settings, RESEARCH, name)
+            safe = read_stats(settings, RESEARCH_SAFE, name)
+            removals = read_stats(settings, "removals", name)
+        except Exception as error:  # a missing stage is a reason to hold back, not to stop the release
+            held_back[name] = str(error)
+            continue
+        if removals["blocklist_version"] != current_version:
+            held_back[name] = f"matched against blocklist {removals['blocklist_version']}, current is {current_version}"
+            continue
+        ok, why = checks.passed(settings, name)
+        if not ok:
+            held_back[name] = why
+            continue
+        ready[name] = {"removals": removals, RESEARCH: research, RESEARCH_SAFE: safe}
+    return ready, held_back
+
+
+def _manifest(settings: Settings, ready: dict, held_back: dict, blocklist_version: str) -> dict:
+    shards = {}
+    for name, stats in ready.items():
+        shards[name] = {
+            "rows_in": stats["removals"]["rows_in"],
+            "rows_removed": stats["removals"]["rows_removed"],
+            "removed_by_kind": stats["removals"]["removed_by_kind"],
+            "files": {
+                variant: {
+                    "path": f"{variant}/{name}.parquet",
+                    "rows": stats[variant]["rows_out"],
+                    "bytes": stats[variant]["bytes"],
+                    "sha256": stats[variant]["sha256"],
+                }
+                for variant in VARIANTS
+            },
+        }
+    content = {
+        "format": FORMAT,
+        "blocklist_version": blocklist_version,
+        "thresholds": {
+            "research_threshold": settings.research_threshold,
+            "safe_threshold": settings.safe_threshold,
+            "unsafe_tags": settings.unsafe_tag_values,
+            "missing_score": settings.missing_score,
+        },
+        "code_version": code_version(),
+        "shards": shards,
+        "held_back": held_back,
+        "totals": {
+            "shards": len(shards),
+            "held_back": len(held_back),
+            "rows_in": sum(s["rows_in"] for s in shards.values()),
+            "rows_removed": sum(s["rows_removed"] for s in shards.values()),
+            **{
+                f"rows_{variant.replace('-', '_')}": sum(s["files"][variant]["rows"] for s in shards.values())
+                for variant in VARIANTS
+            },
+        },
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {"version": digest[:16], **content}
+
+
+def publish(settings: Settings, shard_names: list[str]) -> dict:
+    """Publish every shard of `shard_names` that passed its checks; return the manifest."""
+    started = time.perf_counter()
+    work = Work(settings.work)
+    blocklist_version, _ = blocklists.read_current(work.blocklist_dir)
+    ready, held_back = plan(settings, shard_names)
+    manifest = _manifest(settings, ready, held_back, blocklist_version)
+    if not storage.is_local(settings.release):
+        raise ReleaseError(f"{settings.release}: publishing to object storage is not supported yet")
+    root = Path(settings.release)
+    final = root / manifest["version"]
+    if not (final / "manifest.json").exists():
+        tmp = root / f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}"
+        try:
+            for name in ready:
+                for variant in VARIANTS:
+                    target = tmp / variant / f"{name}.parquet"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(work.variant(variant, name), target)
+            for name, entry in manifest["shards"].items():  # the work files may have changed while copying
+                for variant, file in entry["files"].items():
+                    size, digest = storage.size_and_sha256(str(tmp / file["path"]))
+                    if digest != file["sha256"]:
+                        raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
+            tmp.mkdir(parents=True, exist_ok=True)
+            stamped = manifest | {"created": datetime.now(UTC).isoformat(timespec="seconds")}
+            (tmp / "manifest.json").write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
+            if final.exists():  # an earlier attempt died before its manifest: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    storage.write_text_atomic(manifest["version"] + "\n", str(root / "latest"))
+    return manifest | {"path": str(final), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def resolve(location: str) -> Path:
+    """A release folder: `location` itself when it holds a manifest, else the one its `latest` names."""
+    path = Path(location)
+    if (path / "manifest.json").exists():
+        return path
+    latest = path / "latest"
+    if latest.exists():
+        return path / latest.read_text().strip()
+    raise ReleaseError(f"{location}: no manifest.json and no 'latest' pointer: not a release")
+
+
+def verify(location: str) -> tuple[dict, list[str]]:
+    """Recompute sizes, checksums and row counts of a release; return its manifest and every problem found."""
+    release = resolve(location)
+    try:
+        manifest = json.loads((release / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ReleaseError(f"{release}/manifest.json: unreadable ({error})") from None
+    problems = []
+    listed = set()
+    for name, entry in manifest.get("shards", {}).items():
+        files = entry.get("files", {})
+        for variant in VARIANTS:
+            file = files.get(variant)
+            if file is None:
+                problems.append(f"{name}: manifest lists no {variant} file")
+                continue
+            path = release / file["path"]
+            listed.add(path.resolve())
+            if not path.exists():
+                problems.append(f"{file['path']}: missing")
+                continue
+            size, digest = storage.size_and_sha256(str(path))
+            if digest != file["sha256"]:
+                problems.append(f"{file['path']}: sha256 {digest} does not match manifest {file['sha256']}")
+            if size != file["bytes"]:
+                problems.append(f"{file['path']}: {size} bytes, manifest says {file['bytes']}")
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception as error:  # a damaged file is a problem to report, not a crash
+                problems.append(f"{file['path']}: not readable parquet ({error})")
+                continue
+            if rows != file["rows"]:
+                problems.append(f"{file['path']}: {rows} rows, manifest says {file['rows']}")
+        if {RESEARCH, RESEARCH_SAFE} <= files.keys() and files[RESEARCH_SAFE]["rows"] > files[RESEARCH]["rows"]:
+            problems.append(f"{name}: research-safe has more rows than research")
+    for variant in VARIANTS:
+        for path in sorted((release / variant).rglob("*.parquet")) if (release / variant).exists() else []:
+            if path.resolve() not in listed:
+                problems.append(f"{path.relative_to(release)}: file not listed in the manifest")
+    return manifest, problems

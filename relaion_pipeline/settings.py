@@ -1,0 +1,81 @@
+"""Every setting of a pipeline run in one place, with the defaults of the embedded store under `data/`.
+
+Each setting can come from a `RELAION_<NAME>` environment variable (e.g. `RELAION_SHARDS=s3://bucket/shards`) or
+from the CLI flag of the same name; the Dagster UI reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+DEFAULT_KEYWORDS = str(Path(__file__).parent / "data" / "keywords.txt")
+
+
+def default_data_dir() -> str:
+    """`data/` of the repository (or of the working directory when installed elsewhere)."""
+    repo = Path(__file__).resolve().parent.parent
+    base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
+    return str(base / "data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations and thresholds of a run. Locations are local paths or fsspec URLs."""
+
+    shards: str = ""  # input shards: every *.parquet below is one shard
+    blocklists: str = ""  # partner lists: one folder per source
+    sidecars: str = ""  # optional image-hash sidecars, <shard>.parquet, keyed by row key
+    work: str = ""  # working files (removals, variants, validation) and the Dagster instance
+    release: str = ""  # releases: <release>/<version>/ plus a `latest` pointer
+    keywords: str = DEFAULT_KEYWORDS  # caption keyword list for the research rule
+    research_threshold: float = 0.95  # research drops rows above this punsafe whose caption hits a keyword
+    safe_threshold: float = 0.45  # research-safe drops rows above this punsafe
+    unsafe_tags: str = "NSFW"  # for shards without punsafe: NSFW tag values treated as above both thresholds
+    missing_score: str = "keep"  # rows with neither punsafe nor NSFW tag: "keep" or "drop" from research-safe
+    duckdb_threads: int = 0  # 0: all cores
+    duckdb_memory_limit: str = "4GB"
+
+    def __post_init__(self):
+        data = default_data_dir()
+        defaults = {
+            "shards": f"{data}/shards",
+            "blocklists": f"{data}/blocklists",
+            "sidecars": f"{data}/sidecars",
+            "work": f"{data}/work",
+            "release": f"{data}/releases",
+        }
+        for name, value in defaults.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+        if self.missing_score not in ("keep", "drop"):
+            raise ValueError(f"missing_score must be 'keep' or 'drop', got {self.missing_score!r}")
+        for name in ("research_threshold", "safe_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+
+    @property
+    def unsafe_tag_values(self) -> list[str]:
+        return [t.strip() for t in self.unsafe_tags.split(",") if t.strip()]
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Settings:
+        """Settings from `RELAION_*` variables, then `overrides` (None values ignored)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"RELAION_{f.name.upper()}")
+            if raw not in (None, ""):
+                values[f.name] = type(getattr(cls(), f.name))(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def to_env(self) -> dict[str, str]:
+        return {f"RELAION_{k.upper()}": str(v) for k, v in self.as_dict().items()}

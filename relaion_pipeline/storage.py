@@ -1,0 +1,119 @@
+"""Locations: local paths or fsspec URLs (`s3://` through s3fs), and writes that never show a partial file.
+
+Local writes go to a temporary name in the same folder and are renamed into place; object stores make an
+object visible only when its upload completes, so there the final name is written directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARQUET_COMPRESSION = "zstd"
+
+
+def filesystem(location: str):
+    """The fsspec filesystem and the path inside it for a local path or URL."""
+    fs, path = fsspec.core.url_to_fs(str(location))
+    return fs, path
+
+
+def is_local(location: str) -> bool:
+    return "://" not in str(location) or str(location).startswith("file://")
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _local_tmp(path: str) -> str:
+    """A new empty file beside `path`, with the permissions an ordinary new file would get."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=str(Path(path).parent))
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return tmp
+
+
+class AtomicPath:
+    """A context manager giving a path to write to; on success it appears under `final`, else nothing does."""
+
+    def __init__(self, final: str):
+        self.final = str(final)
+        self.local = is_local(self.final)
+        self.path = _local_tmp(self.final) if self.local else self.final
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.local:
+            return
+        if exc_type is None:
+            os.replace(self.path, self.final)
+        elif os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def write_bytes_atomic(data: bytes, final: str) -> None:
+    with AtomicPath(final) as path:
+        with fsspec.open(path, "wb") as handle:
+            handle.write(data)
+
+
+def write_text_atomic(text: str, final: str) -> None:
+    write_bytes_atomic(text.encode("utf-8"), final)
+
+
+def write_parquet_atomic(table: pa.Table, final: str) -> None:
+    with AtomicPath(final) as path:
+        fs, inner = filesystem(path)
+        pq.write_table(table, inner, filesystem=fs, compression=PARQUET_COMPRESSION)
+
+
+def remove(location: str) -> None:
+    fs, path = filesystem(location)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def size_and_sha256(location: str, chunk: int = 8 << 20) -> tuple[int, str]:
+    """Size in bytes and sha256 hex of a file, read in chunks."""
+
+    fs, path = filesystem(location)
+    digest = hashlib.sha256()
+    size = 0
+    with fs.open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def read_json(location: str):
+
+    fs, path = filesystem(location)
+    return json.loads(fs.cat_file(path))
+
+
+def write_json_atomic(value, final: str) -> None:
+
+    write_text_atomic(json.dumps(value, indent=2, sort_keys=True) + "\n", final)
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.exists(path)

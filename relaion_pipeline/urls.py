@@ -1,0 +1,213 @@
+"""URL canonicalization and lookup expressions, following the Safe Browsing v4 "URLs and hashing" rules.
+
+This is the reference implementation. Partner lists hash the lookup expressions produced here; the DuckDB
+matching path (`relaion_pipeline.matching`) must agree with it on every URL, which a test checks on thousands
+of generated URLs.
+
+Canonical form: strip surrounding whitespace, remove tab/CR/LF, drop the fragment, repeatedly percent-unescape,
+default to `http://`, normalize the host (dots, IP encodings, lower case, no user info, no port), resolve the path
+(`.`/`..` segments, repeated slashes, empty path becomes `/`), keep the query, then percent-escape bytes
+<= 0x20, >= 0x7f, `#` and `%` with upper-case hex.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_HEX_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_PORT = re.compile(r":\d*$")
+_DOTS = re.compile(rb"\.{2,}")
+_POSSIBLE_IP = re.compile(r"^(?:0[xX][0-9A-Fa-f]+|[0-9.])+$")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"^{_OCTET}(?:\.{_OCTET}){{3}}$")
+
+MAX_HOST_SUFFIX_COMPONENTS = 5
+MAX_PATH_PREFIXES = 4
+
+
+@dataclass(frozen=True)
+class CanonicalURL:
+    """A canonical URL split into the parts lookup expressions are built from (all already escaped)."""
+
+    scheme: str
+    host: str
+    path: str
+    query: str | None  # None when the URL has no '?'
+
+    def __str__(self) -> str:
+        query = "" if self.query is None else "?" + self.query
+        return f"{self.scheme}://{self.host}{self.path}{query}"
+
+
+def _unescape_fully(data: bytes) -> bytes:
+    """Percent-unescape until nothing changes (`%2525` becomes `%`)."""
+    while True:
+        decoded = _HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+        if decoded == data:
+            return data
+        data = decoded
+
+
+def _escape(data: bytes) -> str:
+    """Escape bytes <= 0x20, >= 0x7f, '#' and '%' as %XX (upper-case hex); everything else stays."""
+    out = []
+    for byte in data:
+        if byte <= 0x20 or byte >= 0x7F or byte in (0x23, 0x25):
+            out.append(f"%{byte:02X}")
+        else:
+            out.append(chr(byte))
+    return "".join(out)
+
+
+def _ascii_lower(data: bytes) -> bytes:
+    return bytes(b + 32 if 0x41 <= b <= 0x5A else b for b in data)
+
+
+def _parse_ip_number(part: str) -> int | None:
+    """One component of an IPv4 address in any legal encoding: 0x hex, leading-zero octal or decimal."""
+    try:
+        if part[:2] in ("0x", "0X"):
+            return int(part[2:], 16) if len(part) > 2 else 0
+        if len(part) > 1 and part[0] == "0":
+            return int(part[1:], 8)
+        return int(part, 10)
+    except ValueError:
+        return None
+
+
+def _normalize_ip(host: str) -> str | None:
+    """Return the dotted quad for a host that is an IPv4 address in any encoding, else None."""
+    if not host or not _POSSIBLE_IP.match(host):
+        return None
+    parts = host.split(".")
+    if len(parts) > 4 or any(p == "" for p in parts):
+        return None
+    numbers = [_parse_ip_number(p) for p in parts]
+    if any(n is None for n in numbers):
+        return None
+    head, last = numbers[:-1], numbers[-1]
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(parts)):
+        return None
+    value = 0
+    for n in head:
+        value = value * 256 + n
+    value = value * 256 ** (5 - len(parts)) + last
+    return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
+
+
+def _canonical_host(raw: bytes) -> bytes:
+    host = raw.rsplit(b"@", 1)[-1]  # drop user info
+    if not host.startswith(b"["):
+        host = _PORT.sub("", host.decode("latin-1")).encode("latin-1")
+    host = _DOTS.sub(b".", host).strip(b".")
+    ip = _normalize_ip(host.decode("latin-1"))
+    if ip is not None:
+        return ip.encode("ascii")
+    return _ascii_lower(host)
+
+
+def _canonical_path(raw: bytes) -> bytes:
+    segments: list[bytes] = []
+    for segment in raw.split(b"/"):
+        if segment in (b"", b"."):
+            continue
+        if segment == b"..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    path = b"/" + b"/".join(segments)
+    if raw.endswith(b"/") and path != b"/":
+        path += b"/"
+    return path
+
+
+def parse(url: str) -> CanonicalURL:
+    """Canonicalize `url` and return its parts; raises ValueError for an empty URL."""
+    if url is None:
+        raise ValueError("URL is null")
+    data = url.encode("utf-8", errors="surrogateescape")
+    data = data.split(b"#", 1)[0].strip()
+    data = data.replace(b"\t", b"").replace(b"\r", b"").replace(b"\n", b"")
+    data = _unescape_fully(data)
+    if not data:
+        raise ValueError("URL is empty")
+
+    text = data.decode("latin-1")  # bytes <-> code points 0..255, lossless
+    match = _SCHEME.match(text)
+    if match:
+        scheme, rest = match.group(1).lower(), text[match.end() :]
+    else:
+        scheme, rest = "http", text
+    rest, sep, query = rest.partition("?")
+    host, slash, path = rest.partition("/")
+    host_bytes = _canonical_host(host.encode("latin-1"))
+    path_bytes = _canonical_path((slash + path).encode("latin-1"))
+    return CanonicalURL(
+        scheme=scheme,
+        host=_escape(host_bytes),
+        path=_escape(path_bytes),
+        query=_escape(query.encode("latin-1")) if sep else None,
+    )
+
+
+def canonicalize(url: str) -> str:
+    """The canonical form of `url`, e.g. `canonicalize("HTTP://Www.Example.COM") == "http://www.example.com/"`."""
+    return str(parse(url))
+
+
+def is_ip_host(host: str) -> bool:
+    """True when a canonical host is an IP address, which gets no host-suffix expressions."""
+    return host.startswith("[") or bool(_DOTTED_QUAD.match(host))
+
+
+def host_suffixes(host: str) -> list[str]:
+    """The exact host plus up to 4 suffixes formed from its last 5 components down to the last 2."""
+    if is_ip_host(host):
+        return [host]
+    parts = host.split(".")
+    start = max(len(parts) - MAX_HOST_SUFFIX_COMPONENTS, 1)
+    return [host] + [".".join(parts[i:]) for i in range(start, len(parts) - 1)]
+
+
+def path_prefixes(path: str, query: str | None) -> list[str]:
+    """The exact path with query, the exact path, then `/` and up to 3 more directory prefixes."""
+    out = []
+    if query is not None:
+        out.append(f"{path}?{query}")
+    out.append(path)
+    components = path[1:].split("/")
+    directories = components[:-1]
+    for k in range(min(len(directories), MAX_PATH_PREFIXES - 1) + 1):
+        out.append("/" + "".join(c + "/" for c in directories[:k]))
+    return list(dict.fromkeys(out))
+
+
+def scoped_expressions(url: str) -> list[tuple[str, str]]:
+    """Lookup expressions of `url` with the scope each one covers: `url`, `path` or `host`."""
+    canonical = parse(url)
+    exact_paths = {canonical.path} | ({f"{canonical.path}?{canonical.query}"} if canonical.query is not None else set())
+    out: dict[str, str] = {}
+    for i, host in enumerate(host_suffixes(canonical.host)):
+        for path in path_prefixes(canonical.path, canonical.query):
+            if i == 0 and path in exact_paths:
+                scope = "url"
+            elif path == "/":
+                scope = "host"
+            else:
+                scope = "path"
+            out.setdefault(host + path, scope)
+    return list(out.items())
+
+
+def lookup_expressions(url: str) -> list[str]:
+    """Every `host/path` expression whose hash a partner list may hold for `url` (at most 30).
+
+    A null or empty URL has none.
+    """
+    try:
+        return [expression for expression, _ in scoped_expressions(url)]
+    except ValueError:
+        return []

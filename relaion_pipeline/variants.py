@@ -1,0 +1,90 @@
+"""The two published variants of a shard, written with exactly the input's columns, types and row order.
+
+research = the shard minus every removed row; research-safe = research minus rows whose safety score is above
+the safe threshold. Both stream the parquet file batch by batch, so memory does not grow with the shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from relaion_pipeline import schemas, shards, storage
+from relaion_pipeline.settings import Settings
+
+BATCH_ROWS = 65_536
+ROW_GROUP_ROWS = 500_000
+
+
+@dataclass(frozen=True)
+class VariantStats:
+    rows_in: int
+    rows_out: int
+    bytes: int
+    sha256: str
+
+
+def filter_shard(source: str, destination: str, keep: Callable[[pa.RecordBatch, int], pa.Array]) -> VariantStats:
+    """Copy the rows of `source` for which `keep(batch, first_row_number)` is true to `destination`.
+
+    The output has the source's arrow schema (with its metadata) and row order; it appears under its final
+    name only when complete.
+    """
+    parquet = shards.open_parquet(source)
+    schema = parquet.schema_arrow
+    rows_in = rows_out = 0
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    with storage.AtomicPath(destination) as tmp:
+        fs, inner = storage.filesystem(tmp)
+        with pq.ParquetWriter(inner, schema, filesystem=fs, compression=storage.PARQUET_COMPRESSION) as writer:
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
+                kept = batch.filter(keep(batch, rows_in))
+                rows_in += batch.num_rows
+                if kept.num_rows:
+                    pending.append(kept)
+                    pending_rows += kept.num_rows
+                if pending_rows >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                    rows_out += pending_rows
+                    pending, pending_rows = [], 0
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                rows_out += pending_rows
+    size, digest = storage.size_and_sha256(destination)
+    return VariantStats(rows_in=rows_in, rows_out=rows_out, bytes=size, sha256=digest)
+
+
+def write_research(shard_path: str, removed_row_numbers: np.ndarray, destination: str) -> VariantStats:
+    """research: every row of the shard except the given (0-based) row numbers."""
+    removed = np.unique(np.asarray(removed_row_numbers, dtype=np.int64))
+
+    def keep(batch: pa.RecordBatch, first: int) -> pa.Array:
+        numbers = np.arange(first, first + batch.num_rows, dtype=np.int64)
+        return pa.array(~np.isin(numbers, removed, assume_unique=True))
+
+    return filter_shard(shard_path, destination, keep)
+
+
+def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settings) -> pa.Array:
+    """True for rows that research-safe keeps: score at or below the safe threshold (see Settings)."""
+    keep_missing = settings.missing_score == "keep"
+    if roles.punsafe is not None:
+        unsafe = pc.greater(batch.column(roles.punsafe), settings.safe_threshold)
+    elif roles.nsfw is not None:
+        tags = batch.column(roles.nsfw)
+        unsafe = pc.is_in(tags, value_set=pa.array(settings.unsafe_tag_values, tags.type))
+        unsafe = pc.if_else(pc.is_null(tags), pa.scalar(None, pa.bool_()), unsafe)
+    else:
+        return pa.array(np.full(batch.num_rows, keep_missing))
+    return pc.fill_null(pc.invert(unsafe), keep_missing)
+
+
+def write_research_safe(research_path: str, roles: schemas.Roles, settings: Settings, destination: str) -> VariantStats:
+    """research-safe: the rows of research whose safety score is at or below the safe threshold."""
+    return filter_shard(research_path, destination, lambda batch, _first: safe_keep_mask(batch, roles, settings))
