@@ -50,7 +50,9 @@ def _run(args) -> int:
         print("\n" + header + "\n" + "-" * len(header))
         for s in summary.shards:
             status = "ok" if s.ok else f"FAILED: {s.error}"
-            print(f"{s.name:<32} {s.rows_in:>12,} {s.rows_removed:>9,} {s.rows_research:>12,} {s.rows_safe:>12,}  {status}")
+            print(
+                f"{s.name:<32} {s.rows_in:>12,} {s.rows_removed:>9,} {s.rows_research:>12,} {s.rows_safe:>12,}  {status}"
+            )
     if summary.release:
         r = summary.release
         print(
@@ -74,7 +76,9 @@ def _verify(args) -> int:
         print(f"release {manifest.get('version')}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     files = sum(len(entry.get("files", {})) for entry in shards.values())
-    print(f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files, checksums and row counts match)")
+    print(
+        f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files, checksums and row counts match)"
+    )
     return 0
 
 
@@ -84,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    demo = commands.add_parser("demo-data", help="write synthetic LAION-like shards and partner lists", formatter_class=defaults)
+    demo = commands.add_parser(
+        "demo-data", help="write synthetic LAION-like shards and partner lists", formatter_class=defaults
+    )
     demo.add_argument("--out", required=True, help="folder to create (shards/, blocklists/, sidecars/)")
     demo.add_argument("--shards", type=int, default=4, help="number of shards")
     demo.add_argument("--rows", type=int, default=5000, help="rows per shard")

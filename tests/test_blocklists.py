@@ -1,0 +1,143 @@
+"""Partner lists: every file format, normalization, merging, versioning, and errors that name file and line."""
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from relaion_pipeline import blocklists
+from relaion_pipeline.blocklists import BlocklistError
+
+SHA = hashlib.sha256(b"a.example.com/").hexdigest()
+SHA2 = hashlib.sha256(b"b.example.com/x").hexdigest()
+MD5 = hashlib.md5(b"c.example.com/").hexdigest()
+SHA1 = hashlib.sha1(b"image").hexdigest()
+
+
+def write(root, relative, text):
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def rows(blocklist):
+    return sorted(zip(*(blocklist.table.column(c).to_pylist() for c in ("kind", "value", "source", "category"))))
+
+
+def test_every_format_is_read_and_merged_with_source_and_category(tmp_path):
+    write(tmp_path, "iwf/hashes.csv", f"kind,value,category\n# comment line\nurl_sha256,{SHA.upper()},csam\n")
+    write(tmp_path, "c3p/list.tsv", f"kind\tvalue\tcategory\nurl_sha256\t{SHA2}\tcsam  # trailing comment\n")
+    write(tmp_path, "c3p/url_md5.txt", f"# md5 of expressions\n{MD5}\n\n")
+    table = pa.table({"kind": ["image_sha1"], "value": [SHA1], "category": ["privacy"]})
+    (tmp_path / "hrw").mkdir()
+    pq.write_table(table, tmp_path / "hrw" / "images.parquet")
+    write(tmp_path, "optout/domains.csv", "kind,value\ndomain,Blocked.Example.\n")
+
+    merged = blocklists.load(str(tmp_path))
+
+    assert rows(merged) == sorted(
+        [
+            ("url_sha256", SHA, "iwf", "csam"),
+            ("url_sha256", SHA2, "c3p", "csam"),
+            ("url_md5", MD5, "c3p", "unspecified"),
+            ("image_sha1", SHA1, "hrw", "privacy"),
+            ("domain", "blocked.example", "optout", "unspecified"),
+        ]
+    )
+    assert merged.sources == ["c3p", "hrw", "iwf", "optout"]
+    assert merged.counts["c3p"] == {"url_md5": 1, "url_sha256": 1}
+
+
+def test_duplicates_are_merged_and_version_ignores_layout_and_order(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    write(
+        one, "src/a.csv", f"kind,value,category\nurl_sha256,{SHA},csam\nurl_sha256,{SHA2},csam\nurl_sha256,{SHA},csam\n"
+    )
+    write(two, "src/b.csv", f"kind,value,category\nurl_sha256,{SHA2.upper()},csam\n")
+    write(two, "src/c.csv", f"kind,value,category\nurl_sha256,{SHA},csam\n")
+
+    first, second = blocklists.load(str(one)), blocklists.load(str(two))
+
+    assert first.entries == 2
+    assert first.version == second.version
+
+
+def test_version_changes_when_an_entry_or_its_category_changes(tmp_path):
+    write(tmp_path, "src/a.csv", f"kind,value,category\nurl_sha256,{SHA},csam\n")
+    before = blocklists.load(str(tmp_path)).version
+    write(tmp_path, "src/a.csv", f"kind,value,category\nurl_sha256,{SHA},privacy\n")
+    assert blocklists.load(str(tmp_path)).version != before
+
+
+def test_bom_and_crlf_line_ends_are_accepted(tmp_path):
+    write(tmp_path, "src/a.csv", f"\ufeffkind,value,category\r\nurl_sha256,{SHA},csam\r\n".encode())
+    assert rows(blocklists.load(str(tmp_path))) == [("url_sha256", SHA, "src", "csam")]
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (f"kind,value\nurl_sha256,{SHA[:-1]}\n", "src/a.csv:2: url_sha256 value has 63 characters, expected 64"),
+        (f"kind,value\nurl_md5,{'z' * 32}\n", "src/a.csv:2: url_md5 value is not hexadecimal"),
+        (f"kind,value\n# c\nurl_sha1,{SHA1}\n", "src/a.csv:3: unknown kind 'url_sha1'"),
+        (f"{SHA}\n", "src/a.csv:1: header is"),
+        ("kind,value\ndomain,http://x.example/\n", "src/a.csv:2: domain value is not a plain host name"),
+        ("kind,value\ndomain,com\n", "src/a.csv:2: domain value is not a plain host name"),
+        (f"kind,value\nurl_sha256,{SHA},csam,extra\n", "src/a.csv:2: 4 fields, expected 2 (kind, value)"),
+        ("", "src/a.csv: empty list"),
+        ("kind,value,category\n# only comments\n", "src/a.csv: list file has no entries"),
+    ],
+)
+def test_bad_lines_fail_naming_file_and_line(tmp_path, content, expected):
+    write(tmp_path, "src/a.csv", content)
+    with pytest.raises(BlocklistError) as error:
+        blocklists.load(str(tmp_path))
+    assert expected in str(error.value)
+
+
+def test_txt_file_must_be_named_after_its_kind(tmp_path):
+    write(tmp_path, "src/hashes.txt", f"{SHA}\n")
+    with pytest.raises(BlocklistError, match=r"src/hashes.txt: file name must be <kind>.txt"):
+        blocklists.load(str(tmp_path))
+
+
+def test_txt_value_errors_name_the_line(tmp_path):
+    write(tmp_path, "src/url_md5.txt", f"# header\n{MD5}\n{MD5}ff\n")
+    with pytest.raises(BlocklistError, match=r"src/url_md5.txt:3: url_md5 value has 34 characters"):
+        blocklists.load(str(tmp_path))
+
+
+def test_empty_source_folder_and_missing_location_are_errors(tmp_path):
+    (tmp_path / "lists" / "empty-source").mkdir(parents=True)
+    with pytest.raises(BlocklistError, match="empty-source: source folder has no list files"):
+        blocklists.load(str(tmp_path / "lists"))
+    with pytest.raises(BlocklistError, match="does not exist"):
+        blocklists.load(str(tmp_path / "missing"))
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(BlocklistError, match="no source folders"):
+        blocklists.load(str(tmp_path / "bare"))
+
+
+def test_parquet_list_errors_name_the_row(tmp_path):
+    (tmp_path / "src").mkdir()
+    pq.write_table(pa.table({"kind": ["url_md5", "url_md5"], "value": [MD5, "xyz"]}), tmp_path / "src" / "l.parquet")
+    with pytest.raises(BlocklistError, match=r"src/l.parquet: row 1: url_md5 value has 3 characters"):
+        blocklists.load(str(tmp_path))
+    write(tmp_path, "src/l.parquet", b"not parquet at all")
+    with pytest.raises(BlocklistError, match=r"src/l.parquet: not a readable parquet file"):
+        blocklists.load(str(tmp_path))
+
+
+def test_written_list_is_found_again_by_its_version(tmp_path):
+    write(tmp_path, "lists/src/a.csv", f"kind,value,category\nurl_sha256,{SHA},csam\n")
+    merged = blocklists.load(str(tmp_path / "lists"))
+    path = blocklists.write(merged, str(tmp_path / "work"))
+    version, current = blocklists.read_current(str(tmp_path / "work"))
+    assert (version, current) == (merged.version, path)
+    assert pq.read_table(current).equals(merged.table)
+    assert not list((tmp_path / "work").glob(".tmp-*")), "no temporary file left behind"

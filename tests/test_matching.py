@@ -1,0 +1,161 @@
+"""Matching one shard against a list in DuckDB: every kind, scopes, keyword rule, and no URL in the output."""
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from relaion_pipeline import blocklists, matching, schemas
+from relaion_pipeline.settings import Settings
+
+
+def sha(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def md5(text):
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+URLS = [
+    "http://exact.example.com/a/b.jpg?x=1",  # 0: exact url (sha256)
+    "http://Prefix.Example.com/dir/sub/c.jpg",  # 1: path prefix prefix.example.com/dir/ (sha256)
+    "https://img.hosted.example.org/any/thing.png",  # 2: host entry hosted.example.org/ (suffix host)
+    "http://md5.example.net/p%20q.jpg#frag",  # 3: exact url via md5, through the escape fallback
+    "http://cdn.optout.example/i.jpg",  # 4: domain optout.example (subdomain)
+    "http://notoptout.example/i.jpg",  # 5: NOT the domain (label boundary)
+    "http://clean.example.com/a/b.jpg",  # 6: clean
+    "http://clean.example.com/kw.jpg",  # 7: keyword + punsafe 0.99 -> removed
+    "http://clean.example.com/kw2.jpg",  # 8: keyword + punsafe 0.5 -> kept
+    "http://clean.example.com/img.jpg",  # 9: image md5 via sidecar
+    None,  # 10: null URL is skipped, not an error
+    "http://clean.example.com/forbiddentermx.jpg",  # 11: keyword only as part of a word -> kept
+]
+CAPTIONS = ["a"] * 7 + ["photo with FORBIDDENTERM inside", "forbiddenterm", "b", "c", "forbiddentermx caption"]
+PUNSAFE = [0.1] * 7 + [0.99, 0.5, 0.1, 0.1, 0.99]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    shard = tmp_path / "shard.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "key": [f"k{i:02d}" for i in range(len(URLS))],
+                "url": URLS,
+                "caption": CAPTIONS,
+                "punsafe": pa.array(PUNSAFE, pa.float32()),
+            }
+        ),
+        shard,
+    )
+    sidecar = tmp_path / "sidecar.parquet"
+    pq.write_table(pa.table({"key": ["k09", "k06"], "md5": [md5("image-9").upper(), md5("image-6")]}), sidecar)
+    lists = tmp_path / "lists"
+    (lists / "iwf").mkdir(parents=True)
+    (lists / "iwf" / "l.csv").write_text(
+        "kind,value,category\n"
+        f"url_sha256,{sha('exact.example.com/a/b.jpg?x=1')},csam\n"
+        f"url_sha256,{sha('prefix.example.com/dir/')},csam\n"
+        f"url_sha256,{sha('hosted.example.org/')},csam\n"
+        f"url_md5,{md5('md5.example.net/p%20q.jpg')},csam\n"
+        f"image_md5,{md5('image-9')},csam\n"
+        f"url_sha256,{sha('nothing.example/')},csam\n"
+    )
+    (lists / "optout").mkdir()
+    (lists / "optout" / "domains.csv").write_text("kind,value,category\ndomain,optout.example,opt-out\n")
+    merged = blocklists.load(str(lists))
+    path = blocklists.write(merged, str(tmp_path / "work"))
+    roles = schemas.detect(pq.read_schema(shard), str(shard))
+    inputs = matching.MatchInputs("shard", str(shard), roles, path, str(sidecar), ("md5",))
+    kinds = set(merged.table.column("kind").to_pylist())
+    return inputs, kinds
+
+
+def test_every_kind_matches_exactly_the_planted_rows(setup):
+    inputs, kinds = setup
+    con = matching.connect()
+    removals = matching.find_removals(con, inputs, kinds, Settings()).to_pylist()
+    got = {(r["row_key"], r["kind"], r["source"], r["category"], r["match"]) for r in removals}
+    assert got == {
+        ("k00", "url_sha256", "iwf", "csam", "url"),
+        ("k01", "url_sha256", "iwf", "csam", "path"),
+        ("k02", "url_sha256", "iwf", "csam", "host"),
+        ("k03", "url_md5", "iwf", "csam", "url"),
+        ("k04", "domain", "optout", "opt-out", "host"),
+        ("k07", "keyword", "keyword-list", "unsafe-caption", "caption"),
+        ("k09", "image_md5", "iwf", "csam", "image"),
+    }
+    by_key = {r["row_key"]: r for r in removals}
+    assert by_key["k00"]["hash"] == sha("exact.example.com/a/b.jpg?x=1")
+    assert by_key["k04"]["hash"] == "optout.example"
+    assert by_key["k07"]["hash"] is None
+    assert [r["row_number"] for r in removals] == sorted(r["row_number"] for r in removals)
+
+
+def test_removals_never_hold_a_url_expression_or_caption(setup):
+    inputs, kinds = setup
+    table = matching.find_removals(matching.connect(), inputs, kinds, Settings())
+    assert table.schema == matching.REMOVALS_SCHEMA
+    text = str(table.to_pylist())
+    for needle in ["exact.example.com", "prefix.example.com", "hosted.example.org", "md5.example.net", "FORBIDDENTERM"]:
+        assert needle not in text
+
+
+def test_keyword_rule_uses_research_threshold(setup):
+    inputs, kinds = setup
+    lenient = Settings(research_threshold=0.4)
+    removals = matching.find_removals(matching.connect(), inputs, kinds, lenient).to_pylist()
+    keyword_rows = {r["row_key"] for r in removals if r["kind"] == "keyword"}
+    assert keyword_rows == {"k07", "k08"}
+
+
+def test_nsfw_tag_stands_in_for_a_missing_score(tmp_path):
+    shard = tmp_path / "plain.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "SAMPLE_ID": pa.array([1, 2, 3], pa.int64()),
+                "URL": ["http://a.example/1", "http://a.example/2", "http://a.example/3"],
+                "TEXT": ["forbiddenterm", "forbiddenterm", "nothing"],
+                "NSFW": ["NSFW", "UNSURE", "NSFW"],
+            }
+        ),
+        shard,
+    )
+    roles = schemas.detect(pq.read_schema(shard), str(shard))
+    assert (roles.family, roles.key, roles.punsafe, roles.nsfw) == ("laion-plain", "SAMPLE_ID", None, "NSFW")
+    (tmp_path / "lists" / "s").mkdir(parents=True)
+    (tmp_path / "lists" / "s" / "domain.txt").write_text("unrelated.example\n")
+    path = blocklists.write(blocklists.load(str(tmp_path / "lists")), str(tmp_path / "work"))
+    inputs = matching.MatchInputs("plain", str(shard), roles, path, None)
+    removals = matching.find_removals(matching.connect(), inputs, {"domain"}, Settings()).to_pylist()
+    assert [(r["row_key"], r["kind"]) for r in removals] == [("1", "keyword")]
+
+
+def test_minimal_shard_rows_are_keyed_by_shard_and_row_number(tmp_path):
+    shard = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"URL": ["http://x.example/a", "http://y.example/b"], "TEXT": ["a", "b"]}), shard)
+    (tmp_path / "lists" / "s").mkdir(parents=True)
+    (tmp_path / "lists" / "s" / "url_sha256.txt").write_text(sha("y.example/") + "\n")
+    path = blocklists.write(blocklists.load(str(tmp_path / "lists")), str(tmp_path / "work"))
+    roles = schemas.detect(pq.read_schema(shard), str(shard))
+    inputs = matching.MatchInputs("sub/m", str(shard), roles, path, None)
+    removals = matching.find_removals(matching.connect(), inputs, {"url_sha256"}, Settings()).to_pylist()
+    assert [(r["row_number"], r["row_key"], r["match"]) for r in removals] == [(1, "sub/m:1", "host")]
+
+
+def test_unknown_schema_names_the_file_and_columns():
+    schema = pa.schema([("link", pa.string()), ("alt", pa.string())])
+    with pytest.raises(schemas.ShardSchemaError, match=r"x.parquet: no known schema family.*found columns: link, alt"):
+        schemas.detect(schema, "x.parquet")
+
+
+def test_wrong_url_type_is_a_clear_error():
+    schema = pa.schema([("URL", pa.int64()), ("TEXT", pa.string())])
+    roles = schemas.detect(schema, "y.parquet")
+    with pytest.raises(
+        schemas.ShardSchemaError, match=r"y.parquet: column 'URL' \(url\) must hold strings, found int64"
+    ):
+        schemas.check_types(schema, roles, "y.parquet")

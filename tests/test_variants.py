@@ -1,0 +1,86 @@
+"""Published variants are drop-in replacements: same columns, types, metadata and row order as the input."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from relaion_pipeline import schemas, variants
+from relaion_pipeline.settings import Settings
+
+ROWS = 150_000  # more than two read batches
+
+
+@pytest.fixture
+def shard(tmp_path):
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {
+            "URL": [f"http://h{i % 97}.example/{i}.jpg" for i in range(ROWS)],
+            "TEXT": [f"caption {i}" for i in range(ROWS)],
+            "WIDTH": pd.array(rng.integers(1, 4000, ROWS), dtype="Int32"),
+            "HEIGHT": rng.integers(1, 4000, ROWS).astype("float64"),
+            "punsafe": rng.random(ROWS).astype("float32"),
+            "LANGUAGE": pd.Categorical(rng.choice(["en", "de", "fr"], ROWS)),
+        },
+        index=pd.RangeIndex(1000, 1000 + ROWS),
+    )
+    frame.loc[frame.index[5], "punsafe"] = np.nan
+    path = tmp_path / "in.parquet"
+    table = pa.Table.from_pandas(frame, preserve_index=True)
+    pq.write_table(table, path, row_group_size=40_000)
+    return path, table
+
+
+def test_research_keeps_schema_metadata_and_order_and_drops_exactly_the_removed_rows(shard, tmp_path):
+    path, _ = shard
+    table = pq.read_table(path)  # the input as any reader sees it
+    removed = np.array([0, 5, 65_535, 65_536, 149_999, 65_536])
+    stats = variants.write_research(str(path), removed, str(tmp_path / "out" / "research.parquet"))
+
+    out = pq.read_table(tmp_path / "out" / "research.parquet")
+    assert out.schema.equals(table.schema, check_metadata=True)
+    keep = np.ones(ROWS, dtype=bool)
+    keep[removed] = False
+    assert out.equals(table.filter(pa.array(keep)))
+    assert (stats.rows_in, stats.rows_out) == (ROWS, ROWS - 5)
+    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "research.parquet"], "no temporary file left"
+
+
+def test_research_safe_drops_scores_above_threshold_and_keeps_missing_by_default(shard, tmp_path):
+    path, table = shard
+    roles = schemas.detect(table.schema, str(path))
+    out_path = tmp_path / "safe.parquet"
+    variants.write_research_safe(str(path), roles, Settings(), str(out_path))
+    out = pq.read_table(out_path)
+    punsafe = out.column("punsafe").to_numpy(zero_copy_only=False)
+    assert np.nanmax(punsafe) <= 0.45
+    expected = sum(1 for v in table.column("punsafe").to_pylist() if v is None or v <= 0.45)
+    assert out.num_rows == expected
+    assert out.column("punsafe").null_count == 1
+
+    variants.write_research_safe(str(path), roles, Settings(missing_score="drop"), str(out_path))
+    assert pq.read_table(out_path).num_rows == expected - 1
+
+
+def test_research_safe_uses_nsfw_tag_when_there_is_no_score(tmp_path):
+    table = pa.table(
+        {"SAMPLE_ID": [1, 2, 3, 4], "URL": ["u"] * 4, "TEXT": ["t"] * 4, "NSFW": ["UNLIKELY", "NSFW", "UNSURE", None]}
+    )
+    pq.write_table(table, tmp_path / "p.parquet")
+    roles = schemas.detect(table.schema, "p")
+    variants.write_research_safe(str(tmp_path / "p.parquet"), roles, Settings(), str(tmp_path / "s.parquet"))
+    assert pq.read_table(tmp_path / "s.parquet").column("SAMPLE_ID").to_pylist() == [1, 3, 4]
+    strict = Settings(unsafe_tags="NSFW,UNSURE", missing_score="drop")
+    variants.write_research_safe(str(tmp_path / "p.parquet"), roles, strict, str(tmp_path / "s.parquet"))
+    assert pq.read_table(tmp_path / "s.parquet").column("SAMPLE_ID").to_pylist() == [1]
+
+
+def test_removing_every_row_still_writes_a_valid_empty_shard(tmp_path):
+    table = pa.table({"URL": ["a", "b"], "TEXT": ["x", "y"]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    stats = variants.write_research(str(tmp_path / "m.parquet"), np.array([0, 1]), str(tmp_path / "r.parquet"))
+    out = pq.read_table(tmp_path / "r.parquet")
+    assert out.num_rows == 0 and out.schema.equals(table.schema)
+    assert stats.rows_out == 0 and len(stats.sha256) == 64
