@@ -26,7 +26,9 @@ def write(root, relative, text):
 
 
 def rows(blocklist):
-    return sorted(zip(*(blocklist.table.column(c).to_pylist() for c in ("kind", "value", "source", "category"))))
+    return sorted(
+        zip(*(blocklist.table.column(c).to_pylist() for c in ("kind", "value", "source", "category")), strict=True)
+    )
 
 
 def test_every_format_is_read_and_merged_with_source_and_category(tmp_path):
