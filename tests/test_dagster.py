@@ -1,0 +1,84 @@
+"""The Dagster layer: definitions load with the whole lineage, sensors discover shards and list changes."""
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from assets.definitions import build_definitions, defs
+from assets.partitions import shard_partitions
+from assets.resources import RelaionSettings
+from relaion_pipeline.settings import Settings
+
+
+def test_definitions_validate_and_show_the_whole_graph():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    deps = {
+        key.to_user_string(): sorted(k.to_user_string() for k in graph.get(key).parent_keys)
+        for key in graph.get_all_asset_keys()
+    }
+    assert deps == {
+        "blocklist": [],
+        "removals": ["blocklist"],
+        "research": ["removals"],
+        "research_safe": ["research"],
+        "release": ["research_safe"],
+    }
+    for name in ("removals", "research", "research_safe"):
+        assert graph.get(dg.AssetKey(name)).partitions_def == shard_partitions
+    checks = {spec.name: spec.blocking for asset in defs.assets for spec in asset.check_specs}
+    assert checks == {
+        "research_has_no_blocklist_match": True,
+        "research_rows_add_up": True,
+        "research_safe_below_threshold": True,
+        "research_safe_rows_add_up": True,
+    }
+
+
+def _settings(tmp_path):
+    return Settings(
+        shards=str(tmp_path / "shards"),
+        blocklists=str(tmp_path / "lists"),
+        sidecars=str(tmp_path / "sidecars"),
+        work=str(tmp_path / "work"),
+        release=str(tmp_path / "releases"),
+    )
+
+
+def _shard(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"URL": ["http://a.example/x"], "TEXT": ["t"]}), path)
+
+
+def test_shard_sensor_adds_a_partition_and_a_run_for_each_new_shard(tmp_path):
+    settings = _settings(tmp_path)
+    _shard(tmp_path / "shards" / "part-0.parquet")
+    _shard(tmp_path / "shards" / "en" / "part 1.parquet")
+    (tmp_path / "shards" / "notes.txt").write_text("not a shard")
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("shard_sensor")
+    resources = {"relaion": RelaionSettings.from_settings(settings)}
+    with dg.instance_for_test() as instance:
+        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["en/part 1", "part-0"]]
+        assert sorted(r.partition_key for r in result.run_requests) == ["en/part 1", "part-0"]
+
+        instance.add_dynamic_partitions(shard_partitions.name, ["en/part 1", "part-0"])
+        _shard(tmp_path / "shards" / "part-2.parquet")
+        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert [r.partition_key for r in result.run_requests] == ["part-2"]
+
+
+def test_partner_list_sensor_fires_once_per_change(tmp_path):
+    settings = _settings(tmp_path)
+    (tmp_path / "lists" / "src").mkdir(parents=True)
+    (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\n")
+    sensor = build_definitions(settings).resolve_sensor_def("partner_list_sensor")
+    resources = {"relaion": RelaionSettings.from_settings(settings)}
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        first = sensor(context)
+        assert isinstance(first, dg.RunRequest)
+        assert isinstance(sensor(context), dg.SkipReason)
+        (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\nb.example\n")
+        assert isinstance(sensor(context), dg.RunRequest)
