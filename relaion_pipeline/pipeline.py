@@ -85,6 +85,21 @@ def _sidecar(settings: Settings, shard: shards.Shard) -> tuple[str | None, tuple
     return path, columns
 
 
+def fingerprint(location: str) -> dict:
+    """Size and modification time of a file: enough to tell that an input shard changed since it was matched."""
+    fs, path = storage.filesystem(location)
+    info = fs.info(path)
+    modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return {"bytes": info.get("size"), "modified": str(modified)}
+
+
+def _start(settings: Settings, stage: str, name: str, *outputs: str) -> None:
+    """Forget a stage's previous result for a shard before recomputing it, so a failed rerun never leaves
+    an older output looking current."""
+    for path in (Work(settings.work).stats(stage, name), *outputs):
+        storage.remove(path)
+
+
 def _count_by(table, *columns: str) -> dict[str, int]:
     """Distinct removed rows per value of `columns` (joined with '/')."""
     seen: dict[str, set[int]] = {}
@@ -99,6 +114,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
     started = time.perf_counter()
     work = Work(settings.work)
     shard = shards.resolve(settings.shards, name)
+    _start(settings, "removals", name, work.removals(name))
     roles = shards.roles(shard)
     version, blocklist_path = blocklists.read_current(work.blocklist_dir)
     sidecar_path, sidecar_columns = _sidecar(settings, shard)
@@ -131,6 +147,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "shard": name,
         "family": roles.family,
         "blocklist_version": version,
+        "input": fingerprint(shard.path),
         "rows_in": rows_in,
         "rows_without_url": null_urls,
         "rows_removed": len(set(removals.column("row_number").to_pylist())),
@@ -158,13 +175,16 @@ def write_research(settings: Settings, name: str) -> dict:
     """research: the shard minus every row in its removals table."""
     started = time.perf_counter()
     work = Work(settings.work)
+    _start(settings, RESEARCH, name, work.variant(RESEARCH, name))
     removal_stats = read_stats(settings, "removals", name)
     shard = shards.resolve(settings.shards, name)
+    removals_sha256 = storage.size_and_sha256(work.removals(name))[1]
     removed = pq.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy()
     result = variants.write_research(shard.path, removed, work.variant(RESEARCH, name))
     stats = {
         "shard": name,
         "blocklist_version": removal_stats["blocklist_version"],
+        "removals_sha256": removals_sha256,
         "rows_in": result.rows_in,
         "rows_removed": int(np.unique(removed).size),
         "rows_out": result.rows_out,
@@ -180,6 +200,7 @@ def write_research_safe(settings: Settings, name: str) -> dict:
     """research-safe: research minus rows whose safety score is above the safe threshold."""
     started = time.perf_counter()
     work = Work(settings.work)
+    _start(settings, RESEARCH_SAFE, name, work.variant(RESEARCH_SAFE, name))
     research_stats = read_stats(settings, RESEARCH, name)
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
@@ -189,6 +210,7 @@ def write_research_safe(settings: Settings, name: str) -> dict:
     stats = {
         "shard": name,
         "blocklist_version": research_stats["blocklist_version"],
+        "research_sha256": research_stats["sha256"],
         "score": roles.punsafe or roles.nsfw or "none",
         "safe_threshold": settings.safe_threshold,
         "rows_in": result.rows_in,

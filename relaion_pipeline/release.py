@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from relaion_pipeline import blocklists, checks, storage
+from relaion_pipeline import blocklists, checks, pipeline, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.settings import Settings
 
@@ -68,8 +68,9 @@ def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
         except Exception as error:  # a missing stage is a reason to hold back, not to stop the release
             held_back[name] = str(error)
             continue
-        if removals["blocklist_version"] != current_version:
-            held_back[name] = f"matched against blocklist {removals['blocklist_version']}, current is {current_version}"
+        why = _stale(settings, name, current_version, removals, research, safe)
+        if why:
+            held_back[name] = why
             continue
         ok, why = checks.passed(settings, name)
         if not ok:
@@ -77,6 +78,20 @@ def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
             continue
         ready[name] = {"removals": removals, RESEARCH: research, RESEARCH_SAFE: safe}
     return ready, held_back
+
+
+def _stale(settings: Settings, name: str, version: str, removals: dict, research: dict, safe: dict) -> str:
+    """Why a shard's outputs do not form one consistent, current chain (empty when they do)."""
+    work = Work(settings.work)
+    if any(stats["blocklist_version"] != version for stats in (removals, research, safe)):
+        return f"matched against blocklist {removals['blocklist_version']}, current is {version}"
+    if pipeline.fingerprint(shards.resolve(settings.shards, name).path) != removals["input"]:
+        return "input shard changed since it was matched"
+    if storage.size_and_sha256(work.removals(name))[1] != research["removals_sha256"]:
+        return "research was written from an older removals table"
+    if research["sha256"] != safe["research_sha256"]:
+        return "research-safe was written from an older research file"
+    return ""
 
 
 def _manifest(settings: Settings, ready: dict, held_back: dict, blocklist_version: str) -> dict:
