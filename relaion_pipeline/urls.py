@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 _HEX_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_PORT = re.compile(r":\d*$")
+# \Z, not $: Python's $ also matches before a final newline, and an unescaped %0A can end the host.
+_PORT = re.compile(r":[0-9]*\Z")
+_BRACKETED_HOST = re.compile(rb"(\[[^\]]*\])(?::[0-9]*)?\Z")
 _DOTS = re.compile(rb"\.{2,}")
-_POSSIBLE_IP = re.compile(r"^(?:0[xX][0-9A-Fa-f]+|[0-9.])+$")
+_POSSIBLE_IP = re.compile(r"(?:0[xX][0-9A-Fa-f]+|[0-9.])+")  # used with fullmatch
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED_QUAD = re.compile(rf"^{_OCTET}(?:\.{_OCTET}){{3}}$")
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # used with fullmatch
 
 MAX_HOST_SUFFIX_COMPONENTS = 5
 MAX_PATH_PREFIXES = 4
@@ -79,7 +81,7 @@ def _parse_ip_number(part: str) -> int | None:
 
 def _normalize_ip(host: str) -> str | None:
     """Return the dotted quad for a host that is an IPv4 address in any encoding, else None."""
-    if not host or not _POSSIBLE_IP.match(host):
+    if not host or not _POSSIBLE_IP.fullmatch(host):
         return None
     parts = host.split(".")
     if len(parts) > 4 or any(p == "" for p in parts):
@@ -99,7 +101,11 @@ def _normalize_ip(host: str) -> str | None:
 
 def _canonical_host(raw: bytes) -> bytes:
     host = raw.rsplit(b"@", 1)[-1]  # drop user info
-    if not host.startswith(b"["):
+    if host.startswith(b"["):  # IPv6 literal: only a port after the closing bracket
+        bracketed = _BRACKETED_HOST.match(host)
+        if bracketed:
+            host = bracketed.group(1)
+    else:
         host = _PORT.sub("", host.decode("latin-1")).encode("latin-1")
     host = _DOTS.sub(b".", host).strip(b".")
     ip = _normalize_ip(host.decode("latin-1"))
@@ -144,6 +150,8 @@ def parse(url: str) -> CanonicalURL:
     rest, sep, query = rest.partition("?")
     host, slash, path = rest.partition("/")
     host_bytes = _canonical_host(host.encode("latin-1"))
+    if not host_bytes:
+        raise ValueError("URL has no host")
     path_bytes = _canonical_path((slash + path).encode("latin-1"))
     return CanonicalURL(
         scheme=scheme,
@@ -160,7 +168,7 @@ def canonicalize(url: str) -> str:
 
 def is_ip_host(host: str) -> bool:
     """True when a canonical host is an IP address, which gets no host-suffix expressions."""
-    return host.startswith("[") or bool(_DOTTED_QUAD.match(host))
+    return host.startswith("[") or bool(_DOTTED_QUAD.fullmatch(host))
 
 
 def host_suffixes(host: str) -> list[str]:
