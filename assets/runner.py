@@ -71,6 +71,8 @@ def _failure(result) -> str:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             error = event.event_specific_data.error
+            while error is not None and error.cause is not None:  # the user code's own error, not Dagster's
+                error = error.cause
             return error.message.strip().splitlines()[-1] if error else "step failed"
     return "run failed"
 

@@ -95,6 +95,8 @@ def validate(suite: str, partition: str, frame: pd.DataFrame, expectation_list: 
             continue
         details = item.result or {}
         keys = [str(entry.get("row_key")) for entry in (details.get("unexpected_index_list") or [])[:SAMPLE_KEYS]]
+        if not keys and "row_key" in frame.columns:  # table-level expectation: every row of the frame offends
+            keys = [str(k) for k in frame["row_key"].drop_duplicates().head(SAMPLE_KEYS)]
         failures.append(
             Failure(
                 expectation=item.expectation_config.type,

@@ -1,0 +1,92 @@
+"""When a shard cannot be read or a blocking check fails, that shard alone is held back and the run says so."""
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from assets.runner import run_all
+from relaion_pipeline import release, variants
+from relaion_pipeline.settings import Settings
+
+BAD_URL = "http://blocked.example.org/secret-page.jpg"
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # run_all points it at the work folder
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("good-1", "good-2"):
+        pq.write_table(
+            pa.table(
+                {
+                    "url": ["http://fine.example/a.jpg", BAD_URL, "http://fine.example/b.jpg"],
+                    "caption": ["a bicycle", "secret caption", "a lighthouse"],
+                    "key": [f"{name}-0", f"{name}-1", f"{name}-2"],
+                    "punsafe": pa.array([0.1, 0.2, 0.3], pa.float32()),
+                }
+            ),
+            shards / f"{name}.parquet",
+        )
+    (tmp_path / "lists" / "iwf").mkdir(parents=True)
+    expression = "blocked.example.org/secret-page.jpg"
+    (tmp_path / "lists" / "iwf" / "url_sha256.txt").write_text(hashlib.sha256(expression.encode()).hexdigest() + "\n")
+    return Settings(
+        shards=str(shards),
+        blocklists=str(tmp_path / "lists"),
+        sidecars=str(tmp_path / "sidecars"),
+        work=str(tmp_path / "work"),
+        release=str(tmp_path / "releases"),
+    )
+
+
+def test_unreadable_shard_fails_alone_and_is_held_back(settings, tmp_path):
+    good = (tmp_path / "shards" / "good-1.parquet").read_bytes()
+    (tmp_path / "shards" / "broken.parquet").write_bytes(good[: len(good) // 2])
+    lines = []
+
+    summary = run_all(settings, progress=lines.append)
+
+    assert not summary.ok
+    by_name = {s.name: s for s in summary.shards}
+    assert by_name["good-1"].ok and by_name["good-2"].ok
+    assert not by_name["broken"].ok
+    assert "broken.parquet: not a readable parquet file" in by_name["broken"].error
+    manifest, problems = release.verify(settings.release)
+    assert problems == []
+    assert sorted(manifest["shards"]) == ["good-1", "good-2"]
+    assert "broken" in manifest["held_back"]
+    assert (tmp_path / "shards" / "broken.parquet").read_bytes() == good[: len(good) // 2], "input untouched"
+
+
+def test_failing_blocking_check_holds_the_shard_back(settings, tmp_path, monkeypatch):
+    original = variants.write_research
+
+    def faulty(shard_path, removed, destination):  # a filter bug: keeps every row of good-2
+        if "good-2" in shard_path:
+            removed = np.array([], dtype=np.int64)
+        return original(shard_path, removed, destination)
+
+    monkeypatch.setattr(variants, "write_research", faulty)
+    summary = run_all(settings, progress=lambda line: None)
+
+    assert not summary.ok
+    by_name = {s.name: s for s in summary.shards}
+    assert by_name["good-1"].ok
+    assert sorted(by_name["good-2"].failed_checks) == ["research_has_no_blocklist_match", "research_rows_add_up"]
+    manifest = json.loads((release.resolve(settings.release) / "manifest.json").read_text())
+    assert list(manifest["shards"]) == ["good-1"]
+    assert manifest["held_back"]["good-2"].startswith("shard 'good-2': no research-safe output yet")
+    assert not (release.resolve(settings.release) / "research" / "good-2.parquet").exists()
+    record = json.loads(
+        (tmp_path / "work" / "validation" / "research_has_no_blocklist_match" / "good-2.json").read_text()
+    )
+    assert record["success"] is False
+    failure = record["failures"][0]
+    assert failure["observed"] == 2, "found both by re-matching the URL and by its removed row key"
+    assert failure["sample_row_keys"] == ["good-2-1"]
+    assert BAD_URL not in json.dumps(record) and "secret caption" not in json.dumps(record)
