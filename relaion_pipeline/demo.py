@@ -6,6 +6,11 @@ lists in each source's file format, and `planted.json`: the ground truth of whic
 entry removes in every shard (row keys only, never a URL or caption). Every host is a reserved name
 (example.com/.org/.net, *.example, *.test) or a documentation IP (192.0.2/24, 198.51.100/24, 203.0.113/24);
 captions are neutral phrases; the keyword rule uses the placeholder keyword list shipped with the package.
+
+Every shard gets planted rows for each kind (images and keywords not in the `minimal` family, which has no
+sidecar and no score) plus decoys that must survive: a near-miss folder, keywords with a low score, high scores
+without a keyword, a keyword inside a longer word. Up to ORACLE_MAX_ROWS rows in all, planted.json is a brute
+force over every row; beyond, planted rows sit on dedicated hosts, folders or file names, so only they can match.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import mmh3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from relaion_pipeline.urls import lookup_expressions, parse
@@ -28,10 +35,11 @@ from relaion_pipeline.urls import lookup_expressions, parse
 FAMILIES = ("joined", "plain", "relaion", "minimal")
 KINDS = ("url_sha256", "url_md5", "domain", "image_md5", "image_sha1", "image_sha256", "keyword")
 KEYWORDS_FILE = Path(__file__).parent / "data" / "keywords.txt"
-RESEARCH_THRESHOLD = 0.95  # keyword rule: punsafe above this (or NSFW tag "NSFW") and a keyword in the caption
-ORACLE_MAX_ROWS = 200_000  # up to this many rows in all, planted.json is checked against every row
+RESEARCH_THRESHOLD = 0.95  # keyword rule: punsafe above this (plain family: NSFW tag "NSFW") AND a keyword
+ORACLE_MAX_ROWS = 200_000  # up to this many rows in all, planted.json is computed by checking every row
 MIN_ROWS = 100
 OUTPUTS = ("shards", "sidecars", "blocklists", "planted.json")
+SOURCES = ("partner-a", "partner-b", "hrw-privacy", "opt-out")
 
 _DOC_NETS = ("192.0.2", "198.51.100", "203.0.113")
 _BASES = ("example.com", "example.org", "example.net", "example", "test")
@@ -42,8 +50,11 @@ _DIRS = "photos images uploads wp-content media assets catalog products gallery 
 _DIRS += "thumbs large originals content news travel recipes".split()
 _WORDS = "summer beach red bicycle lighthouse vintage poster garden kitchen mountain river sofa lamp".split()
 _WORDS += "teapot sunset forest harbor autumn wooden table blue door city skyline coffee mug print".split()
+_NAMES = [f"{a}-{b}" for a in _WORDS for b in _WORDS]
 _EXTS, _EXT_P = ("jpg", "png", "webp", "gif"), (0.6, 0.2, 0.15, 0.05)
 _QUERIES, _QUERY_P = ("", "?w=600&h=400", "?width=1200", "?v=2", "?fit=crop&q=80"), (0.88, 0.05, 0.03, 0.02, 0.02)
+_TAILS = [(e, q) for e in _EXTS for q in _QUERIES]  # file extension and query of a URL
+_TAIL_P = np.outer(_EXT_P, _QUERY_P).ravel()
 _NON_ASCII = ("café", "日本", "straße", "crème-brûlée", "caf%C3%A9", "東京", "jalapeño")
 _STYLES = ("plain", "upper_host", "port", "fragment", "escape", "non_ascii", "double_slash", "dot_segments")
 _STYLES += ("trailing_dot", "userinfo", "ip", "missing_path", "long", "whitespace", "schemeless")
@@ -63,9 +74,10 @@ _TEMPLATES = (
     "Café {n} in the old town", "{n} im Schnee – Postkarte", "日本の{n} ({a})", "Ölgemälde: {a} {n}",
     "🌅 {a} {n} {p} {l}", "paisaje con {n} y {l}",
 )  # fmt: skip
-_TEMPLATE_P = np.array([14, 8, 8, 8, 8, 6, 6, 5, 6, 5, 6, 2, 2, 2, 2, 1, 2], dtype=float)
+_TEMPLATE_P = np.array([14, 8, 8, 8, 8, 6, 6, 5, 6, 5, 6, 2, 2, 2, 2, 1, 2]) / 91
 _WIDTHS = np.array([256, 320, 400, 480, 500, 600, 640, 736, 800, 1000, 1024, 1200, 1280, 1600, 1920, 2048])
 _ASPECTS = np.array([1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2 / 3])
+_IMAGE_HASHES = {"image_md5": hashlib.md5, "image_sha1": hashlib.sha1, "image_sha256": hashlib.sha256}
 
 
 def load_keywords(path: str | Path = KEYWORDS_FILE) -> list[str]:
@@ -79,18 +91,15 @@ def keyword_regex(keywords: list[str]) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(k) for k in keywords) + r")(?!\w)", re.IGNORECASE)
 
 
-def _sha256(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _md5(data: str | bytes) -> str:
-    return hashlib.md5(data.encode() if isinstance(data, str) else data).hexdigest()
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
 
 
-_IMAGE_HASHES = {"image_md5": hashlib.md5, "image_sha1": hashlib.sha1, "image_sha256": hashlib.sha256}
-
-
-# ---------------------------------------------------------------- URLs
+# ---------------------------------------------------------------- URLs and captions
 
 
 def _doc_ip(r: random.Random, encoded: bool) -> str:
@@ -127,12 +136,8 @@ def _dir_segment(r: random.Random) -> str:
     return f"{r.getrandbits(r.choice((32, 64, 128))):x}"
 
 
-def _dir_pool(r: random.Random, n: int) -> list[str]:
-    return ["".join("/" + _dir_segment(r) for _ in range(r.choice((0, 1, 2, 2, 3, 3, 4)))) for _ in range(n)]
-
-
 def _render(style: str, r: random.Random, scheme: str, host: str, dirs: str, filename: str, query: str) -> str:
-    """One URL in a given style; every style but `ip` keeps the canonical host, every one keeps the dirs."""
+    """A URL in one style. All styles but `ip` keep the canonical host; all keep the directories as a prefix."""
     if style == "upper_host":
         host, scheme = (host.upper() if r.random() < 0.5 else host.title()), r.choice((scheme, scheme.upper()))
     elif style == "port":
@@ -140,14 +145,8 @@ def _render(style: str, r: random.Random, scheme: str, host: str, dirs: str, fil
     elif style == "fragment":
         query += "#" + r.choice(("top", "gallery", "section-2", "main-image", ""))
     elif style == "escape":
-        filename = r.choice(
-            (
-                filename.replace("-", "%20"),
-                filename.replace("-", "%2F", 1),
-                "100%25-" + filename,
-                filename.replace("-", "%2d"),
-            )
-        )
+        a, b = filename.replace("-", "%20"), filename.replace("-", "%2F", 1)
+        filename = r.choice((a, b, "100%25-" + filename, filename.replace("-", "%2d")))
     elif style == "non_ascii":
         dirs += "/" + r.choice(_NON_ASCII)
     elif style == "dot_segments":
@@ -177,44 +176,42 @@ class _Pools:
     """Hosts, directories and captions shared by all shards, so values repeat as in real data."""
 
     hosts: list[str]
-    weights: np.ndarray
+    weights: np.ndarray  # Zipf-like: a few hosts hold many rows
     dirs: list[str]
     captions: list[str]
 
     @classmethod
-    def build(cls, seed: int, rows: int) -> _Pools:
+    def build(cls, seed: int, rows: int, keywords: re.Pattern[str]) -> _Pools:
         r, rng = random.Random(seed), np.random.default_rng([seed, 10**6])
         hosts = _host_pool(r, max(40, rows // 25))
         weights = 1.0 / np.arange(1, len(hosts) + 1) ** 0.9
-        n = min(250_000, max(2_000, rows // 8))
+        depths = (0, 1, 2, 2, 3, 3, 4)
+        dirs = ["".join("/" + _dir_segment(r) for _ in range(r.choice(depths))) for _ in range(max(60, rows // 40))]
+        n = min(100_000, max(2_000, rows // 10))
         picks = [rng.integers(0, len(v), n).tolist() for v in (_ADJ, _NOUN, _PREP, _PLACE, _BRANDS)]
-        template = rng.choice(len(_TEMPLATES), n, p=_TEMPLATE_P / _TEMPLATE_P.sum()).tolist()
         captions = [
             _TEMPLATES[t].format(a=_ADJ[a], n=_NOUN[b], p=_PREP[c], l=_PLACE[d], b=_BRANDS[e].title())
-            for t, a, b, c, d, e in zip(template, *picks, strict=True)
+            for t, a, b, c, d, e in zip(rng.choice(len(_TEMPLATES), n, p=_TEMPLATE_P).tolist(), *picks, strict=True)
         ]
-        return cls(hosts, weights / weights.sum(), _dir_pool(r, max(60, rows // 40)), captions)
+        captions = [c for c in captions if not keywords.search(c)]  # only planted rows hold a keyword
+        return cls(hosts, weights / weights.sum(), dirs, captions)
 
-
-def _urls(rng: np.random.Generator, r: random.Random, pools: _Pools, n: int) -> list[str]:
-    host = rng.choice(len(pools.hosts), n, p=pools.weights).tolist()
-    dirs = rng.integers(0, len(pools.dirs), n).tolist()
-    w1, w2 = rng.integers(0, len(_WORDS), (2, n)).tolist()
-    number = rng.integers(10, 10**7, n).tolist()
-    ext = rng.choice(len(_EXTS), n, p=_EXT_P).tolist()
-    query = rng.choice(len(_QUERIES), n, p=_QUERY_P).tolist()
-    scheme = np.where(rng.random(n) < 0.8, "https", "http").tolist()
-    style = rng.choice(len(_STYLES), n, p=_STYLE_P)
-    parts = zip(scheme, host, dirs, w1, w2, number, ext, query, strict=True)
-    urls = [
-        f"{s}://{pools.hosts[h]}{pools.dirs[d]}/{_WORDS[a]}-{_WORDS[b]}-{k}.{_EXTS[e]}{_QUERIES[q]}"
-        for s, h, d, a, b, k, e, q in parts
-    ]
-    for i in np.flatnonzero(style).tolist():
-        filename = f"{_WORDS[w1[i]]}-{_WORDS[w2[i]]}-{number[i]}.{_EXTS[ext[i]]}"
-        host_i, dirs_i, query_i = pools.hosts[host[i]], pools.dirs[dirs[i]], _QUERIES[query[i]]
-        urls[i] = _render(_STYLES[style[i]], r, scheme[i], host_i, dirs_i, filename, query_i)
-    return urls
+    def urls(self, rng: np.random.Generator, r: random.Random, n: int) -> list[str]:
+        host = rng.choice(len(self.hosts), n, p=self.weights).tolist()
+        https = (rng.random(n) < 0.8).tolist()
+        dirs, name = rng.integers(0, len(self.dirs), n).tolist(), rng.integers(0, len(_NAMES), n).tolist()
+        number, tail = rng.integers(10, 10**7, n).tolist(), rng.choice(len(_TAILS), n, p=_TAIL_P).tolist()
+        prefixes = [f"{s}://{h}" for h in self.hosts for s in ("http", "https")]
+        urls = [
+            f"{prefixes[2 * h + s]}{self.dirs[d]}/{_NAMES[a]}-{k}.{_TAILS[t][0]}{_TAILS[t][1]}"
+            for h, s, d, a, k, t in zip(host, https, dirs, name, number, tail, strict=True)
+        ]
+        style = rng.choice(len(_STYLES), n, p=_STYLE_P)
+        for i in np.flatnonzero(style).tolist():  # the ~30% irregular URLs
+            ext, query = _TAILS[tail[i]]
+            scheme, filename = ("https" if https[i] else "http"), f"{_NAMES[name[i]]}-{number[i]}.{ext}"
+            urls[i] = _render(_STYLES[style[i]], r, scheme, self.hosts[host[i]], self.dirs[dirs[i]], filename, query)
+        return urls
 
 
 # ---------------------------------------------------------------- shards and plants
@@ -228,88 +225,101 @@ _KEYWORD_ROLES = (("keyword", 2), ("kw_low", 2), ("unsafe_only", 2), ("kw_substr
 class _Shard:
     index: int
     family: str
-    name: str
     seed: int
-    urls: list[str]
-    captions: list[str]
+    urls: list[str] | dict[int, str]  # a dict of the planted rows only once trimmed
+    captions: list[str] | dict[int, str]
     punsafe: np.ndarray
     nsfw: np.ndarray
-    covered: np.ndarray | None  # rows with a sidecar row; None: no sidecar
+    hashes: np.ndarray | None = None
+    covered: np.ndarray | None = None  # rows that have a sidecar row; None: no sidecar
     alias: dict[int, int] = field(default_factory=dict)  # row -> row whose image bytes it shares
     roles: dict[str, list[int]] = field(default_factory=dict)
-    keys: list[str] = field(default_factory=list)
 
-    def candidates(self) -> list[int]:
-        """The planted rows (decoys included): by construction the only rows any entry can match."""
-        return sorted({row for rows in self.roles.values() for row in rows})
+    @property
+    def name(self) -> str:
+        return f"{self.family}/part-{self.index:05d}"
 
-    def trim(self) -> None:
-        """Keep only what the ground truth of the candidates needs (big shards are not fully re-checked)."""
-        keep = self.candidates()
-        self.urls, self.captions, self.keys = ({r: v[r] for r in keep} for v in (self.urls, self.captions, self.keys))
+    @property
+    def rows(self) -> int:
+        return len(self.punsafe)
 
-    def unsafe(self, row: int) -> bool:
-        if self.family == "minimal":
-            return False
+    def key(self, row: int) -> str:
+        """The pipeline's row key: hash, SAMPLE_ID, key column, or `<shard name>:<row number>`."""
+        return self.keys(np.array([row]))[0].as_py()
+
+    def keys(self, rows: np.ndarray) -> pa.Array:
+        if self.family == "joined":
+            return pc.cast(pa.array(self.hashes[rows]), pa.string())
         if self.family == "plain":
-            return self.nsfw[row] == "NSFW"
-        return bool(self.punsafe[row] > RESEARCH_THRESHOLD)
+            return pc.cast(pa.array(rows + self.index * 10**9), pa.string())
+        if self.family == "relaion":
+            digits = max(4, len(str(self.rows - 1)))
+            return pc.utf8_lpad(pc.cast(pa.array(rows + self.index * 10**digits), pa.string()), 5 + digits, "0")
+        return pc.binary_join_element_wise(f"{self.name}:", pc.cast(pa.array(rows), pa.string()), "")
 
     def image(self, row: int) -> bytes | None:
+        """The synthetic image bytes behind the sidecar hashes; None when the row has no sidecar row."""
         if self.covered is None or not self.covered[row]:
             return None
         return f"synthetic-image-{self.seed}-{self.name}-{self.alias.get(row, row)}".encode()
+
+    def unsafe(self, row: int) -> bool:
+        if self.family == "plain":
+            return self.nsfw[row] == "NSFW"
+        return self.family != "minimal" and bool(self.punsafe[row] > RESEARCH_THRESHOLD)
+
+    def candidates(self) -> list[int]:
+        """The planted rows, decoys included: by construction the only rows any entry can match."""
+        return sorted({row for rows in self.roles.values() for row in rows})
+
+    def trim(self) -> None:
+        """Keep only the URLs and captions of the candidates (big shards are not checked row by row)."""
+        self.urls, self.captions = ({r: v[r] for r in self.candidates()} for v in (self.urls, self.captions))
 
 
 def _plant_urls(shard: _Shard, r: random.Random, pools: _Pools, entries: dict) -> None:
     i, roles, urls = shard.index, shard.roles, shard.urls
 
     def fresh(row: int, host: str, dirs: str, token: bool = False) -> str:
-        name = f"{r.choice(_WORDS)}-{r.choice(_WORDS)}-{r.randrange(10, 10**7)}" + (f"-{i}{row:07d}" if token else "")
-        filename = f"{name}.{r.choice(_EXTS)}"
-        scheme, query = r.choice(("http", "https")), r.choice(_QUERIES)
+        name = f"{r.choice(_NAMES)}-{r.randrange(10, 10**7)}" + (f"-s{i}r{row}" if token else "")
+        scheme, filename, query = r.choice(("http", "https")), f"{name}.{r.choice(_EXTS)}", r.choice(_QUERIES)
         return _render(r.choice(_SAFE_STYLES), r, scheme, host, dirs, filename, query)
 
-    # exact plants: a unique token in the file name makes the exact expression match only this row
-    for role, source, kind, category in (
-        ("exact_a", "partner-a", "url_sha256", "csam"),
-        ("exact_hrw", "hrw-privacy", "url_sha256", "privacy"),
-        ("md5", "partner-b", "url_md5", "csam"),
+    # exact plants: a token in the file name that no other row has makes the exact expression unique
+    for role, source, kind, category, digest in (
+        ("exact_a", "partner-a", "url_sha256", "csam", _sha256),
+        ("exact_hrw", "hrw-privacy", "url_sha256", "privacy", _sha256),
+        ("md5", "partner-b", "url_md5", "csam", _md5),
     ):
         for row in roles[role]:
             urls[row] = fresh(row, r.choice(pools.hosts), r.choice(pools.dirs), token=True)
-            expression = lookup_expressions(urls[row])[0]
-            entries.setdefault((source, kind), []).append(
-                (_md5(expression) if kind == "url_md5" else _sha256(expression), category)
-            )
-    # path plant: a folder name no other row uses, on a shared host; a near-miss folder on the same host
+            entries[source, kind].append((digest(lookup_expressions(urls[row])[0]), category))
+    # path plant: a folder no other row uses on a shared host, plus a near-miss folder on the same host
     host, top = r.choice(pools.hosts), f"collection-{i}-1"
-    for row in roles["path"]:
-        urls[row] = fresh(row, host, f"/{top}" + r.choice(pools.dirs))
-    for row in roles["path_near"]:
-        urls[row] = fresh(row, host, f"/{top}-old" + r.choice(pools.dirs))
-    entries.setdefault(("partner-a", "url_sha256"), []).append(
-        (_sha256(f"{parse(urls[roles['path'][0]]).host}/{top}/"), "csam")
-    )
-    # host plant and opt-out domain: dedicated hosts, their subdomains included
+    for role, folder in (("path", top), ("path_near", f"{top}-old")):
+        for row in roles[role]:
+            urls[row] = fresh(row, host, f"/{folder}" + r.choice(pools.dirs))
+    entries["partner-a", "url_sha256"].append((_sha256(f"{parse(urls[roles['path'][0]]).host}/{top}/"), "csam"))
+    # host plant and opt-out domain: dedicated hosts, subdomains included
     blocked, optout = f"blocked-host-{i}-1.example", f"optout-{i}-1.example.net"
-    for row, sub in zip(roles["host"], ("", "img.", "cdn.static."), strict=True):
-        urls[row] = fresh(row, sub + blocked, r.choice(pools.dirs))
-    for row, sub in zip(roles["domain"], ("", "cdn.", "img2.cdn."), strict=True):
-        urls[row] = fresh(row, sub + optout, r.choice(pools.dirs))
-    entries[("partner-a", "url_sha256")].append((_sha256(f"{blocked}/"), "csam"))
-    entries.setdefault(("opt-out", "domain"), []).append((optout, "opt-out"))
+    for role, base, subs in (
+        ("host", blocked, ("", "img.", "cdn.static.")),
+        ("domain", optout, ("", "cdn.", "img2.cdn.")),
+    ):
+        for row, sub in zip(roles[role], subs, strict=True):
+            urls[row] = fresh(row, sub + base, r.choice(pools.dirs))
+    entries["partner-a", "url_sha256"].append((_sha256(f"{blocked}/"), "csam"))
+    entries["opt-out", "domain"].append((optout, "opt-out"))
 
 
 def _plant_images(shard: _Shard, rng: np.random.Generator, entries: dict) -> None:
     roles = shard.roles
     shard.alias[roles["image_dup"][0]] = roles["image_md5"][0]  # the same image re-hosted at another URL
-    shard.covered = rng.random(len(shard.urls)) >= 0.05  # ~5% failed downloads have no sidecar row
+    shard.covered = rng.random(shard.rows) >= 0.05  # ~5% failed downloads have no sidecar row
     shard.covered[[row for role, _ in _IMAGE_ROLES for row in roles[role]]] = True
     for kind, source in (("image_md5", "partner-a"), ("image_sha1", "partner-b"), ("image_sha256", "partner-b")):
         for row in roles[kind]:
-            digest = _IMAGE_HASHES[kind](shard.image(row)).hexdigest()
-            entries.setdefault((source, kind), []).append((digest, "csam"))
+            entries[source, kind].append((_IMAGE_HASHES[kind](shard.image(row)).hexdigest(), "csam"))
 
 
 def _with_keyword(r: random.Random, caption: str, keyword: str) -> str:
@@ -320,123 +330,104 @@ def _with_keyword(r: random.Random, caption: str, keyword: str) -> str:
 
 
 def _plant_keywords(shard: _Shard, r: random.Random, keywords: list[str]) -> None:
-    """Keyword plants and decoys: only a keyword AND a score above the research threshold removes a row."""
+    """Keyword rows and decoys: only a whole-word keyword AND a score above the threshold removes a row."""
     plain = [k for k in keywords if k[-1].isalnum()]
-    for role, score, tag in (
-        ("keyword", 0.97, "NSFW"),
-        ("kw_low", 0.5, "UNSURE"),
-        ("unsafe_only", 0.99, "NSFW"),
-        ("kw_substring", 0.99, "NSFW"),
-    ):
+    for role, score, tag in (("keyword", 0.97, "NSFW"), ("kw_low", 0.5, "UNSURE"), ("unsafe_only", 0.99, "NSFW")):
         for j, row in enumerate(shard.roles[role]):
-            if role in ("keyword", "kw_low"):
+            if role != "unsafe_only":
                 shard.captions[row] = _with_keyword(r, shard.captions[row], keywords[j % len(keywords)])
-            elif role == "kw_substring" and plain:  # the keyword inside a longer word is not a whole word
-                shard.captions[row] = _with_keyword(r, shard.captions[row], plain[j % len(plain)] + "s")
             shard.punsafe[row], shard.nsfw[row] = score, tag
+    for j, row in enumerate(shard.roles["kw_substring"]):  # a keyword inside a longer word is no whole word
+        shard.captions[row] = _with_keyword(r, shard.captions[row], plain[j % len(plain)] + "s") if plain else ""
+        shard.punsafe[row], shard.nsfw[row] = 0.99, "NSFW"
 
 
 def _scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     u = rng.random(n)
-    low = 0.2 * rng.beta(0.8, 3.0, n)
-    punsafe = np.where(u < 0.80, low, np.where(u < 0.94, rng.uniform(0.2, 0.45, n), rng.uniform(0.45, 0.95, n)))
-    punsafe = np.where(u >= 0.985, rng.uniform(0.951, 1.0, n), punsafe)
+    punsafe = np.where(u < 0.80, 0.2 * rng.beta(0.8, 3.0, n), rng.uniform(0.2, 0.45, n))
+    punsafe = np.where(u < 0.94, punsafe, np.where(u < 0.985, rng.uniform(0.45, 0.95, n), rng.uniform(0.951, 1, n)))
     width = np.where(rng.random(n) < 0.7, rng.choice(_WIDTHS, n), rng.integers(64, 4000, n))
-    height = np.maximum(16, np.rint(width / rng.choice(_ASPECTS, n))).astype(np.int64)
     return {
         "similarity": rng.uniform(0.25, 0.45, n),
-        "punsafe": punsafe.astype(np.float32),
+        "punsafe": punsafe.astype(np.float32),  # ~80% < 0.2, ~6% > 0.45, ~1.5% > 0.95
         "pwatermark": rng.beta(0.6, 2.5, n).astype(np.float32),
         "width": width.astype(np.int64),
-        "height": height,
+        "height": np.maximum(16, np.rint(width / rng.choice(_ASPECTS, n))).astype(np.int64),
         "nsfw": rng.choice(np.array(["UNLIKELY", "UNSURE", "NSFW"], dtype=object), n, p=(0.9, 0.07, 0.03)),
         "size_null": rng.random(n) < 0.02,
         "license_null": rng.random(n) < 0.03,
+        "index_gap": rng.random(n) < 0.05,
     }
 
 
-def _hashes(urls: list[str], captions: list[str]) -> np.ndarray:
-    return np.array([mmh3.hash64(u + t, signed=True)[0] for u, t in zip(urls, captions, strict=True)], dtype=np.int64)
-
-
-def _unique_pairs(urls: list[str], captions: list[str]) -> np.ndarray:
-    """The LAION hash of every row, after making (url, caption) unique so row keys are unique."""
-    hashes = _hashes(urls, captions)
-    while len(first := np.unique(hashes, return_index=True)[1]) < len(hashes):
-        for row in np.setdiff1d(np.arange(len(hashes)), first).tolist():
+def _unique_hashes(urls: list[str], captions: list[str]) -> np.ndarray:
+    """The LAION hash of every row, after making (url, caption) unique so that row keys are unique."""
+    hashes = np.array([mmh3.hash64(u + t, signed=True)[0] for u, t in zip(urls, captions, strict=True)])
+    while True:
+        order = np.argsort(hashes, kind="stable")
+        later = order[1:][hashes[order[1:]] == hashes[order[:-1]]].tolist()  # repeats after the first
+        if not later:
+            return hashes
+        for row in later:
             captions[row] += f" ({row})"
             hashes[row] = mmh3.hash64(urls[row] + captions[row], signed=True)[0]
-    return hashes
 
 
-def _table(shard: _Shard, cols: dict[str, np.ndarray], hashes: np.ndarray) -> pa.Table:
-    n, i, family = len(shard.urls), shard.index, shard.family
-    url, text = pa.array(shard.urls, pa.string()), pa.array(shard.captions, pa.string())
+def _table(shard: _Shard, cols: dict[str, np.ndarray]) -> pa.Table:
+    n, family = shard.rows, shard.family
+    if family == "minimal":
+        index = pd.Index(np.cumsum(1 + cols["index_gap"]) + 2 * shard.index * n, dtype="int64")  # with gaps
+        frame = pd.DataFrame({"URL": shard.urls, "TEXT": shard.captions}, index=index)
+        schema = pa.schema([("URL", pa.string()), ("TEXT", pa.string()), ("__index_level_0__", pa.int64())])
+        return pa.Table.from_pandas(frame, schema=schema, preserve_index=True)
+    url, text, similarity = pa.array(shard.urls, pa.string()), pa.array(shard.captions, pa.string()), cols["similarity"]
+    width, height, pwatermark = cols["width"], cols["height"], cols["pwatermark"]
     if family == "joined":
-        shard.keys = [str(h) for h in hashes.tolist()]
-        names = ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark")
-        values = (
-            url,
-            text,
-            cols["width"],
-            cols["height"],
-            cols["similarity"],
-            hashes,
-            shard.punsafe,
-            cols["pwatermark"],
-        )
-        return pa.table(dict(zip(names, values, strict=True)))
+        return pa.table({
+            "URL": url, "TEXT": text, "WIDTH": width, "HEIGHT": height, "similarity": similarity,
+            "hash": shard.hashes, "punsafe": shard.punsafe, "pwatermark": pwatermark,
+        })  # fmt: skip
     if family == "plain":
-        sample_id = np.arange(n, dtype=np.int64) + i * 10**9
-        shard.keys = [str(s) for s in sample_id.tolist()]
         null = cols["size_null"]
         return pa.table({
-            "SAMPLE_ID": sample_id, "URL": url, "TEXT": text,
-            "HEIGHT": pa.array(cols["height"].astype(np.float64), mask=null),
-            "WIDTH": pa.array(cols["width"].astype(np.float64), mask=null),
+            "SAMPLE_ID": np.arange(n, dtype=np.int64) + shard.index * 10**9, "URL": url, "TEXT": text,
+            "HEIGHT": pa.array(height.astype(np.float64), mask=null),
+            "WIDTH": pa.array(width.astype(np.float64), mask=null),
             "LICENSE": pa.array(np.full(n, "?", dtype=object), pa.string(), mask=cols["license_null"]),
-            "NSFW": pa.array(shard.nsfw, pa.string()), "similarity": cols["similarity"],
+            "NSFW": pa.array(shard.nsfw, pa.string()), "similarity": similarity,
         })  # fmt: skip
-    if family == "relaion":
-        width = max(4, len(str(n - 1)))
-        shard.keys = [f"{i:05d}{row:0{width}d}" for row in range(n)]
-        return pa.table({
-            "key": pa.array(shard.keys, pa.string()), "hash": hashes, "url": url, "caption": text,
-            "similarity": cols["similarity"], "punsafe": shard.punsafe, "pwatermark": cols["pwatermark"],
-            "original_width": cols["width"], "original_height": cols["height"],
-        })  # fmt: skip
-    shard.keys = [f"{shard.name}:{row}" for row in range(n)]
-    index = pd.Index(np.cumsum(1 + (cols["size_null"])) + 2 * i * n, dtype="int64")  # a pandas index with gaps
-    frame = pd.DataFrame({"URL": shard.urls, "TEXT": shard.captions}, index=index)
-    schema = pa.schema([("URL", pa.string()), ("TEXT", pa.string()), ("__index_level_0__", pa.int64())])
-    return pa.Table.from_pandas(frame, schema=schema, preserve_index=True)
-
-
-def _hex_column(digests: bytes, size: int) -> pa.Array:
-    data = digests.hex().encode("ascii")
-    offsets = np.arange(0, len(data) + 1, 2 * size, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
+    return pa.table({
+        "key": shard.keys(np.arange(n)), "hash": shard.hashes, "url": url, "caption": text,
+        "similarity": similarity, "punsafe": shard.punsafe, "pwatermark": pwatermark,
+        "original_width": width, "original_height": height,
+    })  # fmt: skip
 
 
 def _sidecar(shard: _Shard, rng: np.random.Generator) -> pa.Table:
-    rows = rng.permutation(np.flatnonzero(shard.covered)).tolist()  # keyed by row key, not in row order
-    images = [shard.image(row) for row in rows]
-    columns = {"key": pa.array([shard.keys[row] for row in rows], pa.string())}
-    for column, kind in (("md5", "image_md5"), ("sha1", "image_sha1"), ("sha256", "image_sha256")):
-        function = _IMAGE_HASHES[kind]
-        columns[column] = _hex_column(b"".join(function(b).digest() for b in images), function().digest_size)
+    """key, md5, sha1, sha256 of the covered rows, shuffled: sidecars are joined on the key, not row order."""
+    rows = rng.permutation(np.flatnonzero(shard.covered))
+    source = rows.copy()
+    for row, same in shard.alias.items():
+        source[rows == row] = same
+    prefix = f"synthetic-image-{shard.seed}-{shard.name}-"
+    images = [f"{prefix}{row}".encode() for row in source.tolist()]  # as in _Shard.image
+    columns = {"key": shard.keys(rows)}
+    for column, function in zip(("md5", "sha1", "sha256"), _IMAGE_HASHES.values(), strict=True):
+        data = b"".join([function(image).digest() for image in images]).hex().encode("ascii")
+        offsets = np.arange(0, len(data) + 1, 2 * function().digest_size, dtype=np.int32)
+        columns[column] = pa.StringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(data))
     return pa.table(columns)
 
 
 def _build_shard(out: Path, i: int, rows: int, seed: int, pools: _Pools, keywords: list[str], entries: dict) -> _Shard:
     family = FAMILIES[i % len(FAMILIES)]
     rng, r = np.random.default_rng([seed, i]), random.Random(seed * 1_000_003 + i)
-    urls = _urls(rng, r, pools, rows)
+    urls = pools.urls(rng, r, rows)
     captions = [pools.captions[j] for j in rng.integers(0, len(pools.captions), rows).tolist()]
     for row in np.flatnonzero(rng.random(rows) < 0.015).tolist():
         captions[row] = ""
     cols = _scores(rng, rows)
-    shard = _Shard(i, family, f"{family}/part-{i:05d}", seed, urls, captions, cols["punsafe"], cols["nsfw"], None)
+    shard = _Shard(i, family, seed, urls, captions, cols["punsafe"], cols["nsfw"])
     plan = list(_URL_ROLES) + ([] if family == "minimal" else [*_IMAGE_ROLES, *_KEYWORD_ROLES])
     picked = rng.choice(rows, sum(k for _, k in plan), replace=False).tolist()
     for role, k in plan:
@@ -445,13 +436,16 @@ def _build_shard(out: Path, i: int, rows: int, seed: int, pools: _Pools, keyword
     if family != "minimal":
         _plant_images(shard, rng, entries)
         _plant_keywords(shard, r, keywords)
-    table = _table(shard, cols, _unique_pairs(urls, captions))
-    (out / "shards" / family).mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out / "shards" / f"{shard.name}.parquet", compression="zstd")
+    shard.hashes = _unique_hashes(urls, captions)
+    _write_parquet(_table(shard, cols), out / "shards" / f"{shard.name}.parquet")
     if shard.covered is not None:
-        (out / "sidecars" / family).mkdir(parents=True, exist_ok=True)
-        pq.write_table(_sidecar(shard, rng), out / "sidecars" / f"{shard.name}.parquet", compression="zstd")
+        _write_parquet(_sidecar(shard, rng), out / "sidecars" / f"{shard.name}.parquet")
     return shard
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
 
 
 # ---------------------------------------------------------------- partner lists and ground truth
@@ -462,58 +456,50 @@ def _noise(rng: np.random.Generator, n: int, size: int) -> list[str]:
     return [data[j : j + 2 * size] for j in range(0, len(data), 2 * size)]
 
 
+_NOISE = {  # source -> (kind, digest size in bytes, share of the noise count, category)
+    "partner-a": (("url_sha256", 32, 0.8, "csam"), ("image_md5", 16, 0.2, "csam")),
+    "partner-b": (("url_md5", 16, 1, "csam"), ("image_sha1", 20, 0.25, "csam"), ("image_sha256", 32, 0.25, "csam")),
+    "hrw-privacy": (("url_sha256", 32, 0.25, "privacy"),),
+}
+
+
 def _write_blocklists(root: Path, entries: dict, rng: np.random.Generator, rows: int) -> dict:
-    """One folder per source, each in its own format; returns distinct entries per source and kind."""
-    n = max(200, rows // 10)
-    rows_of = {
-        source: [(k, v, c) for (s, k), got in sorted(entries.items()) if s == source for v, c in got]
-        for source in ("partner-a", "partner-b", "hrw-privacy", "opt-out")
+    """One folder per source in its own format, planted entries hidden among noise that matches nothing.
+
+    Returns the number of distinct (lower-cased) values per source and kind, as a list parser should count.
+    """
+    lists = {
+        s: [(k, v, c) for (source, k), got in sorted(entries.items()) if source == s for v, c in got] for s in SOURCES
     }
-    rows_of["partner-a"] += [("url_sha256", v, "csam") for v in _noise(rng, n - n // 5, 32)]
-    rows_of["partner-a"] += [("image_md5", v, "csam") for v in _noise(rng, n // 5, 16)]
-    rows_of["partner-b"] += [("url_md5", v, "csam") for v in _noise(rng, n, 16)]
-    rows_of["partner-b"] += [("image_sha1", v, "csam") for v in _noise(rng, n // 4, 20)]
-    rows_of["partner-b"] += [("image_sha256", v, "csam") for v in _noise(rng, n // 4, 32)]
-    rows_of["hrw-privacy"] += [("url_sha256", v, "privacy") for v in _noise(rng, n // 4, 32)]
-    rows_of["opt-out"] += [("domain", f"optout-x{k}.example.net", "opt-out") for k in range(20)]
-    for source, got in rows_of.items():
-        rows_of[source] = [got[j] for j in rng.permutation(len(got)).tolist()]
-    counts = {s: {} for s in rows_of}
-    for source, got in rows_of.items():
-        for kind in sorted({k for k, _, _ in got}):
-            counts[source][kind] = len({v.lower() for k, v, _ in got if k == kind})
-    a = rows_of["partner-a"]
-    for j in rng.choice(len(a), 4, replace=False).tolist():  # partners do not agree on hex case
+    for source, noise in _NOISE.items():
+        for kind, size, share, category in noise:
+            lists[source] += [(kind, v, category) for v in _noise(rng, int(max(200, rows // 10) * share), size)]
+    lists["opt-out"] += [("domain", f"optout-x{k}.example.net", "opt-out") for k in range(20)]
+    counts = {}
+    for source, got in lists.items():
+        lists[source] = [got[j] for j in rng.permutation(len(got)).tolist()]
+        counts[source] = dict(sorted(Counter(kind for kind, _ in {(k, v) for k, v, _ in got}).items()))
+    a, b = lists["partner-a"], lists["partner-b"]
+    for j in rng.choice(len(a), 4, replace=False).tolist():  # partners do not agree on hex case...
         a[j] = (a[j][0], a[j][1].upper(), a[j][2])
-    a.insert(len(a) // 3, a[0])  # and send duplicates
-    lines = [f"{k},{v},{c}" for k, v, c in a]
-    lines.insert(len(lines) // 2, "# --- batch 2 (synthetic) ---")
-    header = ["# partner-a hash list: synthetic demo data, matches only generated rows", "kind,value,category"]
-    _write(root / "partner-a" / "hashes.csv", [*header, *lines])
-    b = rows_of["partner-b"]
-    _write(
-        root / "partner-b" / "url_md5.txt",
-        ["# partner-b URL MD5 list (synthetic)", *(v for k, v, _ in b if k == "url_md5")],
-    )
-    images = [row for row in b if row[0] != "url_md5"]
-    table = pa.table(
-        {
-            name: pa.array(list(col), pa.string())
-            for name, col in zip(("kind", "value", "category"), zip(*images, strict=True), strict=True)
-        }
-    )
-    pq.write_table(table, root / "partner-b" / "images.parquet", compression="zstd")
-    _write(
-        root / "hrw-privacy" / "list.tsv",
-        ["kind\tvalue\tcategory", *("\t".join(row) for row in rows_of["hrw-privacy"])],
-    )
-    _write(root / "opt-out" / "domains.csv", ["kind,value,category", *(",".join(row) for row in rows_of["opt-out"])])
+    lines = [",".join(row) for row in a]
+    lines.insert(len(lines) // 3, lines[0])  # ...send duplicates...
+    lines.insert(len(lines) // 2, "# --- second batch ---")  # ...and comments anywhere
+    files = {
+        "partner-a/hashes.csv": ["# partner-a hash list (synthetic demo data)", "kind,value,category", *lines],
+        "partner-b/url_md5.txt": [
+            "# partner-b: MD5 of URL lookup expressions",
+            *(v for k, v, _ in b if k == "url_md5"),
+        ],
+        "hrw-privacy/list.tsv": ["kind\tvalue\tcategory", *("\t".join(row) for row in lists["hrw-privacy"])],
+        "opt-out/domains.csv": ["kind,value,category", *(",".join(row) for row in lists["opt-out"])],
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("\n".join(text) + "\n", encoding="utf-8", newline="\n")
+    images = [dict(zip(("kind", "value", "category"), row, strict=True)) for row in b if row[0] != "url_md5"]
+    _write_parquet(pa.Table.from_pylist(images), root / "partner-b" / "images.parquet")
     return counts
-
-
-def _write(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
 
 
 def _matches(
@@ -522,22 +508,19 @@ def _matches(
     """Brute force: the row keys among `rows` that each kind of entry removes."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
     for row in rows:
-        url = shard.urls[row]
+        url, image = shard.urls[row], shard.image(row)
         expressions = lookup_expressions(url)
+        labels = parse(url).host.split(".") if expressions else []
         hit = {
             "url_sha256": any(_sha256(e) in sets["url_sha256"] for e in expressions),
             "url_md5": any(_md5(e) in sets["url_md5"] for e in expressions),
+            "domain": any(".".join(labels[k:]) in sets["domain"] for k in range(len(labels))),
             "keyword": shard.unsafe(row) and bool(pattern.search(shard.captions[row])),
         }
-        if expressions:
-            labels = parse(url).host.split(".")
-            hit["domain"] = any(".".join(labels[k:]) in sets["domain"] for k in range(len(labels)))
-        image = shard.image(row)
         for kind, function in _IMAGE_HASHES.items():
             hit[kind] = image is not None and function(image).hexdigest() in sets[kind]
-        for kind, matched in hit.items():
-            if matched:
-                found[kind].append(shard.keys[row])
+        for kind in (kind for kind, matched in hit.items() if matched):
+            found[kind].append(shard.key(row))
     return {kind: sorted(keys) for kind, keys in found.items()}
 
 
@@ -549,8 +532,8 @@ def generate(out: str | Path, shards: int = 4, rows: int = 5000, seed: int = 0) 
         raise ValueError(f"{out}: already holds {', '.join(existing)}; demo data is only written to a fresh folder")
     if shards < 1 or rows < MIN_ROWS:
         raise ValueError(f"need shards >= 1 and rows >= {MIN_ROWS} (got shards={shards}, rows={rows})")
-    keywords = load_keywords()
-    pools, entries = _Pools.build(seed, rows), {}
+    keywords, entries = load_keywords(), defaultdict(list)
+    pools = _Pools.build(seed, rows, keyword_regex(keywords))
     full = rows * shards <= ORACLE_MAX_ROWS  # else only planted rows can match, by construction
     built = []
     for i in range(shards):
@@ -558,12 +541,10 @@ def generate(out: str | Path, shards: int = 4, rows: int = 5000, seed: int = 0) 
         if not full:
             built[-1].trim()
     counts = _write_blocklists(out / "blocklists", entries, np.random.default_rng([seed, 2 * 10**6]), rows)
-    sets = {kind: set() for kind in KINDS}
-    for (_source, kind), got in entries.items():
-        sets[kind].update(v.lower() for v, _ in got)
+    sets = {kind: {v for (_, k), got in entries.items() if k == kind for v, _ in got} for kind in KINDS}
     planted: dict = {"_entries": counts}
-    pattern = keyword_regex(keywords)
     for shard in built:
-        planted[shard.name] = _matches(shard, list(range(rows)) if full else shard.candidates(), sets, pattern)
+        check = range(rows) if full else shard.candidates()
+        planted[shard.name] = _matches(shard, list(check), sets, keyword_regex(keywords))
     (out / "planted.json").write_text(json.dumps(planted, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return planted
