@@ -3,25 +3,12 @@ and a new blocklist version re-runs every shard."""
 
 from __future__ import annotations
 
-import hashlib
-
 import dagster as dg
 
 from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import shards, storage
-
-
-def list_fingerprint(location: str) -> str:
-    """A digest of the names, sizes and modification times of every partner-list file."""
-    fs, root = storage.filesystem(location)
-    if not fs.isdir(root):
-        return ""
-    digest = hashlib.sha256()
-    for path, info in sorted(fs.find(root, detail=True).items()):
-        digest.update(f"{path}\t{info.get('size')}\t{info.get('mtime') or info.get('LastModified')}\n".encode())
-    return digest.hexdigest()
+from relaion_pipeline import blocklists, pipeline, shards
 
 
 def build_sensors(shard_job, blocklist_job) -> list:
@@ -40,19 +27,24 @@ def build_sensors(shard_job, blocklist_job) -> list:
 
     @dg.sensor(job=blocklist_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
     def partner_list_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
-        """Rebuilds the blocklist when any partner-list file is added, removed or changed."""
-        fingerprint = list_fingerprint(relaion.settings().blocklists)
-        if not fingerprint or fingerprint == context.cursor:
-            return dg.SkipReason("partner lists unchanged")
+        """Rebuilds the blocklist when any partner-list file is added, removed or changed since the last build."""
+        settings = relaion.settings()
+        fingerprint = blocklists.fingerprint(settings.blocklists)
+        pointer = blocklists.read_pointer(pipeline.Work(settings.work).blocklist_dir) or {}
+        if not fingerprint or fingerprint in (context.cursor, pointer.get("lists_fingerprint")):
+            return dg.SkipReason("partner lists unchanged since the blocklist was built")
         context.update_cursor(fingerprint)
         return dg.RunRequest(run_key=f"lists:{fingerprint[:16]}")
 
     @dg.asset_sensor(asset_key=blocklist.key, job=shard_job, default_status=dg.DefaultSensorStatus.RUNNING)
-    def blocklist_version_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-        """Re-matches every shard after the blocklist is rebuilt."""
+    def blocklist_version_sensor(
+        context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, relaion: RelaionSettings
+    ):
+        """Re-matches the shards that were matched against another blocklist version after it is rebuilt."""
         version = asset_event.asset_materialization.metadata.get("version")
         version = version.value if version is not None else asset_event.run_id
-        for name in context.instance.get_dynamic_partitions(shard_partitions.name):
+        names = context.instance.get_dynamic_partitions(shard_partitions.name)
+        for name in pipeline.stale_shards(relaion.settings(), names):
             yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
 
     return [shard_sensor, partner_list_sensor, blocklist_version_sensor]

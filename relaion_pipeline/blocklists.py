@@ -202,7 +202,19 @@ def _merge(rows: list[tuple[str, str, str, str]], sources: list[str]) -> Blockli
     )
 
 
-def write(blocklist: Blocklist, directory: str) -> str:
+def fingerprint(location: str) -> str:
+    """A digest of the names, sizes and modification times of every list file: cheap change detection."""
+    fs, root = storage.filesystem(location)
+    if not fs.isdir(root):
+        return ""
+    digest = hashlib.sha256()
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        digest.update(f"{path}\t{info.get('size')}\t{modified}\n".encode())
+    return digest.hexdigest()
+
+
+def write(blocklist: Blocklist, directory: str, lists_fingerprint: str = "") -> str:
     """Write the merged list as `<directory>/blocklist-<version>.parquet` and point `current.json` at it."""
     path = f"{directory.rstrip('/')}/blocklist-{blocklist.version}.parquet"
     storage.write_parquet_atomic(blocklist.table, path)
@@ -212,9 +224,16 @@ def write(blocklist: Blocklist, directory: str) -> str:
         "entries": blocklist.entries,
         "sources": blocklist.sources,
         "counts": blocklist.counts,
+        "lists_fingerprint": lists_fingerprint,
     }
     storage.write_text_atomic(json.dumps(pointer, indent=2, sort_keys=True), f"{directory.rstrip('/')}/current.json")
     return path
+
+
+def read_pointer(directory: str) -> dict | None:
+    """What `current.json` says (version, entries, sources, fingerprint of the lists), or None before the first build."""
+    path = f"{directory.rstrip('/')}/current.json"
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 def read_current(directory: str) -> tuple[str, str]:

@@ -50,14 +50,22 @@ _CANONICAL_ARROW = pa.struct([("host", pa.string()), ("path", pa.string()), ("qu
 
 
 def _canonical_udf(url_array: pa.Array) -> pa.Array:
-    out = []
+    hosts, paths, queries, valid = [], [], [], []
     for url in url_array.to_pylist():
         try:
             c = urls.parse(url)
-            out.append({"host": c.host, "path": c.path, "query": c.query})
         except ValueError:
-            out.append(None)
-    return pa.array(out, _CANONICAL_ARROW)
+            c = None
+        valid.append(c is not None)
+        hosts.append(c and c.host)
+        paths.append(c and c.path)
+        queries.append(c and c.query)
+    mask = pa.array([not v for v in valid], pa.bool_())
+    return pa.StructArray.from_arrays(
+        [pa.array(hosts, pa.string()), pa.array(paths, pa.string()), pa.array(queries, pa.string())],
+        fields=list(_CANONICAL_ARROW),
+        mask=mask,
+    )
 
 
 def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
@@ -97,15 +105,16 @@ def canonical_parts_sql(source: str, url: str = "url") -> str:
                AND NOT regexp_full_match(raw_host, {sql_string(POSSIBLE_IP)}) AS fast
         FROM split
     ),
-    canonical AS (
+    fallback AS MATERIALIZED (
+        SELECT row_number, row_key, relaion_canonical(url) AS c FROM classified WHERE NOT fast
+    ),
+    canonical AS MATERIALIZED (
         SELECT row_number, row_key, lower(raw_host) AS host,
                CASE WHEN raw_path = '' THEN '/' ELSE raw_path END AS path,
                CASE WHEN contains(rest, '?') THEN substr(rest, strpos(rest, '?') + 1) END AS query
         FROM classified WHERE fast
         UNION ALL
-        SELECT row_number, row_key, c.host, c.path, c.query
-        FROM (SELECT row_number, row_key, relaion_canonical(url) AS c FROM classified WHERE NOT fast)
-        WHERE c IS NOT NULL
+        SELECT row_number, row_key, c.host, c.path, c.query FROM fallback WHERE c IS NOT NULL
     )"""
 
 

@@ -56,8 +56,9 @@ class Work:
 def build_blocklist(settings: Settings) -> dict:
     """Parse, validate, merge and version the partner lists; write the merged list."""
     started = time.perf_counter()
+    lists_fingerprint = blocklists.fingerprint(settings.blocklists)  # before reading: a change meanwhile reruns
     merged = blocklists.load(settings.blocklists)
-    path = blocklists.write(merged, Work(settings.work).blocklist_dir)
+    path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
     kinds = Counter(merged.table.column("kind").to_pylist())
     categories = Counter(merged.table.column("category").to_pylist())
     return {
@@ -162,6 +163,18 @@ def compute_removals(settings: Settings, name: str) -> dict:
     }
     storage.write_json_atomic(stats, work.stats("removals", name))
     return stats
+
+
+def stale_shards(settings: Settings, names: list[str]) -> list[str]:
+    """Shards whose removals were not computed against the current blocklist (or not at all)."""
+    pointer = blocklists.read_pointer(Work(settings.work).blocklist_dir)
+    version = pointer and pointer["version"]
+    stale = []
+    for name in names:
+        path = Work(settings.work).stats("removals", name)
+        if not storage.exists(path) or storage.read_json(path).get("blocklist_version") != version:
+            stale.append(name)
+    return stale
 
 
 def read_stats(settings: Settings, stage: str, name: str) -> dict:

@@ -43,28 +43,30 @@ class CanonicalURL:
         return f"{self.scheme}://{self.host}{self.path}{query}"
 
 
+_TO_ESCAPE = re.compile(rb"[\x00-\x20\x7f-\xff#%]")
+
+
+def _unhex(match: re.Match) -> bytes:
+    return bytes((int(match.group(1), 16),))
+
+
 def _unescape_fully(data: bytes) -> bytes:
     """Percent-unescape until nothing changes (`%2525` becomes `%`)."""
-    while True:
-        decoded = _HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+    while b"%" in data:
+        decoded = _HEX_ESCAPE.sub(_unhex, data)
         if decoded == data:
-            return data
+            break
         data = decoded
+    return data
 
 
 def _escape(data: bytes) -> str:
     """Escape bytes <= 0x20, >= 0x7f, '#' and '%' as %XX (upper-case hex); everything else stays."""
-    out = []
-    for byte in data:
-        if byte <= 0x20 or byte >= 0x7F or byte in (0x23, 0x25):
-            out.append(f"%{byte:02X}")
-        else:
-            out.append(chr(byte))
-    return "".join(out)
+    return _TO_ESCAPE.sub(lambda m: b"%%%02X" % m.group(0)[0], data).decode("ascii")
 
 
 def _ascii_lower(data: bytes) -> bytes:
-    return bytes(b + 32 if 0x41 <= b <= 0x5A else b for b in data)
+    return data.lower()  # bytes.lower() changes ASCII letters only
 
 
 def _parse_ip_number(part: str) -> int | None:

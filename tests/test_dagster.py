@@ -82,3 +82,36 @@ def test_partner_list_sensor_fires_once_per_change(tmp_path):
         assert isinstance(sensor(context), dg.SkipReason)
         (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\nb.example\n")
         assert isinstance(sensor(context), dg.RunRequest)
+
+
+def test_lists_already_built_do_not_trigger_a_rebuild_but_a_change_does(tmp_path):
+    from relaion_pipeline import pipeline
+
+    settings = _settings(tmp_path)
+    (tmp_path / "lists" / "src").mkdir(parents=True)
+    (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\n")
+    pipeline.build_blocklist(settings)  # as `relaion run` did before the UI started
+    sensor = build_definitions(settings).resolve_sensor_def("partner_list_sensor")
+    resources = {"relaion": RelaionSettings.from_settings(settings)}
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        assert isinstance(sensor(context), dg.SkipReason)
+        (tmp_path / "lists" / "src" / "domain.txt").write_text("b.example\n")
+        assert isinstance(sensor(context), dg.RunRequest)
+
+
+def test_only_shards_matched_against_another_version_are_stale(tmp_path):
+    from relaion_pipeline import pipeline
+
+    settings = _settings(tmp_path)
+    for name in ("a", "b"):
+        _shard(tmp_path / "shards" / f"{name}.parquet")
+    (tmp_path / "lists" / "src").mkdir(parents=True)
+    (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\n")
+    pipeline.build_blocklist(settings)
+    assert pipeline.stale_shards(settings, ["a", "b"]) == ["a", "b"]
+    pipeline.compute_removals(settings, "a")
+    assert pipeline.stale_shards(settings, ["a", "b"]) == ["b"]
+    (tmp_path / "lists" / "src" / "domain.txt").write_text("c.example\n")
+    pipeline.build_blocklist(settings)
+    assert pipeline.stale_shards(settings, ["a", "b"]) == ["a", "b"]
