@@ -1,0 +1,59 @@
+"""Time every stage of the pipeline on one generated shard and report peak memory.
+
+    python benchmarks/stages.py --rows 2000000 [--dir /tmp/relaion-bench]
+
+Generates the shard with the project's own generator (once per --dir), then runs blocklist, removals,
+research (+ checks) and research-safe (+ checks) through the library, exactly as the Dagster assets do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+from relaion_pipeline import checks, demo, pipeline
+from relaion_pipeline.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--dir", default="/tmp/relaion-bench")
+    args = parser.parse_args()
+    root = Path(args.dir) / f"rows-{args.rows}"
+    if not (root / "shards").exists():
+        started = time.perf_counter()
+        demo.generate(root, shards=1, rows=args.rows, seed=0)
+        print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
+    settings = Settings(
+        shards=str(root / "shards"),
+        blocklists=str(root / "blocklists"),
+        sidecars=str(root / "sidecars"),
+        work=str(root / "work"),
+        release=str(root / "releases"),
+    )
+    name = "joined/part-00000"
+    stages = [
+        ("blocklist", lambda: pipeline.build_blocklist(settings)),
+        ("removals", lambda: pipeline.compute_removals(settings, name)),
+        ("research", lambda: pipeline.write_research(settings, name)),
+        ("research checks", lambda: checks.check_research(settings, name)),
+        ("research-safe", lambda: pipeline.write_research_safe(settings, name)),
+        ("research-safe checks", lambda: checks.check_research_safe(settings, name)),
+    ]
+    total = 0.0
+    print(f"{'stage':<22} {'seconds':>8} {'rows/s':>12}")
+    for label, run in stages:
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+        total += seconds
+        print(f"{label:<22} {seconds:>8.2f} {args.rows / seconds:>12,.0f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{'total':<22} {total:>8.2f} {args.rows / total:>12,.0f}   peak RSS {peak:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
