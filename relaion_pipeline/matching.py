@@ -42,6 +42,7 @@ KEYWORD_CATEGORY = "unsafe-caption"
 # dots, then printable ASCII without '%' (nothing to unescape) up to an optional fragment.
 FAST_URL = r"""(?s)^https?://([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)((?:/[!-"$&-~]*)?)(?:#.*)?$"""
 DOT_SEGMENT = r"/\.\.?(?:/|$)"
+SAFE_CHARS = r"""[!-"$&-~]"""  # printable ASCII but '#' and '%': left as they are by canonical escaping
 POSSIBLE_IP = r"(?:0[xX][0-9A-Fa-f]+|[0-9.])+"
 DOTTED_QUAD = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 
@@ -86,9 +87,25 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _escape_sql(value: str) -> str:
+    """SQL percent-escaping bytes <= 0x20, >= 0x7f, '#' and '%' of a string, as `urls._escape` does."""
+    return (
+        f"CASE WHEN regexp_full_match({value}, {sql_string(SAFE_CHARS + '*')}) THEN {value} "
+        f"ELSE array_to_string(list_transform(string_split({value}, ''), lambda ch: "
+        f"CASE WHEN regexp_full_match(ch, {sql_string(SAFE_CHARS)}) THEN ch ELSE url_encode(ch) END), '') END"
+    )
+
+
 def canonical_parts_sql(source: str, url: str = "url") -> str:
-    """SQL selecting `row_number, row_key, host, path, query` for every row of `source` with a usable URL."""
+    """SQL selecting `row_number, row_key, host, path, query` for every row of `source` with a usable URL.
+
+    Three tiers, each giving exactly the reference result: `fast` (regular URLs, a few string functions),
+    `general` (percent escapes, non-ASCII paths, ports, user info, upper-case schemes, repeated slashes and
+    dots: the reference rules written in SQL) and the reference itself as a UDF for what is left (IP hosts in
+    any encoding, dot segments, control characters, escapes that do not settle in three rounds).
+    """
     fast = sql_string(FAST_URL)
+    undecoded = sql_string(r"%[0-9A-Fa-f]{2}")
     return f"""
     split AS (
         SELECT row_number, row_key, {url} AS url,
@@ -97,7 +114,7 @@ def canonical_parts_sql(source: str, url: str = "url") -> str:
         FROM {source}
         WHERE {url} IS NOT NULL
     ),
-    classified AS (
+    classified AS MATERIALIZED (
         SELECT *, split_part(rest, '?', 1) AS raw_path,
                regexp_full_match(url, {fast})
                AND NOT contains(split_part(rest, '?', 1), '//')
@@ -105,8 +122,44 @@ def canonical_parts_sql(source: str, url: str = "url") -> str:
                AND NOT regexp_full_match(raw_host, {sql_string(POSSIBLE_IP)}) AS fast
         FROM split
     ),
+    unfragmented AS (
+        SELECT row_number, row_key, url, split_part(url, '#', 1) AS u0 FROM classified WHERE NOT fast
+    ),
+    decoded1 AS (
+        SELECT *, CASE WHEN contains(u0, '%') THEN try(url_decode(u0)) ELSE u0 END AS u1 FROM unfragmented
+    ),
+    decoded AS (
+        SELECT *, CASE WHEN contains(u2, '%') THEN try(url_decode(u2)) ELSE u2 END AS d
+        FROM (SELECT *, CASE WHEN contains(u1, '%') THEN try(url_decode(u1)) ELSE u1 END AS u2 FROM decoded1)
+    ),
+    parsed AS (
+        SELECT *, split_part(after_scheme, '?', 1) AS before_query,
+               CASE WHEN contains(after_scheme, '?') THEN substr(after_scheme, strpos(after_scheme, '?') + 1) END
+                   AS g_query
+        FROM (
+            SELECT *, CASE WHEN scheme = '' THEN d ELSE substr(d, length(scheme) + 4) END AS after_scheme
+            FROM (SELECT *, regexp_extract(d, '^([A-Za-z][A-Za-z0-9+.\-]*)://', 1) AS scheme FROM decoded)
+        )
+    ),
+    hosted AS (
+        SELECT *, trim(regexp_replace(regexp_replace(regexp_extract(authority, '([^@]*)$', 1), ':[0-9]*$', ''),
+                                      '\.{{2,}}', '.', 'g'), '.') AS g_host,
+               regexp_replace(substr(before_query, length(authority) + 1), '/+', '/', 'g') AS g_path
+        FROM (SELECT *, split_part(before_query, '/', 1) AS authority FROM parsed)
+    ),
+    general AS MATERIALIZED (
+        SELECT *, d IS NOT NULL
+               AND NOT regexp_matches(u0, '[\x00-\x20\x7f]')
+               AND NOT regexp_matches(d, '[\x00-\x1f\x7f]')
+               AND NOT regexp_matches(d, {undecoded})
+               AND regexp_full_match(g_host, '[!-~]+')
+               AND NOT starts_with(g_host, '[')
+               AND NOT regexp_full_match(g_host, {sql_string(POSSIBLE_IP)})
+               AND NOT regexp_matches(g_path, {sql_string(DOT_SEGMENT)}) AS ok
+        FROM hosted
+    ),
     fallback AS MATERIALIZED (
-        SELECT row_number, row_key, relaion_canonical(url) AS c FROM classified WHERE NOT fast
+        SELECT row_number, row_key, relaion_canonical(url) AS c FROM general WHERE NOT ok
     ),
     canonical AS MATERIALIZED (
         SELECT row_number, row_key, lower(raw_host) AS host,
@@ -114,40 +167,42 @@ def canonical_parts_sql(source: str, url: str = "url") -> str:
                CASE WHEN contains(rest, '?') THEN substr(rest, strpos(rest, '?') + 1) END AS query
         FROM classified WHERE fast
         UNION ALL
+        SELECT row_number, row_key, {_escape_sql("lower(g_host)")},
+               {_escape_sql("CASE WHEN g_path = '' THEN '/' ELSE g_path END")}, {_escape_sql("g_query")}
+        FROM general WHERE ok
+        UNION ALL
         SELECT row_number, row_key, c.host, c.path, c.query FROM fallback WHERE c IS NOT NULL
     )"""
 
 
 EXPRESSIONS_SQL = f"""
     lists AS (
-        SELECT row_number, row_key, host, path, query,
+        SELECT row_number, row_key, path, query,
                CASE WHEN regexp_full_match(host, {sql_string(DOTTED_QUAD)}) OR starts_with(host, '[') THEN [host]
                     ELSE list_prepend(host, list_transform(
-                        range(greatest(len(string_split(host, '.')) - {urls.MAX_HOST_SUFFIX_COMPONENTS}, 1),
-                              len(string_split(host, '.')) - 1),
-                        lambda i: array_to_string(string_split(host, '.')[i + 1:], '.')))
+                        range(greatest(len(labels) - {urls.MAX_HOST_SUFFIX_COMPONENTS}, 1), len(labels) - 1),
+                        lambda i: array_to_string(labels[i + 1:], '.')))
                END AS hosts,
-               list_distinct(
-                   (CASE WHEN query IS NOT NULL THEN [path || '?' || query] ELSE [] END)
-                   || [path]
-                   || list_transform(
-                        range(0, least(len(string_split(path[2:], '/')) - 1, {urls.MAX_PATH_PREFIXES - 1}) + 1),
-                        lambda k: '/' || array_to_string(
-                            list_transform(string_split(path[2:], '/')[1:k], lambda d: d || '/'), ''))
-               ) AS paths
-        FROM canonical
+               -- exact paths first (with query, without), then the distinct directory prefixes
+               (CASE WHEN query IS NOT NULL THEN [path || '?' || query, path] ELSE [path] END)
+               || list_filter(list_transform(range(0, least(len(dirs) - 1, {urls.MAX_PATH_PREFIXES - 1}) + 1),
+                        lambda k: '/' || array_to_string(list_transform(dirs[1:k], lambda d: d || '/'), '')),
+                      lambda prefix: prefix <> path) AS paths,
+               1 + (query IS NOT NULL)::INTEGER AS exact_paths
+        FROM (SELECT *, string_split(host, '.') AS labels, string_split(path[2:], '/') AS dirs FROM canonical)
+    ),
+    host_rows AS (
+        SELECT row_number, row_key, paths, exact_paths,
+               unnest(hosts) AS host_suffix, unnest(range(0, len(hosts))) AS host_index
+        FROM lists
     ),
     expressions AS (
-        SELECT row_number, row_key, e.expression, e.scope
-        FROM (
-            SELECT row_number, row_key, unnest(flatten(list_transform(range(1, len(hosts) + 1), lambda i:
-                list_transform(paths, lambda p: {{
-                    'expression': hosts[i] || p,
-                    'scope': CASE WHEN i = 1 AND (p = path OR p = path || '?' || query) THEN 'url'
-                                  WHEN p = '/' THEN 'host' ELSE 'path' END
-                }})))) AS e
-            FROM lists
-        )
+        SELECT row_number, row_key, host_suffix || path_prefix AS expression,
+               CASE WHEN host_index = 0 AND path_index < exact_paths THEN 'url'
+                    WHEN path_prefix = '/' THEN 'host' ELSE 'path' END AS scope
+        FROM (SELECT row_number, row_key, exact_paths, host_suffix, host_index,
+                     unnest(paths) AS path_prefix, unnest(range(0, len(paths))) AS path_index
+              FROM host_rows)
     )"""
 
 
