@@ -15,6 +15,7 @@ class RelaionSettings(dg.ConfigurableResource):
     sidecars: str
     work: str
     release: str
+    dagster_home: str
     keywords: str
     research_threshold: float
     safe_threshold: float

@@ -56,9 +56,9 @@ class RunSummary:
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
     """The Dagster instance kept under `<work>/dagster` (created on first use)."""
-    home = pipeline.Work(settings.work).dagster_home
+    home = settings.dagster_home
     if not storage.is_local(home):
-        raise ValueError(f"{home}: the Dagster instance must live on a local path; set --work to a local folder")
+        raise ValueError(f"{home}: the Dagster instance must live on a local path (setting dagster_home)")
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
     if not config.exists():

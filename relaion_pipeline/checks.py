@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from relaion_pipeline import blocklists, matching, quality, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
@@ -79,10 +78,10 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
         frame,
         [gx.ExpectTableRowCountToEqual(value=0, notes=WHY[RESEARCH_NO_MATCH])],
     )
-    rows_out = pq.ParquetFile(research_path).metadata.num_rows
+    rows_out = storage.num_rows(research_path)
     counts = pd.DataFrame(
         {
-            "rows_in": [pq.ParquetFile(shard.path).metadata.num_rows],
+            "rows_in": [storage.num_rows(shard.path)],
             "rows_removed": [stats["rows_removed"]],
             "rows_out": [rows_out],
         }
@@ -149,8 +148,8 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
     counts = pd.DataFrame(
         {
-            "research_rows": [pq.ParquetFile(research_path).metadata.num_rows],
-            "safe_rows": [pq.ParquetFile(safe_path).metadata.num_rows],
+            "research_rows": [storage.num_rows(research_path)],
+            "safe_rows": [storage.num_rows(safe_path)],
             "dropped_unsafe": [stats["rows_dropped_unsafe"]],
         }
     )

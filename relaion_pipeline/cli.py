@@ -17,7 +17,7 @@ LOCATION_FLAGS = {
     "blocklists": "partner lists: one folder per source",
     "sidecars": "image-hash sidecars, <shard>.parquet keyed by row key",
     "release": "where releases are published (<release>/<version>/ and <release>/latest)",
-    "work": "working files and the Dagster instance",
+    "work": "working files (and the Dagster instance, when local)",
 }
 
 
@@ -61,7 +61,7 @@ def _run(args) -> int:
         )
         print(f"  manifest: {r['path']}/manifest.json")
         print(f"  verify:   relaion verify {r['path']}")
-    print(f"  UI:       DAGSTER_HOME={settings.work}/dagster dagster dev   (then http://127.0.0.1:3000)")
+    print(f"  UI:       DAGSTER_HOME={settings.dagster_home} dagster dev   (then http://127.0.0.1:3000)")
     return 0 if summary.ok else 1
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from relaion_pipeline import schemas, urls
+from relaion_pipeline import schemas, storage, urls
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
@@ -76,6 +76,7 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     if settings.duckdb_threads:
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute(f"SET memory_limit = {sql_string(settings.duckdb_memory_limit)}")
+    storage.register(con, settings.shards, settings.blocklists, settings.sidecars, settings.work)
     con.create_function(
         "relaion_canonical",
         _canonical_udf,
@@ -225,8 +226,7 @@ def lookup_expressions_sql(con: duckdb.DuckDBPyConnection, url_values: list[str]
 
 def keyword_pattern(path: str) -> str | None:
     """A case-insensitive whole-word RE2 pattern for the keyword file, or None when it lists nothing."""
-    with open(path, encoding="utf-8-sig") as handle:
-        words = [line.split("#", 1)[0].strip() for line in handle]
+    words = [line.split("#", 1)[0].strip() for line in storage.read_text(path).splitlines()]
     words = [w for w in words if w]
     if not words:
         return None

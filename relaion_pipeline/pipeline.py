@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from relaion_pipeline import blocklists, matching, shards, storage, variants
 from relaion_pipeline.settings import Settings
@@ -47,10 +46,6 @@ class Work:
 
     def validation(self, suite: str, name: str) -> str:
         return storage.join(self.root, "validation", suite, name + ".json")
-
-    @property
-    def dagster_home(self) -> str:
-        return storage.join(self.root, "dagster")
 
 
 def build_blocklist(settings: Settings) -> dict:
@@ -192,7 +187,7 @@ def write_research(settings: Settings, name: str) -> dict:
     removal_stats = read_stats(settings, "removals", name)
     shard = shards.resolve(settings.shards, name)
     removals_sha256 = storage.size_and_sha256(work.removals(name))[1]
-    removed = pq.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy()
+    removed = storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy()
     result = variants.write_research(shard.path, removed, work.variant(RESEARCH, name))
     stats = {
         "shard": name,

@@ -25,8 +25,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from relaion_pipeline import blocklists, checks, pipeline, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.settings import Settings
@@ -139,50 +137,52 @@ def _manifest(settings: Settings, ready: dict, held_back: dict, blocklist_versio
 
 
 def publish(settings: Settings, shard_names: list[str]) -> dict:
-    """Publish every shard of `shard_names` that passed its checks; return the manifest."""
+    """Publish every shard of `shard_names` that passed its checks; return the manifest.
+
+    Locally the release is assembled in a hidden folder and renamed into place; on an object store its files
+    are written under the version prefix and it becomes visible when `manifest.json` (written last) exists.
+    `latest` is replaced after that.
+    """
     started = time.perf_counter()
     work = Work(settings.work)
     blocklist_version, _ = blocklists.read_current(work.blocklist_dir)
     ready, held_back = plan(settings, shard_names)
     manifest = _manifest(settings, ready, held_back, blocklist_version)
-    if not storage.is_local(settings.release):
-        raise ReleaseError(f"{settings.release}: publishing to object storage is not supported yet")
-    root = Path(settings.release)
-    final = root / manifest["version"]
-    if not (final / "manifest.json").exists():
-        tmp = root / f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}"
+    final = storage.join(settings.release, manifest["version"])
+    if not storage.exists(storage.join(final, "manifest.json")):
+        local = storage.is_local(settings.release)
+        staging = (
+            storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
+        )
         try:
             for name in ready:
                 for variant in VARIANTS:
-                    target = tmp / variant / f"{name}.parquet"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(work.variant(variant, name), target)
+                    storage.copy(work.variant(variant, name), storage.join(staging, variant, f"{name}.parquet"))
             for name, entry in manifest["shards"].items():  # the work files may have changed while copying
                 for variant, file in entry["files"].items():
-                    size, digest = storage.size_and_sha256(str(tmp / file["path"]))
+                    _, digest = storage.size_and_sha256(storage.join(staging, file["path"]))
                     if digest != file["sha256"]:
                         raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
-            tmp.mkdir(parents=True, exist_ok=True)
             stamped = manifest | {"created": datetime.now(UTC).isoformat(timespec="seconds")}
-            (tmp / "manifest.json").write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
-            if final.exists():  # an earlier attempt died before its manifest: replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            storage.write_json_atomic(stamped, storage.join(staging, "manifest.json"))
+            if local:
+                if os.path.exists(final):  # an earlier attempt died before its manifest: replace it
+                    shutil.rmtree(final)
+                os.replace(staging, final)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-    storage.write_text_atomic(manifest["version"] + "\n", str(root / "latest"))
-    return manifest | {"path": str(final), "seconds": round(time.perf_counter() - started, 3)}
+            if local and os.path.exists(staging):
+                shutil.rmtree(staging)
+    storage.write_text_atomic(manifest["version"] + "\n", storage.join(settings.release, "latest"))
+    return manifest | {"path": final, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def resolve(location: str) -> Path:
-    """A release folder: `location` itself when it holds a manifest, else the one its `latest` names."""
-    path = Path(location)
-    if (path / "manifest.json").exists():
-        return path
-    latest = path / "latest"
-    if latest.exists():
-        return path / latest.read_text().strip()
+def resolve(location: str) -> str:
+    """A release: `location` itself when it holds a manifest, else the version its `latest` names."""
+    if storage.exists(storage.join(location, "manifest.json")):
+        return location
+    latest = storage.join(location, "latest")
+    if storage.exists(latest):
+        return storage.join(location, storage.read_text(latest).strip())
     raise ReleaseError(f"{location}: no manifest.json and no 'latest' pointer: not a release")
 
 
@@ -190,8 +190,8 @@ def verify(location: str) -> tuple[dict, list[str]]:
     """Recompute sizes, checksums and row counts of a release; return its manifest and every problem found."""
     release = resolve(location)
     try:
-        manifest = json.loads((release / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        manifest = storage.read_json(storage.join(release, "manifest.json"))
+    except (OSError, ValueError) as error:
         raise ReleaseError(f"{release}/manifest.json: unreadable ({error})") from None
     problems = []
     listed = set()
@@ -202,18 +202,18 @@ def verify(location: str) -> tuple[dict, list[str]]:
             if file is None:
                 problems.append(f"{name}: manifest lists no {variant} file")
                 continue
-            path = release / file["path"]
-            listed.add(path.resolve())
-            if not path.exists():
+            path = storage.join(release, file["path"])
+            listed.add(file["path"])
+            if not storage.exists(path):
                 problems.append(f"{file['path']}: missing")
                 continue
-            size, digest = storage.size_and_sha256(str(path))
+            size, digest = storage.size_and_sha256(path)
             if digest != file["sha256"]:
                 problems.append(f"{file['path']}: sha256 {digest} does not match manifest {file['sha256']}")
             if size != file["bytes"]:
                 problems.append(f"{file['path']}: {size} bytes, manifest says {file['bytes']}")
             try:
-                rows = pq.ParquetFile(path).metadata.num_rows
+                rows = storage.num_rows(path)
             except Exception as error:  # a damaged file is a problem to report, not a crash
                 problems.append(f"{file['path']}: not readable parquet ({error})")
                 continue
@@ -221,8 +221,12 @@ def verify(location: str) -> tuple[dict, list[str]]:
                 problems.append(f"{file['path']}: {rows} rows, manifest says {file['rows']}")
         if {RESEARCH, RESEARCH_SAFE} <= files.keys() and files[RESEARCH_SAFE]["rows"] > files[RESEARCH]["rows"]:
             problems.append(f"{name}: research-safe has more rows than research")
+    fs, root = storage.filesystem(release)
+    root = root.rstrip("/")
     for variant in VARIANTS:
-        for path in sorted((release / variant).rglob("*.parquet")) if (release / variant).exists() else []:
-            if path.resolve() not in listed:
-                problems.append(f"{path.relative_to(release)}: file not listed in the manifest")
+        present = fs.find(f"{root}/{variant}") if fs.isdir(f"{root}/{variant}") else []
+        for path in sorted(present):
+            relative = path[len(root) + 1 :]
+            if relative.endswith(".parquet") and relative not in listed:
+                problems.append(f"{relative}: file not listed in the manifest")
     return manifest, problems

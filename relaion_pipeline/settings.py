@@ -29,6 +29,7 @@ class Settings:
     sidecars: str = ""  # optional image-hash sidecars, <shard>.parquet, keyed by row key
     work: str = ""  # working files (removals, variants, validation) and the Dagster instance
     release: str = ""  # releases: <release>/<version>/ plus a `latest` pointer
+    dagster_home: str = ""  # Dagster instance (SQLite): <work>/dagster when work is local, else data/dagster
     keywords: str = DEFAULT_KEYWORDS  # caption keyword list for the research rule
     research_threshold: float = 0.95  # research drops rows above this punsafe whose caption hits a keyword
     safe_threshold: float = 0.45  # research-safe drops rows above this punsafe
@@ -49,6 +50,9 @@ class Settings:
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
+        if not self.dagster_home:
+            local_work = "://" not in self.work
+            object.__setattr__(self, "dagster_home", f"{self.work}/dagster" if local_work else f"{data}/dagster")
         if self.missing_score not in ("keep", "drop"):
             raise ValueError(f"missing_score must be 'keep' or 'drop', got {self.missing_score!r}")
         for name in ("research_threshold", "safe_threshold"):

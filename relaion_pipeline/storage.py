@@ -2,6 +2,10 @@
 
 Local writes go to a temporary name in the same folder and are renamed into place; object stores make an
 object visible only when its upload completes, so there the final name is written directly.
+
+S3 takes its endpoint, region and credentials from the standard AWS environment variables
+(`AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, profiles, ...).
+Listings are never cached, so a file written a moment ago is always seen.
 """
 
 from __future__ import annotations
@@ -19,10 +23,53 @@ import pyarrow.parquet as pq
 PARQUET_COMPRESSION = "zstd"
 
 
+class StorageError(OSError):
+    """A location that cannot be reached; the message names it and says what to check."""
+
+
 def filesystem(location: str):
     """The fsspec filesystem and the path inside it for a local path or URL."""
-    fs, path = fsspec.core.url_to_fs(str(location))
+    options = {} if is_local(location) else {"use_listings_cache": False}
+    fs, path = fsspec.core.url_to_fs(str(location), **options)
     return fs, path
+
+
+def register(con, *locations: str) -> None:
+    """Let a DuckDB connection read the object stores among `locations` through fsspec."""
+    seen = set()
+    for location in locations:
+        if location and not is_local(location):
+            fs, _ = filesystem(location)
+            if type(fs) not in seen:
+                con.register_filesystem(fs)
+                seen.add(type(fs))
+
+
+def num_rows(location: str) -> int:
+    """Rows of a parquet file, from its footer."""
+    fs, path = filesystem(location)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def read_table(location: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(location)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def read_text(location: str) -> str:
+    fs, path = filesystem(location)
+    return fs.cat_file(path).decode("utf-8-sig")
+
+
+def copy(source: str, destination: str, chunk: int = 8 << 20) -> None:
+    """Copy a file between any two locations, streaming; the copy appears complete or not at all."""
+    src_fs, src_path = filesystem(source)
+    with AtomicPath(destination) as tmp:
+        dst_fs, dst_path = filesystem(tmp)
+        with src_fs.open(src_path, "rb") as reader, dst_fs.open(dst_path, "wb") as writer:
+            while block := reader.read(chunk):
+                writer.write(block)
 
 
 def is_local(location: str) -> bool:

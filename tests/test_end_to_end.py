@@ -155,7 +155,7 @@ def test_rerunning_one_partition_leaves_every_other_shard_untouched(demo, monkey
     stamp = {path: (Path(path).read_bytes(), os.stat(path).st_mtime_ns) for paths in outputs.values() for path in paths}
     target = names[1]
 
-    monkeypatch.setenv("DAGSTER_HOME", work.dagster_home)
+    monkeypatch.setenv("DAGSTER_HOME", settings.dagster_home)
     with dg.DagsterInstance.get() as instance:
         job = build_definitions(settings).resolve_job_def("shard_job")
         assert job.execute_in_process(partition_key=target, instance=instance).success

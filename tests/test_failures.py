@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -78,10 +79,11 @@ def test_failing_blocking_check_holds_the_shard_back(settings, tmp_path, monkeyp
     by_name = {s.name: s for s in summary.shards}
     assert by_name["good-1"].ok
     assert sorted(by_name["good-2"].failed_checks) == ["research_has_no_blocklist_match", "research_rows_add_up"]
-    manifest = json.loads((release.resolve(settings.release) / "manifest.json").read_text())
+    published = Path(release.resolve(settings.release))
+    manifest = json.loads((published / "manifest.json").read_text())
     assert list(manifest["shards"]) == ["good-1"]
     assert manifest["held_back"]["good-2"].startswith("shard 'good-2': no research-safe output yet")
-    assert not (release.resolve(settings.release) / "research" / "good-2.parquet").exists()
+    assert not (published / "research" / "good-2.parquet").exists()
     record = json.loads(
         (tmp_path / "work" / "validation" / "research_has_no_blocklist_match" / "good-2.json").read_text()
     )
