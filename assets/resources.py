@@ -21,6 +21,8 @@ class RelaionSettings(dg.ConfigurableResource):
     safe_threshold: float
     unsafe_tags: str
     missing_score: str
+    license: str
+    removal_list_max_match_share: float
     duckdb_threads: int
     duckdb_memory_limit: str
 

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from relaion_pipeline import blocklists, matching, shards, storage, variants
 from relaion_pipeline.settings import Settings
@@ -43,6 +44,10 @@ class Work:
 
     def stats(self, stage: str, name: str) -> str:
         return storage.join(self.root, "stats", stage, name + ".json")
+
+    def unsafe_rows(self, name: str) -> str:
+        """Input row numbers that research-safe leaves out for their safety score (not for a list match)."""
+        return storage.join(self.root, "unsafe-rows", name + ".parquet")
 
     def validation(self, suite: str, name: str) -> str:
         return storage.join(self.root, "validation", suite, name + ".json")
@@ -208,13 +213,19 @@ def write_research_safe(settings: Settings, name: str) -> dict:
     """research-safe: research minus rows whose safety score is above the safe threshold."""
     started = time.perf_counter()
     work = Work(settings.work)
-    _start(settings, RESEARCH_SAFE, name, work.variant(RESEARCH_SAFE, name))
+    _start(settings, RESEARCH_SAFE, name, work.variant(RESEARCH_SAFE, name), work.unsafe_rows(name))
     research_stats = read_stats(settings, RESEARCH, name)
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
+    dropped: list[np.ndarray] = []
     result = variants.write_research_safe(
-        work.variant(RESEARCH, name), roles, settings, work.variant(RESEARCH_SAFE, name)
+        work.variant(RESEARCH, name), roles, settings, work.variant(RESEARCH_SAFE, name), dropped
     )
+    removed = np.unique(storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy())
+    research_rows = np.setdiff1d(np.arange(research_stats["rows_in"], dtype=np.int64), removed, assume_unique=True)
+    positions = np.concatenate(dropped) if dropped else np.array([], dtype=np.int64)
+    unsafe = pa.table({"row_number": pa.array(research_rows[positions], pa.int64())})
+    storage.write_parquet_atomic(unsafe, work.unsafe_rows(name))
     stats = {
         "shard": name,
         "blocklist_version": research_stats["blocklist_version"],

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from relaion_pipeline import blocklists, checks, pipeline, shards, storage
+from relaion_pipeline import blocklists, checks, pipeline, report, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.settings import Settings
 
@@ -163,7 +163,16 @@ def publish(settings: Settings, shard_names: list[str]) -> dict:
                     _, digest = storage.size_and_sha256(storage.join(staging, file["path"]))
                     if digest != file["sha256"]:
                         raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
-            stamped = manifest | {"created": datetime.now(UTC).isoformat(timespec="seconds")}
+            docs, removal_info = report.documents(settings, manifest, ready)
+            listed = {}
+            for doc_name, data in docs.items():
+                storage.write_bytes_atomic(data, storage.join(staging, doc_name))
+                listed[doc_name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            stamped = manifest | {
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "documents": listed,
+                "removal_list": removal_info,
+            }
             storage.write_json_atomic(stamped, storage.join(staging, "manifest.json"))
             if local:
                 if os.path.exists(final):  # an earlier attempt died before its manifest: replace it
@@ -221,6 +230,12 @@ def verify(location: str) -> tuple[dict, list[str]]:
                 problems.append(f"{file['path']}: {rows} rows, manifest says {file['rows']}")
         if {RESEARCH, RESEARCH_SAFE} <= files.keys() and files[RESEARCH_SAFE]["rows"] > files[RESEARCH]["rows"]:
             problems.append(f"{name}: research-safe has more rows than research")
+    for doc_name, doc in manifest.get("documents", {}).items():
+        path = storage.join(release, doc_name)
+        if not storage.exists(path):
+            problems.append(f"{doc_name}: missing")
+        elif storage.size_and_sha256(path) != (doc["bytes"], doc["sha256"]):
+            problems.append(f"{doc_name}: size or sha256 does not match the manifest")
     fs, root = storage.filesystem(release)
     root = root.rstrip("/")
     for variant in VARIANTS:

@@ -35,6 +35,8 @@ class Settings:
     safe_threshold: float = 0.45  # research-safe drops rows above this punsafe
     unsafe_tags: str = "NSFW"  # for shards without punsafe: NSFW tag values treated as above both thresholds
     missing_score: str = "keep"  # rows with neither punsafe nor NSFW tag: "keep" or "drop" from research-safe
+    license: str = "apache-2.0"  # license named in the release's dataset card
+    removal_list_max_match_share: float = 0.01  # publish the removal list only if list matches are <= this share
     duckdb_threads: int = 0  # 0: all cores
     duckdb_memory_limit: str = "4GB"
 

@@ -29,11 +29,16 @@ class VariantStats:
     sha256: str
 
 
-def filter_shard(source: str, destination: str, keep: Callable[[pa.RecordBatch, int], pa.Array]) -> VariantStats:
+def filter_shard(
+    source: str,
+    destination: str,
+    keep: Callable[[pa.RecordBatch, int], pa.Array],
+    dropped: list[np.ndarray] | None = None,
+) -> VariantStats:
     """Copy the rows of `source` for which `keep(batch, first_row_number)` is true to `destination`.
 
     The output has the source's arrow schema (with its metadata) and row order; it appears under its final
-    name only when complete.
+    name only when complete. When `dropped` is a list, the positions of the rows left out are appended to it.
     """
     parquet = shards.open_parquet(source)
     schema = parquet.schema_arrow
@@ -44,7 +49,10 @@ def filter_shard(source: str, destination: str, keep: Callable[[pa.RecordBatch, 
         fs, inner = storage.filesystem(tmp)
         with pq.ParquetWriter(inner, schema, filesystem=fs, compression=storage.PARQUET_COMPRESSION) as writer:
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
-                kept = batch.filter(keep(batch, rows_in))
+                mask = keep(batch, rows_in)
+                if dropped is not None:
+                    dropped.append(np.flatnonzero(~mask.to_numpy(zero_copy_only=False)) + rows_in)
+                kept = batch.filter(mask)
                 rows_in += batch.num_rows
                 if kept.num_rows:
                     pending.append(kept)
@@ -85,6 +93,14 @@ def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settin
     return pc.fill_null(pc.invert(unsafe), keep_missing)
 
 
-def write_research_safe(research_path: str, roles: schemas.Roles, settings: Settings, destination: str) -> VariantStats:
+def write_research_safe(
+    research_path: str,
+    roles: schemas.Roles,
+    settings: Settings,
+    destination: str,
+    dropped: list[np.ndarray] | None = None,
+) -> VariantStats:
     """research-safe: the rows of research whose safety score is at or below the safe threshold."""
-    return filter_shard(research_path, destination, lambda batch, _first: safe_keep_mask(batch, roles, settings))
+    return filter_shard(
+        research_path, destination, lambda batch, _first: safe_keep_mask(batch, roles, settings), dropped
+    )

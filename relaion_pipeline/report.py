@@ -1,0 +1,206 @@
+"""What a release tells the world besides its shards: a dataset card, a transparency report, a removal list.
+
+None of them holds a URL, a caption, or which row matched which list. The transparency report only counts
+(by source, category, kind and shard). The removal list names the row keys a holder of an old copy must drop to
+get research-safe, without reasons; following LAION's practice it is published only when the rows that matched
+a list are a small share of it (default at most 1%), so that a listed key does not reveal a match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import duckdb
+import mmh3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from relaion_pipeline import shards, storage
+from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work
+from relaion_pipeline.schemas import quote, sql_string
+from relaion_pipeline.settings import Settings
+
+REMOVAL_LIST = "removal-list.parquet"
+
+
+def transparency(manifest: dict, ready: dict) -> dict:
+    """Counts of removed rows by source, category, kind and shard; rows dropped from research-safe."""
+    by = {"source": Counter(), "category": Counter(), "kind": Counter()}
+    per_shard = {}
+    for name, stats in ready.items():
+        removals = stats["removals"]
+        for key in by:
+            by[key].update(removals[f"removed_by_{key}"])
+        per_shard[name] = {
+            "rows_in": removals["rows_in"],
+            "rows_removed": removals["rows_removed"],
+            "rows_dropped_unsafe": stats[RESEARCH_SAFE]["rows_dropped_unsafe"],
+            "rows_research": stats[RESEARCH]["rows_out"],
+            "rows_research_safe": stats[RESEARCH_SAFE]["rows_out"],
+        }
+    return {
+        "release": manifest["version"],
+        "blocklist_version": manifest["blocklist_version"],
+        "thresholds": manifest["thresholds"],
+        "removed_rows_by_source": dict(sorted(by["source"].items())),
+        "removed_rows_by_category": dict(sorted(by["category"].items())),
+        "removed_rows_by_kind": dict(sorted(by["kind"].items())),
+        "shards": per_shard,
+        "held_back": manifest["held_back"],
+        "totals": manifest["totals"],
+    }
+
+
+def _table(title: str, counts: dict) -> str:
+    rows = "\n".join(f"| {key} | {value:,} |" for key, value in counts.items()) or "| (none) | 0 |"
+    return f"| {title} | rows |\n|---|---:|\n{rows}\n"
+
+
+def transparency_markdown(report: dict) -> str:
+    totals = report["totals"]
+    shard_rows = "\n".join(
+        f"| {name} | {s['rows_in']:,} | {s['rows_removed']:,} | {s['rows_dropped_unsafe']:,} | "
+        f"{s['rows_research']:,} | {s['rows_research_safe']:,} |"
+        for name, s in report["shards"].items()
+    )
+    held = "\n".join(f"- `{name}`: {why}" for name, why in report["held_back"].items()) or "none"
+    return f"""# Transparency report, release {report["release"]}
+
+Blocklist version `{report["blocklist_version"]}`. Counts only: no URL, caption or row key of a removed row.
+A row matching several lists is counted once per source, category and kind.
+
+{totals["rows_in"]:,} rows in {totals["shards"]} shards; {totals["rows_removed"]:,} removed from research;
+{totals["rows_research"]:,} rows in research, {totals["rows_research_safe"]:,} in research-safe.
+
+## Removed rows by source
+{_table("source", report["removed_rows_by_source"])}
+## Removed rows by category
+{_table("category", report["removed_rows_by_category"])}
+## Removed rows by kind
+{_table("kind", report["removed_rows_by_kind"])}
+## Per shard
+| shard | rows in | removed | unsafe (research-safe only) | research | research-safe |
+|---|---:|---:|---:|---:|---:|
+{shard_rows}
+
+## Held back
+{held}
+"""
+
+
+def dataset_card(manifest: dict, settings: Settings, removal_list: dict) -> str:
+    totals = manifest["totals"]
+    removal = (
+        f"`{REMOVAL_LIST}` lists the `hash` (mmh3 of url + text, as in LAION-5B) of every row a copy must drop "
+        "to become research-safe."
+        if removal_list["published"]
+        else f"The removal list is withheld: {removal_list['reason']}"
+    )
+    return f"""---
+license: {settings.license}
+pretty_name: Re-LAION release {manifest["version"]}
+tags:
+- image-text
+- laion
+configs:
+- config_name: research
+  data_files: "research/**/*.parquet"
+- config_name: research-safe
+  data_files: "research-safe/**/*.parquet"
+dataset_info:
+- config_name: research
+  splits:
+  - name: train
+    num_examples: {totals["rows_research"]}
+- config_name: research-safe
+  splits:
+  - name: train
+    num_examples: {totals["rows_research_safe"]}
+---
+
+# Re-LAION release {manifest["version"]}
+
+Image-text metadata (URLs, captions, scores; no images), cleaned against hash lists from child-protection
+partners (blocklist version `{manifest["blocklist_version"]}`) by relaion-pipeline {manifest["code_version"]}.
+
+- **research**: every row that matched a partner list removed, and rows with punsafe above
+  {settings.research_threshold} whose caption hits the child-safety keyword list ({totals["rows_research"]:,} rows).
+- **research-safe**: research minus rows with punsafe above {settings.safe_threshold}
+  ({totals["rows_research_safe"]:,} rows).
+
+Each shard keeps exactly the columns and types of the original, so it replaces it file for file.
+`manifest.json` holds the row count and sha256 of every file: check a download with `relaion verify`.
+`transparency.md` counts removals by source, category and shard. {removal}
+
+Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>`.
+"""
+
+
+def _row_hashes(shard_path: str, row_numbers: np.ndarray, settings: Settings) -> np.ndarray:
+    """The LAION `hash` of the given rows: the shard's own column, else mmh3 of url + text computed here."""
+    shard = shards.Shard(name="", path=shard_path)
+    roles = shards.roles(shard)
+    con = duckdb.connect()
+    storage.register(con, shard_path)
+    con.register("wanted", pa.table({"row_number": pa.array(row_numbers, pa.int64())}))
+    names = set(shards.open_parquet(shard_path).schema_arrow.names)
+    source = f"read_parquet({sql_string(shard_path)}, file_row_number = true)"
+    try:
+        if "hash" in names:
+            query = (
+                f"SELECT CAST(hash AS BIGINT) FROM {source} WHERE file_row_number IN (SELECT row_number FROM wanted)"
+            )
+            return np.array([h for (h,) in con.execute(query).fetchall()], dtype=np.int64)
+        caption = quote(roles.caption) if roles.caption else "''"
+        query = (
+            f"SELECT {quote(roles.url)}, {caption} FROM {source} "
+            "WHERE file_row_number IN (SELECT row_number FROM wanted)"
+        )
+        rows = con.execute(query).fetchall()  # held in memory only to hash them; never written
+        return np.array([mmh3.hash64(f"{u or ''}{t or ''}".encode(), signed=True)[0] for u, t in rows], dtype=np.int64)
+    finally:
+        con.close()
+
+
+def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
+    """Row hashes to drop for research-safe, and whether they may be published (list matches <= max share)."""
+    work = Work(settings.work)
+    hashes, matched = [], 0
+    for name in ready:
+        removed = storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy()
+        unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
+        matched += int(np.unique(removed).size)
+        rows = np.union1d(removed, unsafe)
+        hashes.append(_row_hashes(shards.resolve(settings.shards, name).path, rows, settings))
+    values = np.unique(np.concatenate(hashes)) if hashes else np.array([], dtype=np.int64)
+    share = matched / values.size if values.size else 0.0
+    published = share <= settings.removal_list_max_match_share
+    info = {
+        "published": published,
+        "keys": int(values.size),
+        "reason": ""
+        if published
+        else (
+            f"rows matching a list would be {share:.1%} of its keys, above the "
+            f"{settings.removal_list_max_match_share:.1%} that keeps them hidden among neutral removals"
+        ),
+    }
+    return pa.table({"hash": pa.array(values, pa.int64())}), info
+
+
+def documents(settings: Settings, manifest: dict, ready: dict) -> tuple[dict[str, bytes], dict]:
+    """Every document of a release by file name, and what became of the removal list."""
+    table, info = removal_list(settings, ready)
+    report = transparency(manifest, ready)
+    docs = {
+        "README.md": dataset_card(manifest, settings, info).encode(),
+        "transparency.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+        "transparency.md": transparency_markdown(report).encode(),
+    }
+    if info["published"]:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression=storage.PARQUET_COMPRESSION)
+        docs[REMOVAL_LIST] = sink.getvalue().to_pybytes()
+    return docs, info

@@ -1,0 +1,91 @@
+"""A release's dataset card, transparency report and removal list: useful to people, silent about matches."""
+
+import json
+from pathlib import Path
+
+import mmh3
+import pyarrow.parquet as pq
+import pytest
+
+from assets.runner import run_all
+from relaion_pipeline import demo, release
+from relaion_pipeline.settings import Settings
+
+
+def _run(tmp_path, monkeypatch, **overrides):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    if not (tmp_path / "in").exists():
+        demo.generate(tmp_path / "in", shards=4, rows=800, seed=11)
+    settings = Settings(
+        shards=str(tmp_path / "in" / "shards"),
+        blocklists=str(tmp_path / "in" / "blocklists"),
+        sidecars=str(tmp_path / "in" / "sidecars"),
+        work=str(tmp_path / "work"),
+        release=str(tmp_path / "releases"),
+        **overrides,
+    )
+    summary = run_all(settings, progress=lambda line: None)
+    assert summary.ok
+    return Path(release.resolve(settings.release))
+
+
+def _secrets(tmp_path):
+    """Every URL and caption of every row that any list or rule removed."""
+    planted = json.loads((tmp_path / "in" / "planted.json").read_text())
+    out = set()
+    for path in (tmp_path / "work" / "removals").rglob("*.parquet"):
+        name = str(path.relative_to(tmp_path / "work" / "removals"))[: -len(".parquet")]
+        rows = {r["row_number"] for r in pq.read_table(path).to_pylist()}
+        table = pq.read_table(tmp_path / "in" / "shards" / f"{name}.parquet")
+        url = "URL" if "URL" in table.column_names else "url"
+        text = "TEXT" if "TEXT" in table.column_names else "caption"
+        for i in rows:
+            out.add(table.column(url)[i].as_py().strip())
+            if table.column(text)[i].as_py():
+                out.add(table.column(text)[i].as_py())
+    assert len(out) > 40 and planted
+    return out
+
+
+def test_card_and_transparency_report_count_without_revealing(tmp_path, monkeypatch):
+    published = _run(tmp_path, monkeypatch)
+    manifest = json.loads((published / "manifest.json").read_text())
+    card = (published / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\n")
+    assert f"num_examples: {manifest['totals']['rows_research_safe']}" in card
+    assert 'data_files: "research-safe/**/*.parquet"' in card
+    report = json.loads((published / "transparency.json").read_text())
+    assert sum(s["rows_removed"] for s in report["shards"].values()) == manifest["totals"]["rows_removed"]
+    assert set(report["removed_rows_by_source"]) == {"partner-a", "partner-b", "hrw-privacy", "opt-out", "keyword-list"}
+    assert not manifest["removal_list"]["published"], "demo lists are far above 1% of removals"
+    assert "withheld" in card and not (published / "removal-list.parquet").exists()
+
+    removal_keys = set()
+    for path in (tmp_path / "work" / "removals").rglob("*.parquet"):
+        removal_keys |= {r["row_key"] for r in pq.read_table(path).to_pylist()}
+    for document in ("README.md", "transparency.md", "transparency.json", "manifest.json"):
+        text = (published / document).read_text()
+        for secret in _secrets(tmp_path):
+            assert secret not in text, f"{document} reveals a removed row"
+        for key in removal_keys:
+            assert f'"{key}"' not in text and f"`{key}`" not in text, f"{document} names a matched row key"
+
+
+@pytest.mark.parametrize("family", ["joined", "plain", "relaion", "minimal"])
+def test_removal_list_holds_laion_hashes_of_every_row_missing_from_research_safe(tmp_path, monkeypatch, family):
+    published = _run(tmp_path, monkeypatch, removal_list_max_match_share=1.0)
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert manifest["removal_list"]["published"]
+    listed = set(pq.read_table(published / "removal-list.parquet").column("hash").to_pylist())
+    name = next(n for n in manifest["shards"] if n.startswith(family))
+    source = pq.read_table(tmp_path / "in" / "shards" / f"{name}.parquet").to_pylist()
+    safe = pq.read_table(published / "research-safe" / f"{name}.parquet").to_pylist()
+    url, text = ("url", "caption") if "url" in source[0] else ("URL", "TEXT")
+
+    def laion_hash(row):
+        return row["hash"] if "hash" in row else mmh3.hash64(f"{row[url]}{row[text] or ''}".encode(), signed=True)[0]
+
+    kept = {laion_hash(r) for r in safe}
+    missing = {laion_hash(r) for r in source} - kept
+    assert missing and missing <= listed
+    assert not (kept & listed), "no kept row is listed for removal"
