@@ -7,6 +7,7 @@ the terminal and a run from the UI are the same runs, in the same instance.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import traceback
 
@@ -68,7 +69,7 @@ def _run(args) -> int:
 def _verify(args) -> int:
     from relaion_pipeline import release
 
-    manifest, problems = release.verify(args.release)
+    manifest, problems = release.verify(args.release, args.blocklists)
     for problem in problems:
         print(f"MISMATCH {problem}")
     shards = manifest.get("shards", {})
@@ -76,17 +77,31 @@ def _verify(args) -> int:
         print(f"release {manifest.get('version')}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     files = sum(len(entry.get("files", {})) for entry in shards.values())
+    checked = "checksums, row counts, research-safe within research" + (", no list match" if args.blocklists else "")
+    print(f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files; {checked})")
+    return 0
+
+
+def _clean(args) -> int:
+    from relaion_pipeline import clean
+
+    result = clean.clean(args.release, args.input, args.output, by=args.by, variant=args.variant,
+                         progress=lambda line: print(line, flush=True))  # fmt: skip
     print(
-        f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files, checksums and row counts match)"
+        f"cleaned {len(result['shards'])} shards: {result['rows_removed']:,} of {result['rows_in']:,} rows removed"
+        f" (report: {args.output}/clean-report.json)"
     )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="relaion", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     top.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = top.add_subparsers(dest="command", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
+    commands.add_parser = functools.partial(commands.add_parser, parents=[common])
 
     demo = commands.add_parser(
         "demo-data", help="write synthetic LAION-like shards and partner lists", formatter_class=defaults
@@ -106,8 +121,21 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--safe-threshold", type=float, default=None, help=f"default {base.safe_threshold}")
     run.set_defaults(handler=_run)
 
+    clean = commands.add_parser(
+        "clean", help="clean an old copy of the dataset with a release", formatter_class=defaults
+    )
+    clean.add_argument("--release", required=True, help="a release folder or location (local or s3://)")
+    clean.add_argument("--input", required=True, help="the old copy: a folder of parquet shards")
+    clean.add_argument("--output", required=True, help="where the cleaned copy goes (same relative paths)")
+    clean.add_argument("--by", choices=["removal-list", "difference"], default="removal-list",
+                       help="drop the rows the release's removal list names, or keep only rows the release holds")  # fmt: skip
+    clean.add_argument("--variant", choices=["research", "research-safe"], default="research-safe",
+                       help="with --by difference: which variant to compare with")  # fmt: skip
+    clean.set_defaults(handler=_clean)
+
     verify = commands.add_parser("verify", help="recompute checksums and counts of a release", formatter_class=defaults)
     verify.add_argument("release", help="a release folder, or a release location holding a 'latest' pointer")
+    verify.add_argument("--blocklists", default=None, help="also check that no published row matches these lists")
     verify.set_defaults(handler=_verify)
     return top
 

@@ -19,13 +19,17 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from relaion_pipeline import blocklists, checks, pipeline, report, shards, storage
+import numpy as np
+
+from relaion_pipeline import blocklists, checks, matching, pipeline, report, schemas, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.settings import Settings
 
@@ -195,8 +199,46 @@ def resolve(location: str) -> str:
     raise ReleaseError(f"{location}: no manifest.json and no 'latest' pointer: not a release")
 
 
-def verify(location: str) -> tuple[dict, list[str]]:
-    """Recompute sizes, checksums and row counts of a release; return its manifest and every problem found."""
+def _subset_problems(release: str, name: str, files: dict) -> list[str]:
+    """research-safe must hold only rows that research holds (compared by LAION hash)."""
+    from relaion_pipeline.clean import _file_hashes
+
+    research = _file_hashes(storage.join(release, files[RESEARCH]["path"]))
+    safe = _file_hashes(storage.join(release, files[RESEARCH_SAFE]["path"]))
+    extra = int((~np.isin(safe, research)).sum())
+    return [f"{name}: {extra} research-safe rows are not in research"] if extra else []
+
+
+def _list_problems(release: str, manifest: dict, blocklist_location: str, work: str) -> list[str]:
+    """Rows of any published file that the given partner lists match (counted by kind, never shown)."""
+    merged = blocklists.load(blocklist_location)
+    path = blocklists.write(merged, storage.join(work, "blocklist"))
+    kinds = set(merged.table.column("kind").to_pylist())
+    settings = Settings(work=work, keywords=storage.join(work, "no-keywords.txt"))
+    storage.write_text_atomic("", settings.keywords)  # lists only: the keyword rule is not a list
+    con = matching.connect(settings)
+    storage.register(con, release)
+    problems = []
+    try:
+        for name, entry in manifest.get("shards", {}).items():
+            for file in entry.get("files", {}).values():
+                file_path = storage.join(release, file["path"])
+                roles = schemas.detect(shards.open_parquet(file_path).schema_arrow, file_path)
+                inputs = matching.MatchInputs(name, file_path, roles, path, None)
+                found = matching.find_removals(con, inputs, kinds, settings)
+                if found.num_rows:
+                    by_kind = Counter(found.column("kind").to_pylist())
+                    rows = len(set(found.column("row_number").to_pylist()))
+                    problems.append(f"{file['path']}: {rows} rows match the lists ({dict(sorted(by_kind.items()))})")
+    finally:
+        con.close()
+    return problems
+
+
+def verify(location: str, blocklist_location: str | None = None) -> tuple[dict, list[str]]:
+    """Recompute sizes, checksums and row counts of a release, check that research-safe is a subset of research
+    and, when partner lists are given, that no published row matches them. Returns the manifest and every
+    problem found."""
     release = resolve(location)
     try:
         manifest = storage.read_json(storage.join(release, "manifest.json"))
@@ -230,6 +272,8 @@ def verify(location: str) -> tuple[dict, list[str]]:
                 problems.append(f"{file['path']}: {rows} rows, manifest says {file['rows']}")
         if {RESEARCH, RESEARCH_SAFE} <= files.keys() and files[RESEARCH_SAFE]["rows"] > files[RESEARCH]["rows"]:
             problems.append(f"{name}: research-safe has more rows than research")
+        elif not problems and {RESEARCH, RESEARCH_SAFE} <= files.keys():
+            problems += _subset_problems(release, name, files)
     for doc_name, doc in manifest.get("documents", {}).items():
         path = storage.join(release, doc_name)
         if not storage.exists(path):
@@ -244,4 +288,7 @@ def verify(location: str) -> tuple[dict, list[str]]:
             relative = path[len(root) + 1 :]
             if relative.endswith(".parquet") and relative not in listed:
                 problems.append(f"{relative}: file not listed in the manifest")
+    if blocklist_location and not problems:
+        with tempfile.TemporaryDirectory(prefix="relaion-verify-") as work:
+            problems += _list_problems(release, manifest, blocklist_location, work)
     return manifest, problems

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -168,3 +169,52 @@ def test_rerunning_one_partition_leaves_every_other_shard_untouched(demo, monkey
                 assert os.stat(path).st_mtime_ns != mtime, f"{path}: rewritten by the rerun"
             else:
                 assert os.stat(path).st_mtime_ns == mtime, f"{path}: other shards are not touched"
+
+
+def test_verify_against_lists_finds_published_rows_that_a_new_list_matches(demo, tmp_path):
+    root, _, _, _ = demo
+    same = relaion("verify", root / "releases", "--blocklists", root / "in" / "blocklists")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "no list match" in same.stdout
+
+    lists = tmp_path / "lists"
+    shutil.copytree(root / "in" / "blocklists", lists)
+    release = release_dir(root)
+    name = shard_names(root)[0]
+    published = pq.read_table(release / "research" / f"{name}.parquet")
+    url = published.column("URL" if "URL" in published.column_names else "url")[7].as_py()
+    from relaion_pipeline import urls
+
+    (lists / "new-partner").mkdir()
+    (lists / "new-partner" / "url_sha256.txt").write_text(
+        hashlib.sha256(urls.lookup_expressions(url)[0].encode()).hexdigest() + "\n"
+    )
+    found = relaion("verify", root / "releases", "--blocklists", lists)
+    assert found.returncode == 1
+    assert f"research/{name}.parquet: 1 rows match the lists ({{'url_sha256': 1}})" in found.stdout
+    assert url not in found.stdout + found.stderr
+
+
+def test_verify_finds_a_research_safe_row_that_research_does_not_hold(demo, tmp_path):
+    root, _, _, _ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(release_dir(root), copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    name = shard_names(root)[2]
+    files = manifest["shards"][name]["files"]
+    research = pq.read_table(copy / files["research"]["path"])
+    safe = pq.read_table(copy / files["research-safe"]["path"])
+    source = pq.read_table(root / "in" / "shards" / f"{name}.parquet")
+    outsider = (
+        source.slice(0, source.num_rows)
+        .filter([k not in set(research.column(0).to_pylist()) for k in source.column(0).to_pylist()])
+        .slice(0, 1)
+    )
+    tampered = pa.concat_tables([safe.slice(1), outsider.cast(safe.schema)])
+    pq.write_table(tampered, copy / files["research-safe"]["path"])
+    data = (copy / files["research-safe"]["path"]).read_bytes()
+    files["research-safe"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=tampered.num_rows)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    bad = relaion("verify", copy)
+    assert bad.returncode == 1
+    assert f"{name}: 1 research-safe rows are not in research" in bad.stdout

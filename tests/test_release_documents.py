@@ -89,3 +89,32 @@ def test_removal_list_holds_laion_hashes_of_every_row_missing_from_research_safe
     missing = {laion_hash(r) for r in source} - kept
     assert missing and missing <= listed
     assert not (kept & listed), "no kept row is listed for removal"
+
+
+@pytest.mark.parametrize("by", ["removal-list", "difference"])
+def test_clean_turns_an_old_copy_into_research_safe(tmp_path, monkeypatch, by):
+    from relaion_pipeline import clean
+
+    published = _run(tmp_path, monkeypatch, removal_list_max_match_share=1.0)
+    result = clean.clean(str(tmp_path / "releases"), str(tmp_path / "in" / "shards"), str(tmp_path / "cleaned"), by=by,
+                         progress=lambda line: None)  # fmt: skip
+    manifest = json.loads((published / "manifest.json").read_text())
+    for name in manifest["shards"]:
+        cleaned = pq.read_table(tmp_path / "cleaned" / f"{name}.parquet")
+        assert cleaned.equals(pq.read_table(published / "research-safe" / f"{name}.parquet")), name
+    report = json.loads((tmp_path / "cleaned" / "clean-report.json").read_text())
+    assert (
+        report == result
+        and report["rows_removed"] == manifest["totals"]["rows_in"] - manifest["totals"]["rows_research_safe"]
+    )
+
+
+def test_clean_by_removal_list_explains_when_the_list_is_withheld(tmp_path, monkeypatch):
+    from relaion_pipeline import clean
+
+    _run(tmp_path, monkeypatch)
+    with pytest.raises(
+        clean.CleanError, match=r"no removal list \(rows matching a list would be .* use --by difference"
+    ):
+        clean.clean(str(tmp_path / "releases"), str(tmp_path / "in" / "shards"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
