@@ -159,6 +159,11 @@ def _parse_file(name: str, data: bytes):
 
 def load(location: str) -> Blocklist:
     """Read every partner list under `location` (one folder per source) into one merged, versioned list."""
+    with storage.reaching(location):
+        return _load(location)
+
+
+def _load(location: str) -> Blocklist:
     fs, root = storage.filesystem(location)
     if not fs.isdir(root):
         raise BlocklistError(f"{location}: blocklist location does not exist or is not a folder")

@@ -191,6 +191,11 @@ def publish(settings: Settings, shard_names: list[str]) -> dict:
 
 def resolve(location: str) -> str:
     """A release: `location` itself when it holds a manifest, else the version its `latest` names."""
+    with storage.reaching(location):
+        return _resolve(location)
+
+
+def _resolve(location: str) -> str:
     if storage.exists(storage.join(location, "manifest.json")):
         return location
     latest = storage.join(location, "latest")

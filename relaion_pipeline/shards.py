@@ -32,11 +32,13 @@ class Shard:
 def discover(location: str) -> list[Shard]:
     """Every `*.parquet` below `location`, sorted by name; hidden files and folders are skipped."""
     fs, root = storage.filesystem(location)
-    if not fs.isdir(root):
-        raise ShardError(f"{location}: shard location does not exist or is not a folder")
+    with storage.reaching(location):
+        if not fs.isdir(root):
+            raise ShardError(f"{location}: shard location does not exist or is not a folder")
+        paths = fs.find(root.rstrip("/"))
     root = root.rstrip("/")
     found = []
-    for path in fs.find(root):
+    for path in paths:
         relative = path[len(root) + 1 :]
         if not relative.endswith(SUFFIX) or any(part.startswith(".") for part in relative.split("/")):
             continue

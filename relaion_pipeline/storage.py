@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -25,6 +26,20 @@ PARQUET_COMPRESSION = "zstd"
 
 class StorageError(OSError):
     """A location that cannot be reached; the message names it and says what to check."""
+
+
+@contextmanager
+def reaching(location: str):
+    """Turn the errors of an unreachable location into one sentence that names it and what to check."""
+    try:
+        yield
+    except PermissionError as error:
+        raise StorageError(
+            f"{location}: access denied ({error}); check the credentials (AWS_ACCESS_KEY_ID and"
+            " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and the bucket's permissions"
+        ) from None
+    except (ConnectionError, TimeoutError) as error:
+        raise StorageError(f"{location}: cannot connect ({error}); check AWS_ENDPOINT_URL and the network") from None
 
 
 def filesystem(location: str):

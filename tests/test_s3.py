@@ -96,3 +96,101 @@ def test_publishing_the_same_inputs_again_is_idempotent(s3, tmp_path, monkeypatc
 def test_missing_bucket_is_a_clear_error(s3):
     with pytest.raises(shards.ShardError, match=r"s3://no-such-bucket/shards: shard location does not exist"):
         shards.discover("s3://no-such-bucket/shards")
+
+
+def test_clean_and_verify_work_on_the_bucket(s3, tmp_path, monkeypatch):
+    from relaion_pipeline import clean
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    demo.generate(tmp_path / "in", shards=2, rows=400, seed=8)
+    s3.mkdir("cleaning")
+    s3.put(str(tmp_path / "in") + "/", "cleaning/input/", recursive=True)
+    settings = Settings(
+        shards="s3://cleaning/input/shards",
+        blocklists="s3://cleaning/input/blocklists",
+        sidecars="s3://cleaning/input/sidecars",
+        work="s3://cleaning/work",
+        release="s3://cleaning/releases",
+        dagster_home=str(tmp_path / "dagster"),
+    )
+    assert run_all(settings, progress=lambda line: None).ok
+    manifest, problems = release.verify(settings.release, blocklist_location=settings.blocklists)
+    assert problems == []
+    clean.clean(settings.release, settings.shards, "s3://cleaning/old-copy-cleaned", by="difference",
+                progress=lambda line: None)  # fmt: skip
+    for name, entry in manifest["shards"].items():
+        cleaned = storage.read_table(f"s3://cleaning/old-copy-cleaned/{name}.parquet")
+        published = storage.read_table(
+            f"s3://cleaning/releases/{manifest['version']}/{entry['files']['research-safe']['path']}"
+        )
+        assert cleaned.equals(published)
+    assert json.loads(s3.cat_file("cleaning/old-copy-cleaned/clean-report.json"))["rows_removed"] > 0
+
+
+def test_more_than_a_thousand_shards_are_all_discovered(s3):
+    s3.mkdir("many")
+    for i in range(1_050):
+        s3.pipe(f"many/shards/part-{i:05d}.parquet", b"PAR1")
+    found = shards.discover("s3://many/shards")
+    assert len(found) == 1_050
+    assert found[-1].name == "part-01049" and found[-1].path == "s3://many/shards/part-01049.parquet"
+
+
+def test_files_above_the_multipart_threshold_round_trip(s3, tmp_path, monkeypatch):
+    import fsspec
+    import numpy as np
+    import pyarrow as pa
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"default_block_size": 5 * 2**20})
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3.mkdir("big")
+    rng = np.random.default_rng(1)
+    table = pa.table(
+        {"URL": [f"http://h.example/{x}" for x in rng.integers(0, 2**62, 400_000)], "TEXT": ["t"] * 400_000}
+    )
+    local = tmp_path / "big.parquet"
+    pq.write_table(table, local, compression="none")
+    assert local.stat().st_size > 12 * 2**20
+    storage.copy(str(local), "s3://big/shards/big.parquet")
+    storage.copy("s3://big/shards/big.parquet", "s3://big/copy/big.parquet")
+    size, digest = storage.size_and_sha256("s3://big/copy/big.parquet")
+    assert (size, digest) == storage.size_and_sha256(str(local))
+    assert "-" in s3.info("big/copy/big.parquet")["ETag"], "uploaded in several parts"
+    assert storage.read_table("s3://big/copy/big.parquet").equals(table)
+
+
+def test_wrong_credentials_give_one_clear_line_without_the_secret(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from moto.server import ThreadedMotoServer as S; import time; s = S(ip_address='127.0.0.1', port={port}); s.start(); time.sleep(120)"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        secret = "wrong-secret-value-1234"
+        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="AKIAWRONG",
+                   AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+        ran = subprocess.run(
+            [sys.executable, "-m", "relaion_pipeline.cli", "run", "--shards", "s3://locked/shards",
+             "--blocklists", "s3://locked/lists", "--work", str(tmp_path / "work")],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.kill()
+    assert ran.returncode == 2
+    assert ran.stderr.strip().startswith("error: s3://locked/shards: access denied")
+    assert "check the credentials" in ran.stderr and len(ran.stderr.strip().splitlines()) == 1
+    assert secret not in ran.stderr + ran.stdout
