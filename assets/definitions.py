@@ -8,7 +8,7 @@ from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.release import release
 from assets.removals import removals
-from assets.resources import RelaionSettings
+from assets.resources import RelaionSettings, S3Storage
 from assets.sensors import build_sensors
 from assets.variants import research, research_safe
 from relaion_pipeline.settings import Settings
@@ -16,7 +16,7 @@ from relaion_pipeline.settings import Settings
 ALL_ASSETS = [blocklist, removals, research, research_safe, release]
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, s3: S3Storage | None = None) -> dg.Definitions:
     """Definitions for one set of settings; the CLI and the UI build theirs the same way."""
     blocklist_job = dg.define_asset_job("blocklist_job", selection=[blocklist], description="Rebuild the blocklist.")
     shard_job = dg.define_asset_job(
@@ -36,7 +36,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[blocklist_job, shard_job, release_job],
         sensors=build_sensors(shard_job, blocklist_job),
         schedules=[release_schedule],
-        resources={"relaion": RelaionSettings.from_settings(settings)},
+        resources={"relaion": RelaionSettings.from_settings(settings, s3)},
     )
 
 

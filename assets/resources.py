@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import dagster as dg
 
+from relaion_pipeline import storage
 from relaion_pipeline.settings import Settings
+
+
+class S3Storage(dg.ConfigurableResource):
+    """S3 endpoint, region and credentials for `s3://` locations. Leave a field unset to take it from the
+    standard AWS environment variables; set secrets with `dg.EnvVar(...)` so the UI never shows them."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    def apply(self) -> None:
+        storage.configure_s3(self.endpoint_url, self.region, self.access_key_id, self.secret_access_key)
 
 
 class RelaionSettings(dg.ConfigurableResource):
     """Locations and thresholds of the run (see `relaion_pipeline.settings.Settings` for each field)."""
+
+    s3: S3Storage
 
     shards: str
     blocklists: str
@@ -27,8 +43,10 @@ class RelaionSettings(dg.ConfigurableResource):
     duckdb_memory_limit: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RelaionSettings:
-        return cls(**settings.as_dict())
+    def from_settings(cls, settings: Settings, s3: S3Storage | None = None) -> RelaionSettings:
+        return cls(s3=s3 or S3Storage(), **settings.as_dict())
 
     def settings(self) -> Settings:
+        """The run's settings; also points s3fs at the configured S3 service first."""
+        self.s3.apply()
         return Settings(**{name: getattr(self, name) for name in Settings.__dataclass_fields__})

@@ -42,6 +42,31 @@ def reaching(location: str):
         raise StorageError(f"{location}: cannot connect ({error}); check AWS_ENDPOINT_URL and the network") from None
 
 
+def configure_s3(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> None:
+    """Use these S3 settings instead of the AWS environment variables for every `s3://` location of this
+    process (None keeps the environment's). Credentials go to s3fs only; nothing here logs them."""
+    options: dict = {}
+    client: dict = {}
+    if endpoint_url:
+        client["endpoint_url"] = endpoint_url
+    if region:
+        client["region_name"] = region
+    if client:
+        options["client_kwargs"] = client
+    if access_key_id:
+        options["key"] = access_key_id
+    if secret_access_key:
+        options["secret"] = secret_access_key
+    if fsspec.config.conf.get("s3") != options:
+        fsspec.config.conf["s3"] = options
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+
+
 def filesystem(location: str):
     """The fsspec filesystem and the path inside it for a local path or URL."""
     options = {} if is_local(location) else {"use_listings_cache": False}

@@ -59,13 +59,15 @@ def test_shard_sensor_adds_a_partition_and_a_run_for_each_new_shard(tmp_path):
     sensor = definitions.resolve_sensor_def("shard_sensor")
     resources = {"relaion": RelaionSettings.from_settings(settings)}
     with dg.instance_for_test() as instance:
-        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = sensor(context)
         assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["en/part 1", "part-0"]]
         assert sorted(r.partition_key for r in result.run_requests) == ["en/part 1", "part-0"]
 
         instance.add_dynamic_partitions(shard_partitions.name, ["en/part 1", "part-0"])
         _shard(tmp_path / "shards" / "part-2.parquet")
-        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = sensor(context)
         assert [r.partition_key for r in result.run_requests] == ["part-2"]
 
 
@@ -76,12 +78,12 @@ def test_partner_list_sensor_fires_once_per_change(tmp_path):
     sensor = build_definitions(settings).resolve_sensor_def("partner_list_sensor")
     resources = {"relaion": RelaionSettings.from_settings(settings)}
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=resources)
-        first = sensor(context)
-        assert isinstance(first, dg.RunRequest)
-        assert isinstance(sensor(context), dg.SkipReason)
-        (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\nb.example\n")
-        assert isinstance(sensor(context), dg.RunRequest)
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            first = sensor(context)
+            assert isinstance(first, dg.RunRequest)
+            assert isinstance(sensor(context), dg.SkipReason)
+            (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\nb.example\n")
+            assert isinstance(sensor(context), dg.RunRequest)
 
 
 def test_lists_already_built_do_not_trigger_a_rebuild_but_a_change_does(tmp_path):
@@ -94,10 +96,10 @@ def test_lists_already_built_do_not_trigger_a_rebuild_but_a_change_does(tmp_path
     sensor = build_definitions(settings).resolve_sensor_def("partner_list_sensor")
     resources = {"relaion": RelaionSettings.from_settings(settings)}
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=resources)
-        assert isinstance(sensor(context), dg.SkipReason)
-        (tmp_path / "lists" / "src" / "domain.txt").write_text("b.example\n")
-        assert isinstance(sensor(context), dg.RunRequest)
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            assert isinstance(sensor(context), dg.SkipReason)
+            (tmp_path / "lists" / "src" / "domain.txt").write_text("b.example\n")
+            assert isinstance(sensor(context), dg.RunRequest)
 
 
 def test_only_shards_matched_against_another_version_are_stale(tmp_path):

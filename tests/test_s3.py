@@ -194,3 +194,48 @@ def test_wrong_credentials_give_one_clear_line_without_the_secret(tmp_path):
     assert ran.stderr.strip().startswith("error: s3://locked/shards: access denied")
     assert "check the credentials" in ran.stderr and len(ran.stderr.strip().splitlines()) == 1
     assert secret not in ran.stderr + ran.stdout
+
+
+def test_s3_settings_can_come_from_the_dagster_resource_and_never_reach_the_logs(s3_server, tmp_path, monkeypatch):
+    import dagster as dg
+    import fsspec
+
+    from assets.definitions import build_definitions
+    from assets.resources import S3Storage
+
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    secret = "resource-secret-5678"
+    s3fs.S3FileSystem.clear_instance_cache()
+    uploader = s3fs.S3FileSystem(key="resource-key", secret=secret, client_kwargs={"endpoint_url": s3_server})
+    demo.generate(tmp_path / "in", shards=1, rows=300, seed=9)
+    uploader.mkdir("resource")
+    uploader.put(str(tmp_path / "in") + "/", "resource/input/", recursive=True)
+    settings = Settings(
+        shards="s3://resource/input/shards",
+        blocklists="s3://resource/input/blocklists",
+        sidecars="s3://resource/input/sidecars",
+        work="s3://resource/work",
+        release="s3://resource/releases",
+    )
+    s3_resource = S3Storage(
+        endpoint_url=s3_server, region="us-east-1", access_key_id="resource-key", secret_access_key=secret
+    )
+    defs = build_definitions(settings, s3_resource)
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def("blocklist_job").execute_in_process(instance=instance).success
+        instance.add_dynamic_partitions("shards", ["joined/part-00000"])
+        shard_run = defs.resolve_job_def("shard_job").execute_in_process(
+            partition_key="joined/part-00000", instance=instance
+        )
+        assert shard_run.success
+        logged = ""
+        for run in instance.get_runs():
+            logged += "".join(str(entry) for entry in instance.all_logs(run.run_id))
+    assert "joined/part-00000" in logged
+    assert secret not in logged
+    s3fs.S3FileSystem.clear_instance_cache()
