@@ -438,7 +438,7 @@ def send_email(settings: AlertSettings, alert: Alert) -> None:
     except smtplib.SMTPNotSupportedError:
         fix = {
             "STARTTLS": "set RELAION_ALERT_SMTP_STARTTLS=false only for a relay on a trusted network",
-            "AUTH": "use the relay's TLS port or drop RELAION_ALERT_SMTP_USER",
+            "AUTH": "enable RELAION_ALERT_SMTP_STARTTLS, use port 465 or drop RELAION_ALERT_SMTP_USER",
         }.get(stage, "check RELAION_ALERT_SMTP_HOST")
         raise AlertDeliveryError(f"{label}: the server does not offer {stage}; {fix}") from None
     except smtplib.SMTPAuthenticationError as error:
