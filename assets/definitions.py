@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.alerts import build_alert_sensors
 from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.release import release
@@ -11,13 +12,17 @@ from assets.removals import removals
 from assets.resources import RelaionSettings, S3Storage
 from assets.sensors import build_sensors
 from assets.variants import research, research_safe
+from relaion_pipeline.alerts import AlertSettings
 from relaion_pipeline.settings import Settings
 
 ALL_ASSETS = [blocklist, removals, research, research_safe, release]
 
 
-def build_definitions(settings: Settings, s3: S3Storage | None = None) -> dg.Definitions:
-    """Definitions for one set of settings; the CLI and the UI build theirs the same way."""
+def build_definitions(
+    settings: Settings, s3: S3Storage | None = None, alert_settings: AlertSettings | None = None
+) -> dg.Definitions:
+    """Definitions for one set of settings; the CLI and the UI build theirs the same way. Alert channels come
+    from the `RELAION_ALERT_*` environment at every tick unless `alert_settings` is given."""
     blocklist_job = dg.define_asset_job("blocklist_job", selection=[blocklist], description="Rebuild the blocklist.")
     shard_job = dg.define_asset_job(
         "shard_job",
@@ -34,7 +39,7 @@ def build_definitions(settings: Settings, s3: S3Storage | None = None) -> dg.Def
     return dg.Definitions(
         assets=ALL_ASSETS,
         jobs=[blocklist_job, shard_job, release_job],
-        sensors=build_sensors(shard_job, blocklist_job),
+        sensors=[*build_sensors(shard_job, blocklist_job), *build_alert_sensors(alert_settings)],
         schedules=[release_schedule],
         resources={"relaion": RelaionSettings.from_settings(settings, s3)},
     )
