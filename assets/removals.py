@@ -3,10 +3,10 @@
 import dagster as dg
 
 from assets.blocklist import blocklist
-from assets.metadata import from_stats
+from assets.metadata import check_result, from_stats
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import pipeline
+from relaion_pipeline import checks, pipeline
 
 
 @dg.asset(
@@ -16,14 +16,24 @@ from relaion_pipeline import pipeline
     kinds={"duckdb", "parquet"},
     owners=["team:dataset-maintainers"],
     tags={"stage": "match"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            checks.INPUT_WELL_FORMED, asset="removals", blocking=True, description=checks.WHY[checks.INPUT_WELL_FORMED]
+        )
+    ],
 )
 def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.MaterializeResult:
     """Rows of one shard to remove: URL lookup-expression hashes, domains and image hashes matched against
     the blocklist in DuckDB, plus the research keyword rule. One row per match: row key, kind, source,
-    category, hash and scope. Never a URL or a caption."""
-    stats = pipeline.compute_removals(relaion.settings(), context.partition_key)
+    category, hash and scope. Never a URL or a caption. Blocking check (Great Expectations): the input shard
+    is well formed (URLs present, scores in range, sizes positive, row keys unique)."""
+    settings = relaion.settings()
+    stats = pipeline.compute_removals(settings, context.partition_key)
+    outcomes = checks.check_input(settings, context.partition_key)
     context.log.info(
         f"{context.partition_key}: {stats['rows_removed']:,} of {stats['rows_in']:,} rows to remove"
         f" ({stats['seconds']:.1f} s)"
     )
-    return dg.MaterializeResult(metadata=from_stats(stats))
+    return dg.MaterializeResult(
+        metadata=from_stats(stats), check_results=[check_result(o, context.asset_key) for o in outcomes]
+    )

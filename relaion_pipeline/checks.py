@@ -11,11 +11,14 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, matching, quality, shards, storage
+from relaion_pipeline import blocklists, matching, pipeline, quality, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
+INPUT_WELL_FORMED = "input_shard_well_formed"
+BLOCKLIST_WELL_FORMED = "blocklist_well_formed"
+RELEASE_MATCHES_FILES = "release_matches_its_files"
 RESEARCH_NO_MATCH = "research_has_no_blocklist_match"
 RESEARCH_COUNTS = "research_rows_add_up"
 SAFE_THRESHOLD = "research_safe_below_threshold"
@@ -23,6 +26,9 @@ SAFE_SUBSET = "research_safe_rows_add_up"
 BLOCKING = {RESEARCH: (RESEARCH_NO_MATCH, RESEARCH_COUNTS), RESEARCH_SAFE: (SAFE_THRESHOLD, SAFE_SUBSET)}
 
 WHY = {
+    INPUT_WELL_FORMED: "the shard's values are in range and its rows identifiable, or its outputs cannot be trusted",
+    BLOCKLIST_WELL_FORMED: "every entry is well formed for its kind and names its source, or matching misses rows",
+    RELEASE_MATCHES_FILES: "what the manifest promises (rows, checksums, passed checks) is what was published",
     RESEARCH_NO_MATCH: "research must hold no row that any partner list or the keyword rule removes",
     RESEARCH_COUNTS: "every input row is either removed or published, none lost or duplicated",
     SAFE_THRESHOLD: "research-safe must hold no row whose safety score is above the safe threshold",
@@ -30,10 +36,110 @@ WHY = {
 }
 
 
+# The input suite: (summary column, role it needs, SQL true for a row that breaks the rule, why).
+INPUT_RULES = [
+    ("url_missing", "url", "{c} IS NULL OR trim({c}) = ''", "a row without a URL cannot be matched against the lists"),
+    ("url_too_long", "url", "length({c}) > 4096", "longer than 4096 characters is not a web image link"),
+    ("punsafe_out_of_range", "punsafe", "NOT ({c} BETWEEN 0 AND 1)", "punsafe is a probability in [0, 1]"),
+    ("pwatermark_out_of_range", "pwatermark", "NOT ({c} BETWEEN 0 AND 1)", "pwatermark is a probability in [0, 1]"),
+    ("similarity_out_of_range", "similarity", "NOT ({c} BETWEEN -1 AND 1)", "CLIP cosine similarity lies in [-1, 1]"),
+    ("width_not_positive", "width", "{c} <= 0", "an image has a positive width"),
+    ("height_not_positive", "height", "{c} <= 0", "an image has a positive height"),
+]
+
+
 def _record(settings: Settings, outcome: quality.Outcome, validated: str) -> quality.Outcome:
     size, digest = storage.size_and_sha256(validated)
-    payload = outcome.as_dict() | {"why": WHY[outcome.suite], "validated_sha256": digest, "validated_bytes": size}
+    payload = outcome.as_dict() | {
+        "why": WHY[outcome.suite],
+        "validated_sha256": digest,
+        "validated_bytes": size,
+        "validated_fingerprint": pipeline.fingerprint(validated),
+    }
     storage.write_json_atomic(payload, Work(settings.work).validation(outcome.suite, outcome.partition))
+    return outcome
+
+
+def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
+    """The input shard: URLs present and plausible, scores in range, sizes positive, row keys unique.
+
+    DuckDB counts the rows breaking each rule in one pass; GX asserts every count is zero. Failures carry a
+    few row keys of offending rows (never their values)."""
+    gx = quality.expectations()
+    shard = shards.resolve(settings.shards, name)
+    roles = shards.roles(shard)
+    source = f"read_parquet({sql_string(shard.path)}, file_row_number = true)"
+    rules = [(column, condition.format(c=quote(getattr(roles, role))), why)
+             for column, role, condition, why in INPUT_RULES if getattr(roles, role)]  # fmt: skip
+    con = matching.connect(settings)
+    try:
+        counts = [f"count(*) FILTER (WHERE {condition}) AS {column}" for column, condition, _ in rules]
+        if roles.key is not None:
+            counts.append(f"count(*) - count(DISTINCT {quote(roles.key)}) AS duplicate_row_keys")
+        frame = con.sql(f"SELECT {', '.join(counts)} FROM {source}").df()
+        samples = {}
+        for column, condition, _ in rules:
+            if int(frame[column].iloc[0]):
+                keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
+                samples[column] = [k for (k,) in keys]
+        if roles.key is not None and int(frame["duplicate_row_keys"].iloc[0]):
+            keys = con.sql(
+                f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
+            ).fetchall()
+            samples["duplicate_row_keys"] = [k for (k,) in keys]
+    finally:
+        con.close()
+    why = {column: text for column, _, text in rules} | {"duplicate_row_keys": "a row key names one row"}
+    expectations = [
+        gx.ExpectColumnMaxToBeBetween(column=column, min_value=0, max_value=0, notes=why[column])
+        for column in frame.columns
+    ]
+    outcome = quality.validate(INPUT_WELL_FORMED, name, frame, expectations)
+    for failure in outcome.failures:
+        failure.sample_row_keys = [str(k) for k in samples.get(failure.column, [])]
+    return [_record(settings, outcome, shard.path)]
+
+
+def check_blocklist(settings: Settings) -> list[quality.Outcome]:
+    """Re-validate the merged list in SQL, independently of the parser: hex of the right length per kind, plain
+    host names for domains, a source and a category on every entry."""
+    gx = quality.expectations()
+    work = Work(settings.work)
+    version, path = blocklists.read_current(work.blocklist_dir)
+    lengths = " ".join(f"WHEN '{kind}' THEN {n}" for kind, n in blocklists.HEX_LENGTHS.items())
+    con = matching.connect(settings)
+    try:
+        frame = con.sql(
+            f"""SELECT
+                count(*) FILTER (WHERE kind <> 'domain' AND NOT (regexp_full_match(value, '[0-9a-f]+')
+                                 AND length(value) = CASE kind {lengths} ELSE -1 END)) AS malformed_hashes,
+                count(*) FILTER (WHERE kind = 'domain' AND NOT regexp_full_match(value,
+                                 '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+')) AS malformed_domains,
+                count(*) FILTER (WHERE kind NOT IN ({", ".join(sql_string(k) for k in blocklists.KINDS)})) AS unknown_kinds,
+                count(*) FILTER (WHERE coalesce(trim(source), '') = '') AS entries_without_source,
+                count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category
+            FROM read_parquet({sql_string(path)})"""
+        ).df()
+    finally:
+        con.close()
+    expectations = [
+        gx.ExpectColumnMaxToBeBetween(column=c, min_value=0, max_value=0, notes=WHY[BLOCKLIST_WELL_FORMED])
+        for c in frame.columns
+    ]
+    return [_record(settings, quality.validate(BLOCKLIST_WELL_FORMED, version, frame, expectations), path)]
+
+
+def check_release(settings: Settings, problems: list[str], unchecked: list[str], version: str) -> quality.Outcome:
+    """The release: no problem found by re-verifying its files, and no published shard without passed checks."""
+    gx = quality.expectations()
+    frame = pd.DataFrame({"verify_problems": [len(problems)], "shards_without_passed_checks": [len(unchecked)]})
+    expectations = [
+        gx.ExpectColumnMaxToBeBetween(column=c, min_value=0, max_value=0, notes=WHY[RELEASE_MATCHES_FILES])
+        for c in frame.columns
+    ]
+    outcome = quality.validate(RELEASE_MATCHES_FILES, version, frame, expectations)
+    payload = outcome.as_dict() | {"why": WHY[RELEASE_MATCHES_FILES], "problems": problems, "unchecked": unchecked}
+    storage.write_json_atomic(payload, Work(settings.work).validation(RELEASE_MATCHES_FILES, version))
     return outcome
 
 
@@ -170,6 +276,14 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
 def passed(settings: Settings, name: str) -> tuple[bool, str]:
     """Whether every blocking check of a shard passed on the files now in the work location, and if not why."""
     work = Work(settings.work)
+    input_record = work.validation(INPUT_WELL_FORMED, name)
+    if not storage.exists(input_record):
+        return False, f"check {INPUT_WELL_FORMED} has not run"
+    record = storage.read_json(input_record)
+    if record.get("validated_fingerprint") != pipeline.fingerprint(shards.resolve(settings.shards, name).path):
+        return False, f"check {INPUT_WELL_FORMED} ran on an older input file"
+    if not record.get("success"):
+        return False, f"check {INPUT_WELL_FORMED} failed"
     for variant, suites in BLOCKING.items():
         path = work.variant(variant, name)
         if not storage.exists(path):

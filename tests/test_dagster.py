@@ -28,6 +28,9 @@ def test_definitions_validate_and_show_the_whole_graph():
         assert graph.get(dg.AssetKey(name)).partitions_def == shard_partitions
     checks = {spec.name: spec.blocking for asset in defs.assets for spec in asset.check_specs}
     assert checks == {
+        "blocklist_well_formed": True,
+        "input_shard_well_formed": True,
+        "release_matches_its_files": False,
         "research_has_no_blocklist_match": True,
         "research_rows_add_up": True,
         "research_safe_below_threshold": True,

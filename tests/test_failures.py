@@ -92,3 +92,62 @@ def test_failing_blocking_check_holds_the_shard_back(settings, tmp_path, monkeyp
     assert failure["observed"] == 2, "found both by re-matching the URL and by its removed row key"
     assert failure["sample_row_keys"] == ["good-2-1"]
     assert BAD_URL not in json.dumps(record) and "secret caption" not in json.dumps(record)
+
+
+def test_malformed_input_fails_its_check_and_is_held_back(settings, tmp_path):
+    pq.write_table(
+        pa.table(
+            {
+                "url": ["http://fine.example/a.jpg", None, "http://fine.example/b.jpg", "http://fine.example/c.jpg"],
+                "caption": ["a", "b", "c", "d"],
+                "key": ["bad-0", "bad-1", "bad-2", "bad-2"],
+                "punsafe": pa.array([0.1, 0.2, 1.7, 0.3], pa.float32()),
+            }
+        ),
+        tmp_path / "shards" / "bad.parquet",
+    )
+    summary = run_all(settings, progress=lambda line: None)
+
+    by_name = {s.name: s for s in summary.shards}
+    assert by_name["bad"].failed_checks == ["input_shard_well_formed"]
+    assert by_name["good-1"].ok and by_name["good-2"].ok
+    record = json.loads((tmp_path / "work" / "validation" / "input_shard_well_formed" / "bad.json").read_text())
+    failed = {f["column"]: (f["observed"], f["sample_row_keys"]) for f in record["failures"]}
+    assert failed == {
+        "url_missing": (1, ["bad-1"]),
+        "punsafe_out_of_range": (1, ["bad-2"]),
+        "duplicate_row_keys": (1, ["bad-2"]),
+    }
+    published = Path(release.resolve(settings.release))
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert sorted(manifest["shards"]) == ["good-1", "good-2"]
+    assert "bad" in manifest["held_back"]
+    release_check = json.loads(
+        (tmp_path / "work" / "validation" / "release_matches_its_files" / f"{manifest['version']}.json").read_text()
+    )
+    assert release_check["success"] and release_check["problems"] == []
+
+
+def test_blocklist_check_revalidates_the_merged_list_independently_of_the_parser(settings, tmp_path):
+    from relaion_pipeline import blocklists, checks, pipeline
+
+    pipeline.build_blocklist(settings)
+    assert checks.check_blocklist(settings)[0].success
+    _, path = blocklists.read_current(str(tmp_path / "work" / "blocklist"))
+    table = pq.read_table(path)
+    tampered = pa.table(
+        {
+            "kind": table.column("kind").to_pylist() + ["url_md5", "domain"],
+            "value": table.column("value").to_pylist() + ["abc", "not a host"],
+            "source": table.column("source").to_pylist() + ["", "x"],
+            "category": table.column("category").to_pylist() + ["csam", "opt-out"],
+        }
+    )
+    pq.write_table(tampered, path)
+    outcome = checks.check_blocklist(settings)[0]
+    assert not outcome.success
+    assert {f.column: f.observed for f in outcome.failures} == {
+        "malformed_hashes": 1,
+        "malformed_domains": 1,
+        "entries_without_source": 1,
+    }
