@@ -32,6 +32,7 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
     _, problems = releases.verify(manifest["path"])
     unchecked = [name for name in manifest["shards"] if not checks.passed(settings, name)[0]]
     outcome = checks.check_release(settings, problems, unchecked, manifest["version"])
+    docs = checks.write_index(settings)
     for name, why in manifest["held_back"].items():
         context.log.warning(f"held back {name}: {why}")
     stats = {
@@ -41,6 +42,7 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
         **manifest["totals"],
         "held_back_shards": manifest["held_back"],
         "seconds": manifest["seconds"],
+        "validation_results": docs,
     }
     return dg.MaterializeResult(
         metadata=from_stats(stats),

@@ -8,6 +8,9 @@ publishes a shard only when its checks passed on exactly the bytes being publish
 
 from __future__ import annotations
 
+import html
+import json
+
 import pandas as pd
 import pyarrow as pa
 
@@ -56,8 +59,41 @@ def _record(settings: Settings, outcome: quality.Outcome, validated: str) -> qua
         "validated_bytes": size,
         "validated_fingerprint": pipeline.fingerprint(validated),
     }
-    storage.write_json_atomic(payload, Work(settings.work).validation(outcome.suite, outcome.partition))
+    _write(settings, outcome, payload)
     return outcome
+
+
+def _write(settings: Settings, outcome: quality.Outcome, payload: dict) -> None:
+    """The result as JSON and its Data Docs page beside it (`write_index` lists them all)."""
+    record = Work(settings.work).validation(outcome.suite, outcome.partition)
+    storage.write_json_atomic(payload, record)
+    storage.write_text_atomic(outcome.html, record[: -len(".json")] + ".html")
+
+
+def write_index(settings: Settings) -> str:
+    """`<work>/validation/index.html`: every suite and partition with its status, linking to its page."""
+    root = storage.join(settings.work, "validation")
+    fs, inner = storage.filesystem(root)
+    rows = []
+    for path in sorted(fs.find(inner)):
+        if not path.endswith(".json"):
+            continue
+        relative = path[len(inner.rstrip("/")) + 1 : -len(".json")]
+        record = json.loads(fs.cat_file(path))
+        status = "passed" if record.get("success") else "FAILED"
+        rows.append(
+            f"<tr><td>{html.escape(record.get('suite', ''))}</td><td>{html.escape(str(record.get('partition')))}</td>"
+            f'<td class="{status}">{status}</td><td><a href="{html.escape(relative)}.html">result</a></td></tr>'
+        )
+    page = (
+        "<!doctype html><meta charset=utf-8><title>relaion-pipeline validation results</title>"
+        "<style>body{font-family:sans-serif}td{padding:2px 12px}.FAILED{color:#b00;font-weight:bold}</style>"
+        "<h1>Validation results (Great Expectations)</h1><table><tr><th>suite</th><th>partition</th>"
+        "<th>status</th><th></th></tr>" + "".join(rows) + "</table>"
+    )
+    index = storage.join(root, "index.html")
+    storage.write_text_atomic(page, index)
+    return index
 
 
 def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
@@ -139,7 +175,7 @@ def check_release(settings: Settings, problems: list[str], unchecked: list[str],
     ]
     outcome = quality.validate(RELEASE_MATCHES_FILES, version, frame, expectations)
     payload = outcome.as_dict() | {"why": WHY[RELEASE_MATCHES_FILES], "problems": problems, "unchecked": unchecked}
-    storage.write_json_atomic(payload, Work(settings.work).validation(RELEASE_MATCHES_FILES, version))
+    _write(settings, outcome, payload)
     return outcome
 
 

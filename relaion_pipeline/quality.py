@@ -39,9 +39,12 @@ class Outcome:
     evaluated: int
     failures: list[Failure] = field(default_factory=list)
     statistics: dict = field(default_factory=dict)
+    html: str = field(default="", repr=False)  # the result rendered as a GX Data Docs page
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("html")
+        return out
 
     def summary(self) -> str:
         if self.success:
@@ -114,7 +117,16 @@ def validate(suite: str, partition: str, frame: pd.DataFrame, expectation_list: 
         evaluated=len(result.results),
         failures=failures,
         statistics={k: _plain(v) for k, v in (result.statistics or {}).items()},
+        html=render(result),
     )
+
+
+def render(result) -> str:
+    """A validation result as the static HTML page GX Data Docs shows for it."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
 
 
 def _plain(value):

@@ -126,6 +126,10 @@ def test_malformed_input_fails_its_check_and_is_held_back(settings, tmp_path):
         (tmp_path / "work" / "validation" / "release_matches_its_files" / f"{manifest['version']}.json").read_text()
     )
     assert release_check["success"] and release_check["problems"] == []
+    index = (tmp_path / "work" / "validation" / "index.html").read_text()
+    assert '<td>input_shard_well_formed</td><td>bad</td><td class="FAILED">FAILED</td>' in index
+    page = (tmp_path / "work" / "validation" / "input_shard_well_formed" / "bad.html").read_text()
+    assert "expect_column_max_to_be_between" in page.lower() or "maximum value" in page.lower()
 
 
 def test_blocklist_check_revalidates_the_merged_list_independently_of_the_parser(settings, tmp_path):
