@@ -51,6 +51,18 @@ def _file_hashes(path: str) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
 
 
+def _listed(hashes: np.ndarray, removal_list: str) -> np.ndarray:
+    """Which of `hashes` the removal list names, reading the list a row group at a time: memory grows with
+    the shard being cleaned, not with the list (which may name hundreds of millions of rows)."""
+    listed = np.zeros(hashes.size, dtype=bool)
+    wanted = np.unique(hashes)
+    for batch in shards.open_parquet(removal_list).iter_batches(batch_size=1 << 20, columns=["hash"]):
+        found = np.intersect1d(wanted, batch.column(0).to_numpy(), assume_unique=False)
+        if found.size:
+            listed |= np.isin(hashes, found)
+    return listed
+
+
 def clean(release_location: str, input_location: str, output_location: str, by: str = "removal-list",
           variant: str = "research-safe", progress=print) -> dict:  # fmt: skip
     """Clean every shard under `input_location` into `output_location`; return the report (also written)."""
@@ -58,12 +70,12 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
         raise CleanError(f"--by must be 'removal-list' or 'difference', got {by!r}")
     published = release.resolve(release_location)
     manifest = storage.read_json(storage.join(published, "manifest.json"))
-    removal = None
+    removal_list = None
     if by == "removal-list":
         if not manifest.get("removal_list", {}).get("published"):
             why = manifest.get("removal_list", {}).get("reason", "this release has none")
             raise CleanError(f"{published}: no removal list ({why}); use --by difference")
-        removal = storage.read_table(storage.join(published, report.REMOVAL_LIST)).column("hash").to_numpy()
+        removal_list = storage.join(published, report.REMOVAL_LIST)
     found = shards.discover(input_location)
     if not found:
         raise CleanError(f"{input_location}: no parquet shards to clean")
@@ -72,17 +84,20 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
         started = time.perf_counter()
         parquet = shards.open_parquet(shard.path)
         roles = schemas.detect(parquet.schema_arrow, shard.path)
+        hashes = np.concatenate(
+            [batch_hashes(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
+            or [np.array([], dtype=np.int64)]
+        )
         if by == "difference":
             entry = manifest["shards"].get(shard.name)
             if entry is None:
                 raise CleanError(f"{shard.path}: the release has no shard {shard.name!r} to compare with")
-            drop, keep_listed = _file_hashes(storage.join(published, entry["files"][variant]["path"])), True
+            keep_rows = np.isin(hashes, _file_hashes(storage.join(published, entry["files"][variant]["path"])))
         else:
-            drop, keep_listed = removal, False
+            keep_rows = ~_listed(hashes, removal_list)
 
-        def keep(batch: pa.RecordBatch, _first: int, drop=drop, keep_listed=keep_listed, roles=roles) -> pa.Array:
-            listed = np.isin(batch_hashes(batch, roles), drop)
-            return pa.array(listed if keep_listed else ~listed)
+        def keep(batch: pa.RecordBatch, first: int, keep_rows=keep_rows) -> pa.Array:
+            return pa.array(keep_rows[first : first + batch.num_rows])
 
         stats = variants.filter_shard(shard.path, storage.join(output_location, shard.file_name), keep)
         done = ShardCleaned(shard.name, stats.rows_in, stats.rows_in - stats.rows_out, stats.rows_out,
