@@ -1,12 +1,14 @@
 """research and research_safe: the two published variants of a shard, each guarded by blocking checks."""
 
+import base64
+
 import dagster as dg
 
 from assets.metadata import check_result, from_stats
 from assets.partitions import shard_partitions
 from assets.removals import removals
 from assets.resources import RelaionSettings
-from relaion_pipeline import checks, pipeline
+from relaion_pipeline import checks, pipeline, plots, storage
 
 
 def _specs(asset_name: str, variant: str) -> list[dg.AssetCheckSpec]:
@@ -51,6 +53,22 @@ def research_safe(context: dg.AssetExecutionContext, relaion: RelaionSettings) -
     settings = relaion.settings()
     stats = pipeline.write_research_safe(settings, context.partition_key)
     outcomes = checks.check_research_safe(settings, context.partition_key)
-    return dg.MaterializeResult(
-        metadata=from_stats(stats), check_results=[check_result(o, context.asset_key) for o in outcomes]
-    )
+    metadata = from_stats(stats)
+    if stats["score"] != "none":
+        metadata |= punsafe_picture(settings, context.partition_key, stats["score"])
+    return dg.MaterializeResult(metadata=metadata, check_results=[check_result(o, context.asset_key) for o in outcomes])
+
+
+def punsafe_picture(settings, name: str, column: str) -> dict:
+    """The research shard's score distribution with both thresholds, as a PNG beside the outputs and inline."""
+    if column.upper() == "NSFW":  # a tag, not a score: nothing to draw
+        return {}
+    work = pipeline.Work(settings.work)
+    png = plots.punsafe_plot(name, plots.score_histogram(work.variant(pipeline.RESEARCH, name), column), settings)
+    path = storage.join(settings.work, "plots", f"{name}.png")
+    storage.write_bytes_atomic(png, path)
+    inline = base64.b64encode(png).decode()
+    return {
+        "punsafe_plot": dg.MetadataValue.path(path),
+        "punsafe_distribution": dg.MetadataValue.md(f"![punsafe distribution](data:image/png;base64,{inline})"),
+    }

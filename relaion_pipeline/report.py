@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline import shards, storage
+from relaion_pipeline import plots, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -84,6 +84,8 @@ A row matching several lists is counted once per source, category and kind.
 | shard | rows in | removed | unsafe (research-safe only) | research | research-safe |
 |---|---:|---:|---:|---:|---:|
 {shard_rows}
+
+![Removals per shard](removals-per-shard.png)
 
 ## Held back
 {held}
@@ -195,6 +197,7 @@ def documents(settings: Settings, manifest: dict, ready: dict) -> tuple[dict[str
     table, info = removal_list(settings, ready)
     report = transparency(manifest, ready)
     docs = {
+        "removals-per-shard.png": plots.removals_plot(report["shards"]),
         "README.md": dataset_card(manifest, settings, info).encode(),
         "transparency.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
         "transparency.md": transparency_markdown(report).encode(),

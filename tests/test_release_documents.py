@@ -58,6 +58,12 @@ def test_card_and_transparency_report_count_without_revealing(tmp_path, monkeypa
     assert sum(s["rows_removed"] for s in report["shards"].values()) == manifest["totals"]["rows_removed"]
     assert set(report["removed_rows_by_source"]) == {"partner-a", "partner-b", "hrw-privacy", "opt-out", "keyword-list"}
     assert not manifest["removal_list"]["published"], "demo lists are far above 1% of removals"
+    picture = (published / "removals-per-shard.png").read_bytes()
+    assert picture.startswith(b"\x89PNG") and len(picture) > 5_000
+    assert "![Removals per shard](removals-per-shard.png)" in (published / "transparency.md").read_text()
+    assert manifest["documents"]["removals-per-shard.png"]["bytes"] == len(picture)
+    plots = sorted(p.relative_to(tmp_path / "work" / "plots") for p in (tmp_path / "work" / "plots").rglob("*.png"))
+    assert [str(p) for p in plots] == ["joined/part-00000.png", "relaion/part-00002.png"], "shards with punsafe"
     assert "withheld" in card and not (published / "removal-list.parquet").exists()
 
     removal_keys = set()
