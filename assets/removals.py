@@ -30,6 +30,8 @@ def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
     settings = relaion.settings()
     stats = pipeline.compute_removals(settings, context.partition_key)
     outcomes = checks.check_input(settings, context.partition_key)
+    for warning in stats["warnings"]:
+        context.log.warning(warning)
     context.log.info(
         f"{context.partition_key}: {stats['rows_removed']:,} of {stats['rows_in']:,} rows to remove"
         f" ({stats['seconds']:.1f} s)"

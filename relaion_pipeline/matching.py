@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from relaion_pipeline import schemas, storage, urls
 from relaion_pipeline.schemas import quote, sql_string
@@ -37,6 +38,10 @@ REMOVALS_SCHEMA = pa.schema(
 KEYWORD_KIND = "keyword"
 KEYWORD_SOURCE = "keyword-list"
 KEYWORD_CATEGORY = "unsafe-caption"
+UNUSABLE_URL = "unusable-url"  # marks rows whose URL has no canonical form (no host): counted, never removed
+# A scheme other than http(s) (`ftp://`, `mailto:`, `data:`); `host:8080/...` is a port, not a scheme.
+OTHER_SCHEME = r"^\s*[A-Za-z][A-Za-z0-9+.\-]*:([^0-9]|$)"
+HTTP_SCHEME = r"^\s*https?:"
 
 # A URL DuckDB can canonicalize by itself: lower-case http(s) scheme, a host of letters, digits, '-' and
 # dots, then printable ASCII without '%' (nothing to unescape) up to an optional fragment.
@@ -256,8 +261,12 @@ def unsafe_condition(roles: schemas.Roles, threshold: float, settings: Settings)
     return None
 
 
-def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings) -> str:
-    """The whole matching query for one shard; `kinds` are the kinds present in the blocklist."""
+def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, unusable: bool = False) -> str:
+    """The whole matching query for one shard; `kinds` are the kinds present in the blocklist.
+
+    With `unusable`, the result also holds one row of kind UNUSABLE_URL for every row whose URL is present
+    but has no canonical form, so no URL or domain entry can ever match it.
+    """
     roles = inputs.roles
     parts = [
         f"""src AS (
@@ -268,8 +277,14 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings) -> st
         f"bl AS (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}))",
     ]
     selects = []
-    if kinds & {"url_sha256", "url_md5", "domain"}:
+    if unusable or kinds & {"url_sha256", "url_md5", "domain"}:
         parts.append(canonical_parts_sql("src"))
+    if unusable:
+        selects.append(f"""
+        SELECT s.row_number, s.row_key, '{UNUSABLE_URL}' AS kind, '' AS source, '' AS category,
+               NULL::VARCHAR AS hash, 'none' AS match
+        FROM classified s ANTI JOIN canonical c ON c.row_number = s.row_number
+        WHERE trim(s.url) <> ''""")
     if kinds & {"url_sha256", "url_md5"}:
         parts.append(EXPRESSIONS_SQL)
         for kind, function in (("url_sha256", "sha256"), ("url_md5", "md5")):
@@ -324,3 +339,54 @@ def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: se
     """The removals table of one shard (see the module docstring)."""
     table = con.sql(removals_sql(inputs, kinds, settings)).to_arrow_table()
     return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+
+
+def match_shard(
+    con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings
+) -> tuple[pa.Table, pa.Table]:
+    """The removals table of one shard, and the rows (row_number, row_key) whose URL is present but unusable
+    (no host after canonicalization, e.g. `http://` or `/path`): no list can match them, so they are counted."""
+    table = con.sql(removals_sql(inputs, kinds, settings, unusable=True)).to_arrow_table()
+    table = table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+    marked = pc.equal(table.column("kind"), UNUSABLE_URL)
+    return table.filter(pc.invert(marked)), table.filter(marked).select(["row_number", "row_key"])
+
+
+def shard_counts_sql(inputs: MatchInputs) -> str:
+    """One pass over the shard: rows, rows without a URL or caption (null or blank), rows whose URL has another
+    scheme than http(s), and rows whose row key repeats another row's (rows minus distinct keys, as the input
+    check counts). Reading every URL and caption here also makes DuckDB reject text that is not UTF-8 in every
+    shard, not only where the keyword rule happens to read a caption."""
+    roles = inputs.roles
+    url = quote(roles.url)
+    duplicates = f"count(*) - count(DISTINCT {quote(roles.key)})" if roles.key is not None else "0"
+    caption = quote(roles.caption) if roles.caption else "NULL::VARCHAR"
+    return f"""
+    SELECT count(*) AS rows_in,
+           count(*) FILTER (WHERE {url} IS NULL OR trim({url}) = '') AS without_url,
+           count(*) FILTER (WHERE {caption} IS NULL OR trim({caption}) = '') AS without_caption,
+           count(*) FILTER (WHERE regexp_matches({url}, {sql_string(OTHER_SCHEME)})
+                            AND NOT regexp_matches({url}, {sql_string(HTTP_SCHEME)}, 'i')) AS other_scheme,
+           {duplicates} AS duplicate_row_keys
+    FROM read_parquet({sql_string(inputs.shard_path)})"""
+
+
+def duplicate_key_sql(inputs: MatchInputs) -> str:
+    """The smallest row key that occurs on more than one row: an example for the warning."""
+    key = f"CAST({quote(inputs.roles.key)} AS VARCHAR)"
+    return (
+        f"SELECT min(k) FROM (SELECT {key} AS k FROM read_parquet({sql_string(inputs.shard_path)}) "
+        f"WHERE {key} IS NOT NULL GROUP BY k HAVING count(*) > 1)"
+    )
+
+
+def sidecar_counts_sql(inputs: MatchInputs) -> str:
+    """Rows of the shard's sidecar, and how many of their keys are not a row key of the shard."""
+    return f"""
+    WITH src AS (
+        SELECT {inputs.roles.key_sql(inputs.shard_name)} AS row_key
+        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+    ),
+    sidecar AS (SELECT CAST(key AS VARCHAR) AS key FROM read_parquet({sql_string(inputs.sidecar_path)}))
+    SELECT (SELECT count(*) FROM sidecar),
+           (SELECT count(*) FROM sidecar s ANTI JOIN src ON src.row_key = s.key)"""

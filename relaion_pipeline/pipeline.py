@@ -11,10 +11,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, matching, shards, storage, variants
+from relaion_pipeline import blocklists, matching, schemas, shards, storage, variants
 from relaion_pipeline.settings import Settings
 
 RESEARCH = "research"
@@ -83,7 +84,31 @@ def _sidecar(settings: Settings, shard: shards.Shard) -> tuple[str | None, tuple
     columns = tuple(c for c in SIDECAR_HASHES if c in schema.names)
     if not columns:
         raise shards.ShardError(f"{path}: image-hash sidecar has none of the columns md5, sha1, sha256")
+    for column in columns:
+        kind = schema.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise shards.ShardError(
+                f"{path}: column {column!r} of the image-hash sidecar must hold hex strings, found {kind}"
+            )
     return path, columns
+
+
+def _check_sidecar(path: str, name: str, roles: schemas.Roles, rows_in: int, rows: int, unmatched: int) -> list[str]:
+    """A sidecar none of whose keys is a row key belongs to another shard (or uses another key): fail, since its
+    image hashes would silently match nothing. Some unmatched keys are only reported (as a warning)."""
+    if unmatched and unmatched == rows and rows_in:
+        expected = (
+            f"values of the shard's {roles.key!r} column"
+            if roles.key is not None
+            else f"'<shard>:<row number>' such as '{name}:0'"
+        )
+        raise shards.ShardError(
+            f"{path}: none of the {rows:,} keys of this image-hash sidecar is a row key of shard {name!r},"
+            f" expected {expected}"
+        )
+    if unmatched:
+        return [f"{path}: {unmatched:,} of {rows:,} sidecar keys are not row keys of the shard"]
+    return []
 
 
 def fingerprint(location: str) -> dict:
@@ -111,7 +136,11 @@ def _count_by(table, *columns: str) -> dict[str, int]:
 
 
 def compute_removals(settings: Settings, name: str) -> dict:
-    """Match one shard against the current merged blocklist and write its removals table."""
+    """Match one shard against the current merged blocklist and write its removals table.
+
+    Rows that cannot be matched by URL (null, blank or unusable URL) are kept and counted; so are row keys
+    that occur more than once. `warnings` says what a maintainer should look at, by file, column and row.
+    """
     started = time.perf_counter()
     work = Work(settings.work)
     shard = shards.resolve(settings.shards, name)
@@ -119,30 +148,47 @@ def compute_removals(settings: Settings, name: str) -> dict:
     roles = shards.roles(shard)
     version, blocklist_path = blocklists.read_current(work.blocklist_dir)
     sidecar_path, sidecar_columns = _sidecar(settings, shard)
+    inputs = matching.MatchInputs(
+        shard_name=name,
+        shard_path=shard.path,
+        roles=roles,
+        blocklist_path=blocklist_path,
+        sidecar_path=sidecar_path,
+        sidecar_columns=sidecar_columns,
+    )
     con = matching.connect(settings)
     try:
+        counts = con.execute(matching.shard_counts_sql(inputs)).fetchall()[0]
+        rows_in, null_urls, null_captions, other_scheme, duplicate_keys = counts
+        duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
+        sidecar_rows, unmatched_keys = (
+            con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0)
+        )
         kinds = {
             k
             for (k,) in con.sql(
                 f"SELECT DISTINCT kind FROM read_parquet({matching.sql_string(blocklist_path)})"
             ).fetchall()
         }
-        inputs = matching.MatchInputs(
-            shard_name=name,
-            shard_path=shard.path,
-            roles=roles,
-            blocklist_path=blocklist_path,
-            sidecar_path=sidecar_path,
-            sidecar_columns=sidecar_columns,
-        )
-        removals = matching.find_removals(con, inputs, kinds, settings)
-        url = matching.quote(roles.url)
-        rows_in, null_urls = con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE {url} IS NULL OR trim({url}) = '') "
-            f"FROM read_parquet({matching.sql_string(shard.path)})"
-        ).fetchall()[0]
+        removals, unusable = matching.match_shard(con, inputs, kinds, settings)
+    except duckdb.Error as error:
+        raise shards.unreadable(error, shard.path, sidecar_path, blocklist_path) from None
     finally:
         con.close()
+    warnings = _check_sidecar(sidecar_path, name, roles, rows_in, sidecar_rows, unmatched_keys) if sidecar_path else []
+    if unusable.num_rows:
+        first = ", ".join(str(n) for n in unusable.column("row_number").to_pylist()[:5])
+        warnings.append(
+            f"{shard.path}: {unusable.num_rows:,} of {rows_in:,} rows have a URL with no host in column"
+            f" {roles.url!r} (rows {first}{', ...' if unusable.num_rows > 5 else ''});"
+            " they are kept and cannot match a URL list"
+        )
+    if duplicate_keys:
+        warnings.append(
+            f"{shard.path}: {duplicate_keys:,} of {rows_in:,} rows repeat the row key of another row in column"
+            f" {roles.key!r} (e.g. {duplicate_sample!r}), expected unique keys; each row is matched on its own,"
+            " by row number"
+        )
     storage.write_parquet_atomic(removals, work.removals(name))
     stats = {
         "shard": name,
@@ -151,6 +197,10 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "input": fingerprint(shard.path),
         "rows_in": rows_in,
         "rows_without_url": null_urls,
+        "rows_unusable_url": unusable.num_rows,
+        "rows_without_caption": null_captions,
+        "rows_other_scheme": other_scheme,
+        "duplicate_row_keys": duplicate_keys,
         "rows_removed": len(set(removals.column("row_number").to_pylist())),
         "matches": removals.num_rows,
         "removed_by_kind": _count_by(removals, "kind"),
@@ -159,6 +209,9 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "removed_by_kind_source_category": _count_by(removals, "kind", "source", "category"),
         "removed_by_match": _count_by(removals, "match"),
         "sidecar": sidecar_path is not None,
+        "sidecar_rows": sidecar_rows,
+        "sidecar_unmatched_keys": unmatched_keys,
+        "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
     }
     storage.write_json_atomic(stats, work.stats("removals", name))

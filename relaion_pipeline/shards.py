@@ -6,13 +6,19 @@ A shard is one parquet file; its name is its path relative to the shard location
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relaion_pipeline import schemas, storage
 
 SUFFIX = ".parquet"
+MAGIC = b"PAR1"  # first and last four bytes of every parquet file
+_READ_ERRORS = (duckdb.IOException, duckdb.InvalidInputException)
+_QUOTED = re.compile(r""""[^"]*"|'[^']*'""")  # quoted text in a reader's message: possibly a row's value
 
 
 class ShardError(ValueError):
@@ -49,7 +55,10 @@ def discover(location: str) -> list[Shard]:
 def resolve(location: str, name: str) -> Shard:
     """The shard called `name` under `location`; rejects names that escape the location."""
     if not name or name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
-        raise ShardError(f"{name!r}: not a shard name (expected a relative path such as 'part-00000')")
+        raise ShardError(
+            f"{name!r}: not a shard name under {location}: expected a relative path without '.', '..' or empty"
+            " parts, such as 'part-00000'"
+        )
     return Shard(name=name, path=storage.join(location, name + SUFFIX))
 
 
@@ -58,10 +67,90 @@ def open_parquet(shard_path: str) -> pq.ParquetFile:
     fs, path = storage.filesystem(shard_path)
     if not fs.exists(path):
         raise ShardError(f"{shard_path}: shard file does not exist")
+    if fs.isdir(path):
+        raise ShardError(f"{shard_path}: is a folder, expected a parquet file")
     try:
         return pq.ParquetFile(fs.open(path, "rb"))
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
-        raise ShardError(f"{shard_path}: not a readable parquet file ({type(error).__name__}: {error})") from None
+        raise ShardError(f"{shard_path}: not a readable parquet file: {_diagnose(fs, path, error)}") from None
+
+
+def _diagnose(fs, path: str, error: Exception) -> str:
+    """Why a file is not parquet, from its first and last bytes (a parquet file starts and ends with PAR1)."""
+    size = fs.size(path)
+    if not size:
+        return "the file is empty (0 bytes)"
+    with fs.open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(max(size - 4, 0))
+        tail = handle.read(4)
+    if head != MAGIC:
+        return f"expected a parquet file starting with {MAGIC.decode()}, found other content"
+    if tail != MAGIC:
+        return f"the file starts as parquet but does not end with {MAGIC.decode()} (truncated, or still being written)"
+    return f"{type(error).__name__}: {error}"
+
+
+def unreadable(error: Exception, *paths: str | None) -> Exception:
+    """What to raise when DuckDB fails on a query over `paths` (a shard, then maybe its sidecar and list).
+
+    DuckDB quotes the offending value when a string is not valid UTF-8, and that value may be a URL or caption:
+    its message is never passed on. pyarrow locates the damage instead (row and column). Errors that are not
+    about reading a file (out of memory, a query bug) are returned unchanged.
+    """
+    message = str(error)
+    named = [p for p in paths if p and storage.filesystem(p)[1] in message]
+    if not named and not (type(error) is duckdb.Error or isinstance(error, _READ_ERRORS)):
+        return error
+    candidates = named or [p for p in paths if p]
+    for path in candidates:
+        if (problem := damage(path)) is not None:
+            return problem
+    path = candidates[0]
+    if "Invalid string encoding" in message:
+        return ShardError(f"{path}: holds text that is not valid UTF-8, expected UTF-8 strings")
+    detail = _QUOTED.sub("…", (message.strip().splitlines() or [""])[0])
+    return ShardError(f"{path}: not a readable parquet file: {type(error).__name__}: {detail}")
+
+
+def damage(shard_path: str) -> ShardError | None:
+    """Where pyarrow finds a file damaged: the first row and column whose text is not valid UTF-8, or the first
+    rows it cannot decode; None when every row reads back."""
+    parquet = open_parquet(shard_path)
+    schema = parquet.schema_arrow
+    first = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=65_536):
+            for field, values in zip(schema, batch.columns, strict=True):
+                if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+                    continue
+                try:
+                    values.validate(full=True)
+                except pa.ArrowInvalid:
+                    return ShardError(
+                        f"{shard_path}: row {first + _first_invalid_utf8(values)}, column {field.name!r}: text is"
+                        " not valid UTF-8, expected UTF-8 strings"
+                    )
+            first += batch.num_rows
+    except (pa.ArrowException, OSError) as error:
+        detail = _QUOTED.sub("…", (str(error).strip().splitlines() or [""])[0])
+        return ShardError(
+            f"{shard_path}: not a readable parquet file: rows from {first} on cannot be read"
+            f" ({type(error).__name__}: {detail})"
+        )
+    return None
+
+
+def _first_invalid_utf8(values: pa.Array) -> int:
+    """Position of the first value that is not UTF-8 in a string array that failed validation."""
+    binary = values.view(pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary())
+    for position, raw in enumerate(binary.to_pylist()):
+        try:
+            if raw is not None:
+                raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return position
+    return 0
 
 
 def roles(shard: Shard) -> schemas.Roles:
