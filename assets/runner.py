@@ -77,6 +77,19 @@ def _failure(result) -> str:
     return "run failed"
 
 
+def _stage_lines(settings: Settings, name: str) -> list[str]:
+    """One line per stage of a shard: its time and throughput, from the stats the stage wrote."""
+    lines = []
+    for stage in ("removals", pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
+        try:
+            stats = pipeline.read_stats(settings, stage, name)
+        except pipeline.StageError:
+            continue
+        rate = stats["rows_in"] / stats["seconds"] if stats.get("seconds") else 0
+        lines.append(f"      {stage:<14} {stats['seconds']:>7.1f} s  {rate:>12,.0f} rows/s")
+    return lines
+
+
 def run_all(settings: Settings, progress=print) -> RunSummary:
     instance = instance_for(settings)
     defs = build_definitions(settings)
@@ -123,6 +136,8 @@ def run_all(settings: Settings, progress=print) -> RunSummary:
             f"research {outcome.rows_research:,}, research-safe {outcome.rows_safe:,} "
             f"({outcome.seconds:.1f} s, {rate:,.0f} rows/s) {status}"
         )
+        for line in _stage_lines(settings, name):
+            progress(line)
 
     result = defs.resolve_job_def("release_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=QUIET
