@@ -38,6 +38,7 @@ def main() -> None:
     stages = [
         ("blocklist", lambda: pipeline.build_blocklist(settings)),
         ("removals", lambda: pipeline.compute_removals(settings, name)),
+        ("input checks", lambda: checks.check_input(settings, name)),
         ("research", lambda: pipeline.write_research(settings, name)),
         ("research checks", lambda: checks.check_research(settings, name)),
         ("research-safe", lambda: pipeline.write_research_safe(settings, name)),
