@@ -27,13 +27,7 @@ def main() -> None:
         started = time.perf_counter()
         demo.generate(root, shards=1, rows=args.rows, seed=0)
         print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
-    settings = Settings(
-        shards=str(root / "shards"),
-        blocklists=str(root / "blocklists"),
-        sidecars=str(root / "sidecars"),
-        work=str(root / "work"),
-        release=str(root / "releases"),
-    )
+    settings = Settings.layout(root, root)
     name = "joined/part-00000"
     stages = [
         ("blocklist", lambda: pipeline.build_blocklist(settings)),

@@ -77,6 +77,22 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def layout(cls, inputs: str, outputs: str, **overrides) -> Settings:
+        """The usual layout: `inputs/{shards,blocklists,sidecars}` (as `relaion demo-data` writes them) and
+        `outputs/{work,releases}`; local paths or URLs."""
+        inputs, outputs = str(inputs).rstrip("/"), str(outputs).rstrip("/")
+        return cls(
+            **{
+                "shards": f"{inputs}/shards",
+                "blocklists": f"{inputs}/blocklists",
+                "sidecars": f"{inputs}/sidecars",
+                "work": f"{outputs}/work",
+                "release": f"{outputs}/releases",
+                **overrides,
+            }
+        )
+
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 

@@ -34,7 +34,7 @@ UNSAFE_URL = "http://unsafe.example.net/private-photo.jpg"
 UNSAFE_CAPTION = "caption that must never reach a chat room"
 ROW_DATA = (BLOCKED_URL, "secret caption", UNSAFE_URL, UNSAFE_CAPTION, "fine.example")
 PASSWORD = "s3cret-smtp-password"
-TOKEN = "T0000/B0000/XXXXtokenXXXX"
+TOKEN = "T0000/B0000/webhook-token-9f3a"
 UI = "http://dagster.example:3000"
 
 

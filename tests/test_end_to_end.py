@@ -45,13 +45,7 @@ def demo(tmp_path_factory):
         "--work", root / "work",
         "--release", root / "releases",
     )  # fmt: skip
-    settings = Settings(
-        shards=str(root / "in" / "shards"),
-        blocklists=str(root / "in" / "blocklists"),
-        sidecars=str(root / "in" / "sidecars"),
-        work=str(root / "work"),
-        release=str(root / "releases"),
-    )
+    settings = Settings.layout(root / "in", root)
     return root, ran, settings, before
 
 

@@ -16,14 +16,7 @@ def _run(tmp_path, monkeypatch, **overrides):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     if not (tmp_path / "in").exists():
         demo.generate(tmp_path / "in", shards=4, rows=800, seed=11)
-    settings = Settings(
-        shards=str(tmp_path / "in" / "shards"),
-        blocklists=str(tmp_path / "in" / "blocklists"),
-        sidecars=str(tmp_path / "in" / "sidecars"),
-        work=str(tmp_path / "work"),
-        release=str(tmp_path / "releases"),
-        **overrides,
-    )
+    settings = Settings.layout(tmp_path / "in", tmp_path, **overrides)
     summary = run_all(settings, progress=lambda line: None)
     assert summary.ok
     return Path(release.resolve(settings.release))

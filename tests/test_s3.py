@@ -75,14 +75,7 @@ def test_publishing_the_same_inputs_again_is_idempotent(s3, tmp_path, monkeypatc
     demo.generate(tmp_path / "in", shards=2, rows=300, seed=6)
     s3.mkdir("again")
     s3.put(str(tmp_path / "in") + "/", "again/input/", recursive=True)
-    settings = Settings(
-        shards="s3://again/input/shards",
-        blocklists="s3://again/input/blocklists",
-        sidecars="s3://again/input/sidecars",
-        work="s3://again/work",
-        release="s3://again/releases",
-        dagster_home=str(tmp_path / "dagster"),
-    )
+    settings = Settings.layout("s3://again/input", "s3://again", dagster_home=str(tmp_path / "dagster"))
     first = run_all(settings, progress=lambda line: None)
     objects = {p: s3.info(p)["ETag"] for p in s3.find("again/releases")}
     second = run_all(settings, progress=lambda line: None)
@@ -105,14 +98,7 @@ def test_clean_and_verify_work_on_the_bucket(s3, tmp_path, monkeypatch):
     demo.generate(tmp_path / "in", shards=2, rows=400, seed=8)
     s3.mkdir("cleaning")
     s3.put(str(tmp_path / "in") + "/", "cleaning/input/", recursive=True)
-    settings = Settings(
-        shards="s3://cleaning/input/shards",
-        blocklists="s3://cleaning/input/blocklists",
-        sidecars="s3://cleaning/input/sidecars",
-        work="s3://cleaning/work",
-        release="s3://cleaning/releases",
-        dagster_home=str(tmp_path / "dagster"),
-    )
+    settings = Settings.layout("s3://cleaning/input", "s3://cleaning", dagster_home=str(tmp_path / "dagster"))
     assert run_all(settings, progress=lambda line: None).ok
     manifest, problems = release.verify(settings.release, blocklist_location=settings.blocklists)
     assert problems == []
@@ -215,13 +201,7 @@ def test_s3_settings_can_come_from_the_dagster_resource_and_never_reach_the_logs
     demo.generate(tmp_path / "in", shards=1, rows=300, seed=9)
     uploader.mkdir("resource")
     uploader.put(str(tmp_path / "in") + "/", "resource/input/", recursive=True)
-    settings = Settings(
-        shards="s3://resource/input/shards",
-        blocklists="s3://resource/input/blocklists",
-        sidecars="s3://resource/input/sidecars",
-        work="s3://resource/work",
-        release="s3://resource/releases",
-    )
+    settings = Settings.layout("s3://resource/input", "s3://resource")
     s3_resource = S3Storage(
         endpoint_url=s3_server, region="us-east-1", access_key_id="resource-key", secret_access_key=secret
     )

@@ -21,14 +21,7 @@ def inputs(tmp_path_factory):
 
 def _run(root, tag, monkeypatch, **overrides):
     monkeypatch.setenv("DAGSTER_HOME", str(root / "unused"))
-    settings = Settings(
-        shards=str(root / "in" / "shards"),
-        blocklists=str(root / "in" / "blocklists"),
-        sidecars=str(root / "in" / "sidecars"),
-        work=str(root / tag / "work"),
-        release=str(root / tag / "releases"),
-        **overrides,
-    )
+    settings = Settings.layout(root / "in", root / tag, **overrides)
     return settings, run_all(settings, progress=lambda line: None)
 
 
