@@ -179,6 +179,18 @@ def check_release(settings: Settings, problems: list[str], unchecked: list[str],
     return outcome
 
 
+def _rows_not_in(con, subset: str, superset: str, roles) -> int:
+    """Rows of the parquet file `subset` that the file `superset` does not hold, by row key (or, for shards
+    without one, by URL and caption)."""
+    columns = [roles.key] if roles.key is not None else [c for c in (roles.url, roles.caption) if c]
+    on = " AND ".join(f"s.{quote(c)} IS NOT DISTINCT FROM t.{quote(c)}" for c in columns)
+    query = (
+        f"SELECT count(*) FROM read_parquet({sql_string(subset)}) s "
+        f"ANTI JOIN read_parquet({sql_string(superset)}) t ON {on}"
+    )
+    return con.execute(query).fetchall()[0][0]
+
+
 def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     """Re-match the published research file against the list, and check that rows in = removed + out."""
     gx = quality.expectations()
@@ -211,6 +223,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
                 f"(SELECT row_key FROM read_parquet({sql_string(removals)}))"
             ).to_arrow_table()
             leaked = pa.concat_tables([leaked, still_present.cast(leaked.schema)])
+        not_in_input = _rows_not_in(con, research_path, shard.path, roles)
     finally:
         con.close()
     frame = leaked.to_pandas()
@@ -226,6 +239,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
             "rows_in": [storage.num_rows(shard.path)],
             "rows_removed": [stats["rows_removed"]],
             "rows_out": [rows_out],
+            "rows_not_in_input": [not_in_input],
         }
     )
     counts["rows_in_minus_removed"] = counts["rows_in"] - counts["rows_removed"]
@@ -236,7 +250,10 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
         [
             gx.ExpectColumnPairValuesToBeEqual(
                 column_A="rows_out", column_B="rows_in_minus_removed", notes=WHY[RESEARCH_COUNTS]
-            )
+            ),
+            gx.ExpectColumnMaxToBeBetween(
+                column="rows_not_in_input", min_value=0, max_value=0, notes="every published row comes from the input"
+            ),
         ],
     )
     return [_record(settings, no_match, research_path), _record(settings, rows_add_up, research_path)]
@@ -288,11 +305,21 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     finally:
         con.close()
     below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
+    con = matching.connect(settings)
+    try:
+        not_in_research = _rows_not_in(con, safe_path, research_path, roles)
+    finally:
+        con.close()
+    same_schema = shards.open_parquet(safe_path).schema_arrow.equals(
+        shards.open_parquet(shard.path).schema_arrow, check_metadata=True
+    )
     counts = pd.DataFrame(
         {
             "research_rows": [storage.num_rows(research_path)],
             "safe_rows": [storage.num_rows(safe_path)],
             "dropped_unsafe": [stats["rows_dropped_unsafe"]],
+            "rows_not_in_research": [not_in_research],
+            "schema_differs_from_input": [0 if same_schema else 1],
         }
     )
     counts["research_minus_dropped"] = counts["research_rows"] - counts["dropped_unsafe"]
@@ -303,7 +330,16 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         [
             gx.ExpectColumnPairValuesToBeEqual(
                 column_A="safe_rows", column_B="research_minus_dropped", notes=WHY[SAFE_SUBSET]
-            )
+            ),
+            gx.ExpectColumnMaxToBeBetween(
+                column="rows_not_in_research", min_value=0, max_value=0, notes="research-safe is a subset of research"
+            ),
+            gx.ExpectColumnMaxToBeBetween(
+                column="schema_differs_from_input",
+                min_value=0,
+                max_value=0,
+                notes="a published shard is a drop-in replacement: same columns, types and metadata as its input",
+            ),
         ],
     )
     return [_record(settings, below, safe_path), _record(settings, adds_up, safe_path)]

@@ -155,3 +155,25 @@ def test_blocklist_check_revalidates_the_merged_list_independently_of_the_parser
         "malformed_domains": 1,
         "entries_without_source": 1,
     }
+
+
+def test_research_safe_with_another_schema_than_its_input_is_held_back(settings, tmp_path, monkeypatch):
+    original = variants.write_research_safe
+
+    def retyping(research_path, roles, settings_, destination, dropped=None):  # a bug that widens punsafe
+        stats = original(research_path, roles, settings_, destination, dropped)
+        if "good-1" in destination:
+            table = pq.read_table(destination)
+            pq.write_table(table.set_column(3, "punsafe", table.column("punsafe").cast(pa.float64())), destination)
+        return stats
+
+    monkeypatch.setattr(variants, "write_research_safe", retyping)
+    summary = run_all(settings, progress=lambda line: None)
+
+    by_name = {s.name: s for s in summary.shards}
+    assert by_name["good-1"].failed_checks == ["research_safe_rows_add_up"]
+    assert by_name["good-2"].ok
+    record = json.loads((tmp_path / "work" / "validation" / "research_safe_rows_add_up" / "good-1.json").read_text())
+    assert [(f["column"], f["observed"]) for f in record["failures"]] == [("schema_differs_from_input", 1)]
+    manifest = json.loads((Path(release.resolve(settings.release)) / "manifest.json").read_text())
+    assert list(manifest["shards"]) == ["good-2"] and "good-1" in manifest["held_back"]
