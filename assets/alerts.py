@@ -21,11 +21,11 @@ import dagster as dg
 from assets.resources import RelaionSettings
 from assets.variants import research, research_safe
 from relaion_pipeline import pipeline
+from relaion_pipeline.alert_channels import Notifier
 from relaion_pipeline.alerts import (
     Alert,
     AlertSettings,
     CheckRecord,
-    Notifier,
     blocklist_written,
     failure_counts,
     run_failed,

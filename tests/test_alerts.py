@@ -25,8 +25,9 @@ from assets.alerts import BLOCKLIST_ALERTS, CHECK_ALERTS, RUN_ALERTS
 from assets.definitions import build_definitions
 from assets.resources import RelaionSettings
 from assets.runner import instance_for, run_all
-from relaion_pipeline import alerts, pipeline, release, variants
-from relaion_pipeline.alerts import AlertConfigError, AlertSettings, Notifier
+from relaion_pipeline import alert_channels, alerts, pipeline, release, variants
+from relaion_pipeline.alert_channels import Notifier
+from relaion_pipeline.alerts import AlertConfigError, AlertSettings
 from relaion_pipeline.settings import Settings
 
 BLOCKED_URL = "http://blocked.example.org/secret-page.jpg"
@@ -434,7 +435,7 @@ def certificate(tmp_path):
 
 def test_starttls_then_login_when_configured(certificate, monkeypatch):
     server_context, client_context = certificate
-    monkeypatch.setattr(alerts, "_tls_context", lambda: client_context)
+    monkeypatch.setattr(alert_channels, "_tls_context", lambda: client_context)
     mailbox = Mailbox()
     controller = _smtp_server(mailbox, tls_context=server_context, require_starttls=True, auth_require_tls=True)
     try:
