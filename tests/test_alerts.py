@@ -3,7 +3,6 @@ secrets: checked against a real HTTP receiver and a real SMTP server, with failu
 Dagster definitions `relaion run` and the UI use."""
 
 import datetime
-import hashlib
 import http.server
 import ipaddress
 import json
@@ -15,11 +14,10 @@ import time
 from email import message_from_bytes, policy
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from conftest import BLOCKED_URL
 
 from assets.alerts import BLOCKLIST_ALERTS, CHECK_ALERTS, RUN_ALERTS
 from assets.definitions import build_definitions
@@ -30,7 +28,6 @@ from relaion_pipeline.alert_channels import Notifier
 from relaion_pipeline.alerts import AlertConfigError, AlertSettings
 from relaion_pipeline.settings import Settings
 
-BLOCKED_URL = "http://blocked.example.org/secret-page.jpg"
 UNSAFE_URL = "http://unsafe.example.net/private-photo.jpg"
 UNSAFE_CAPTION = "caption that must never reach a chat room"
 ROW_DATA = (BLOCKED_URL, "secret caption", UNSAFE_URL, UNSAFE_CAPTION, "fine.example")
@@ -146,31 +143,13 @@ def alert_settings(webhook, smtp):
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # run_all points it at the work folder
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    for name in ("good-1", "good-2"):
-        pq.write_table(
-            pa.table(
-                {
-                    "url": ["http://fine.example/a.jpg", BLOCKED_URL, UNSAFE_URL],
-                    "caption": ["a bicycle", "secret caption", UNSAFE_CAPTION],
-                    "key": [f"{name}-0", f"{name}-1", f"{name}-2"],
-                    "punsafe": pa.array([0.1, 0.2, 0.9], pa.float32()),
-                }
-            ),
-            shards / f"{name}.parquet",
-        )
-    (tmp_path / "lists" / "iwf").mkdir(parents=True)
-    expression = "blocked.example.org/secret-page.jpg"
-    (tmp_path / "lists" / "iwf" / "url_sha256.txt").write_text(hashlib.sha256(expression.encode()).hexdigest() + "\n")
-    return Settings(
-        shards=str(shards),
-        blocklists=str(tmp_path / "lists"),
-        sidecars=str(tmp_path / "sidecars"),
-        work=str(tmp_path / "work"),
-        release=str(tmp_path / "releases"),
+def settings(two_shards):
+    return two_shards(
+        [
+            ("http://fine.example/a.jpg", "a bicycle", 0.1),
+            (BLOCKED_URL, "secret caption", 0.2),
+            (UNSAFE_URL, UNSAFE_CAPTION, 0.9),
+        ]
     )
 
 

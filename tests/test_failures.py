@@ -1,6 +1,5 @@
 """When a shard cannot be read or a blocking check fails, that shard alone is held back and the run says so."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -8,40 +7,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import BLOCKED_URL
 
 from assets.runner import run_all
 from relaion_pipeline import release, variants
-from relaion_pipeline.settings import Settings
 
-BAD_URL = "http://blocked.example.org/secret-page.jpg"
+BAD_URL = BLOCKED_URL
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # run_all points it at the work folder
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    for name in ("good-1", "good-2"):
-        pq.write_table(
-            pa.table(
-                {
-                    "url": ["http://fine.example/a.jpg", BAD_URL, "http://fine.example/b.jpg"],
-                    "caption": ["a bicycle", "secret caption", "a lighthouse"],
-                    "key": [f"{name}-0", f"{name}-1", f"{name}-2"],
-                    "punsafe": pa.array([0.1, 0.2, 0.3], pa.float32()),
-                }
-            ),
-            shards / f"{name}.parquet",
-        )
-    (tmp_path / "lists" / "iwf").mkdir(parents=True)
-    expression = "blocked.example.org/secret-page.jpg"
-    (tmp_path / "lists" / "iwf" / "url_sha256.txt").write_text(hashlib.sha256(expression.encode()).hexdigest() + "\n")
-    return Settings(
-        shards=str(shards),
-        blocklists=str(tmp_path / "lists"),
-        sidecars=str(tmp_path / "sidecars"),
-        work=str(tmp_path / "work"),
-        release=str(tmp_path / "releases"),
+def settings(two_shards):
+    return two_shards(
+        [
+            ("http://fine.example/a.jpg", "a bicycle", 0.1),
+            (BAD_URL, "secret caption", 0.2),
+            ("http://fine.example/b.jpg", "a lighthouse", 0.3),
+        ]
     )
 
 

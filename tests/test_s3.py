@@ -70,12 +70,17 @@ def test_pipeline_runs_bucket_to_bucket(s3, tmp_path, monkeypatch):
     assert not list((tmp_path / "in").glob("**/.tmp-*")), "nothing temporary left in the input"
 
 
-def test_publishing_the_same_inputs_again_is_idempotent(s3, tmp_path, monkeypatch):
+def _demo_bucket(s3, tmp_path, monkeypatch, bucket: str, **generate) -> Settings:
+    """Generate demo data, upload it to `s3://<bucket>/input/` and return settings keeping everything in the bucket."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
-    demo.generate(tmp_path / "in", shards=2, rows=300, seed=6)
-    s3.mkdir("again")
-    s3.put(str(tmp_path / "in") + "/", "again/input/", recursive=True)
-    settings = Settings.layout("s3://again/input", "s3://again", dagster_home=str(tmp_path / "dagster"))
+    demo.generate(tmp_path / "in", **generate)
+    s3.mkdir(bucket)
+    s3.put(str(tmp_path / "in") + "/", f"{bucket}/input/", recursive=True)
+    return Settings.layout(f"s3://{bucket}/input", f"s3://{bucket}", dagster_home=str(tmp_path / "dagster"))
+
+
+def test_publishing_the_same_inputs_again_is_idempotent(s3, tmp_path, monkeypatch):
+    settings = _demo_bucket(s3, tmp_path, monkeypatch, "again", shards=2, rows=300, seed=6)
     first = run_all(settings, progress=lambda line: None)
     objects = {p: s3.info(p)["ETag"] for p in s3.find("again/releases")}
     second = run_all(settings, progress=lambda line: None)
@@ -94,11 +99,7 @@ def test_missing_bucket_is_a_clear_error(s3):
 def test_clean_and_verify_work_on_the_bucket(s3, tmp_path, monkeypatch):
     from relaion_pipeline import clean
 
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
-    demo.generate(tmp_path / "in", shards=2, rows=400, seed=8)
-    s3.mkdir("cleaning")
-    s3.put(str(tmp_path / "in") + "/", "cleaning/input/", recursive=True)
-    settings = Settings.layout("s3://cleaning/input", "s3://cleaning", dagster_home=str(tmp_path / "dagster"))
+    settings = _demo_bucket(s3, tmp_path, monkeypatch, "cleaning", shards=2, rows=400, seed=8)
     assert run_all(settings, progress=lambda line: None).ok
     manifest, problems = release.verify(settings.release, blocklist_location=settings.blocklists)
     assert problems == []

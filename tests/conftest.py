@@ -1,0 +1,47 @@
+"""Fixtures shared by several test modules."""
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from relaion_pipeline.settings import Settings
+
+BLOCKED_URL = "http://blocked.example.org/secret-page.jpg"  # the one URL the `two_shards` partner list blocks
+
+
+@pytest.fixture
+def two_shards(tmp_path, monkeypatch):
+    """Make shards `good-1` and `good-2` (Re-LAION style, keys `<shard>-<i>`) from (url, caption, punsafe) rows,
+    and a partner list `iwf` blocking BLOCKED_URL; return the Settings of that workspace under `tmp_path`."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # run_all points it at the work folder
+
+    def make(rows: list[tuple[str, str, float]]) -> Settings:
+        shards = tmp_path / "shards"
+        shards.mkdir()
+        for name in ("good-1", "good-2"):
+            urls, captions, scores = zip(*rows, strict=True)
+            table = pa.table(
+                {
+                    "url": list(urls),
+                    "caption": list(captions),
+                    "key": [f"{name}-{i}" for i in range(len(rows))],
+                    "punsafe": pa.array(scores, pa.float32()),
+                }
+            )
+            pq.write_table(table, shards / f"{name}.parquet")
+        (tmp_path / "lists" / "iwf").mkdir(parents=True)
+        expression = BLOCKED_URL.removeprefix("http://")
+        (tmp_path / "lists" / "iwf" / "url_sha256.txt").write_text(
+            hashlib.sha256(expression.encode()).hexdigest() + "\n"
+        )
+        return Settings(
+            shards=str(shards),
+            blocklists=str(tmp_path / "lists"),
+            sidecars=str(tmp_path / "sidecars"),
+            work=str(tmp_path / "work"),
+            release=str(tmp_path / "releases"),
+        )
+
+    return make
