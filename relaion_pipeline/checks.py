@@ -8,14 +8,16 @@ publishes a shard only when its checks passed on exactly the bytes being publish
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, matching, pipeline, quality, shards, storage
-from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
+from relaion_pipeline import blocklists, index, matching, pipeline, quality, shards, storage
+from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, StageError, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
@@ -191,8 +193,135 @@ def _rows_not_in(con, subset: str, superset: str, roles) -> int:
     return con.execute(query).fetchall()[0][0]
 
 
+AUDIT_ROWS = 5_000  # input rows per shard whose index entries the research check re-derives in Python
+
+
+def _sample_urls(con, shard: shards.Shard, name: str, rows_in: int) -> list[tuple[int, str, str | None]]:
+    """(row number, row key, URL) of a deterministic random sample of the shard's rows (seeded by its name)."""
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:16], 16)
+    sample = np.random.default_rng(seed).choice(rows_in, size=min(AUDIT_ROWS, rows_in), replace=False)
+    con.register("relaion_sample", pa.table({"row_number": pa.array(np.sort(sample), pa.int64())}))
+    try:
+        roles = shards.roles(shard)
+        return con.execute(
+            f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
+            f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
+            "SEMI JOIN relaion_sample s ON s.row_number = file_row_number ORDER BY file_row_number"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_sample")
+
+
+def _reference_matches(con, blocklist_path: str, derived: list[tuple[str, list[tuple[str, str]]]]) -> list[tuple]:
+    """(row_key, kind, source, category) of every list entry among the (kind, value) pairs that the reference
+    implementation derived per row key (`index.reference`): the same rule as the matching query, other code."""
+    keys = [key for key, pairs in derived for _ in pairs]
+    kinds = [kind for _, pairs in derived for kind, _ in pairs]
+    values = [value for _, pairs in derived for _, value in pairs]
+    con.register("relaion_derived", pa.table({"row_key": keys, "kind": kinds, "value": values}, schema=_DERIVED))
+    try:
+        return con.execute(
+            f"SELECT DISTINCT d.row_key, b.kind, b.source, b.category FROM relaion_derived d "
+            f"JOIN read_parquet({sql_string(blocklist_path)}) b ON b.kind = d.kind AND b.value = d.value"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_derived")
+
+
+_DERIVED = pa.schema([("row_key", pa.string()), ("kind", pa.string()), ("value", pa.string())])
+
+
+def _still_published(con, matched: list[tuple], research_path: str, removals: str, roles) -> list[tuple]:
+    """The matches (row_key, kind, source, category) whose row is in research: by its key where the shard has
+    keys, else (positional keys) by its absence from the removals table."""
+    columns = ("row_key", "kind", "source", "category")
+    table = pa.table({c: pa.array([m[i] for m in matched], pa.string()) for i, c in enumerate(columns)})
+    con.register("relaion_matched", table)
+    try:
+        if roles.key is not None:
+            present = f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({sql_string(research_path)})"
+            return con.execute(f"SELECT * FROM relaion_matched WHERE row_key IN ({present})").fetchall()
+        removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
+        return con.execute(f"SELECT * FROM relaion_matched WHERE row_key NOT IN ({removed})").fetchall()
+    finally:
+        con.unregister("relaion_matched")
+
+
+def _leaks(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path: str, research_path: str):
+    """Rows of research that a list entry or the keyword rule matches, found without the matching query; and
+    how the index that the matching query used was audited. Returns (leaks, audit statistics)."""
+    work = Work(settings.work)
+    roles = shards.roles(shard)
+    removals = work.removals(name)
+    rows_in = storage.num_rows(shard.path)
+    meta = index.current(settings.work, name, pipeline.fingerprint(shard.path))
+    if meta is None:
+        raise StageError(f"shard {name!r}: its lookup-hash index is missing or older than the input: rerun removals")
+    index_path = index.paths(settings.work, name)[0]
+    listed = f"SELECT * FROM read_parquet({sql_string(blocklist_path)})"
+    # 1. Every row the index ties to a URL or domain entry, confirmed by the reference implementation.
+    candidates = index.candidates(con, index_path, listed)
+    con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
+    try:
+        rows = con.execute(
+            f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
+            f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
+            "SEMI JOIN relaion_candidates s ON s.row_number = file_row_number"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_candidates")
+    derived = [(key, index.reference(url)[1]) for _, key, url in rows]
+    # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
+    #    matched against the list directly as well.
+    sample = _sample_urls(con, shard, name, rows_in) if rows_in else []
+    entries = index.entries_of(con, index_path, np.array([r for r, _, _ in sample], dtype=np.int64))
+    mismatched = []
+    for row, key, url in sample:
+        expected, pairs = index.reference(url)
+        if expected != entries[row]:
+            mismatched.append(key)
+        derived.append((key, pairs))
+    leaks = [(key, "index-mismatch", "", "") for key in mismatched]
+    matched = _reference_matches(con, blocklist_path, derived)
+    # 3. Image hashes through the sidecar.
+    sidecar_path, columns = pipeline.sidecar_of(settings, shard)
+    image_kinds = [c for c in columns if c in ("md5", "sha1", "sha256")]
+    if sidecar_path and image_kinds:
+        joins = " UNION ".join(
+            f"SELECT CAST(c.key AS VARCHAR), b.kind, b.source, b.category FROM read_parquet({sql_string(sidecar_path)}) c "
+            f"JOIN read_parquet({sql_string(blocklist_path)}) b "
+            f"ON b.kind = 'image_{column}' AND b.value = lower(CAST(c.{column} AS VARCHAR))"
+            for column in image_kinds
+        )
+        matched += con.execute(joins).fetchall()
+    leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles)
+    # 4. The keyword rule, on the research file itself.
+    pattern = matching.keyword_pattern(settings.keywords)
+    unsafe = matching.unsafe_condition(roles, settings.research_threshold, settings)
+    if pattern and unsafe and roles.caption:
+        leaks += con.execute(
+            f"SELECT {roles.key_sql(name)}, '{matching.KEYWORD_KIND}', '{matching.KEYWORD_SOURCE}', "
+            f"'{matching.KEYWORD_CATEGORY}' FROM read_parquet({sql_string(research_path)}, file_row_number = true) "
+            f"WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})"
+        ).fetchall()
+    # 5. No removed row key is still in research.
+    if roles.key is not None:
+        leaks += con.execute(
+            f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' FROM read_parquet({sql_string(research_path)}) "
+            f"WHERE CAST({quote(roles.key)} AS VARCHAR) IN (SELECT row_key FROM read_parquet({sql_string(removals)}))"
+        ).fetchall()
+    audit = {
+        "index_entries": meta["entries"],
+        "candidate_rows": int(candidates.size),
+        "rows_matched_by_reference": len({m[0] for m in matched}),
+        "audited_rows": len(sample),
+        "audit_mismatches": len(mismatched),
+    }
+    return leaks, audit
+
+
 def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
-    """Re-match the published research file against the list, and check that rows in = removed + out."""
+    """No research row matches the list (found without the matching query), and rows in = removed + out."""
     gx = quality.expectations()
     work = Work(settings.work)
     research_path = work.variant(RESEARCH, name)
@@ -202,37 +331,20 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     roles = shards.roles(shard)
     con = matching.connect(settings)
     try:
-        kinds = {
-            k for (k,) in con.sql(f"SELECT DISTINCT kind FROM read_parquet({sql_string(blocklist_path)})").fetchall()
-        }
-        inputs = matching.MatchInputs(
-            shard_name=name,
-            shard_path=research_path,
-            roles=roles,
-            blocklist_path=blocklist_path,
-            sidecar_path=None,  # sidecar keys are checked below, by row key, against the removals
-            sidecar_columns=(),
-        )
-        leaked = matching.find_removals(con, inputs, kinds, settings).select(["row_key", "kind", "source", "category"])
-        removals = work.removals(name)
-        if roles.key is not None:
-            still_present = con.sql(
-                f"SELECT CAST({quote(roles.key)} AS VARCHAR) AS row_key, 'removed-row' AS kind, '' AS source, "
-                f"'' AS category FROM read_parquet({sql_string(research_path)}) "
-                f"WHERE CAST({quote(roles.key)} AS VARCHAR) IN "
-                f"(SELECT row_key FROM read_parquet({sql_string(removals)}))"
-            ).to_arrow_table()
-            leaked = pa.concat_tables([leaked, still_present.cast(leaked.schema)])
+        leaks, audit = _leaks(settings, con, name, shard, blocklist_path, research_path)
         not_in_input = _rows_not_in(con, research_path, shard.path, roles)
     finally:
         con.close()
-    frame = leaked.to_pandas()
+    frame = pd.DataFrame(leaks, columns=["row_key", "kind", "source", "category"])
     no_match = quality.validate(
         RESEARCH_NO_MATCH,
         name,
         frame,
         [gx.ExpectTableRowCountToEqual(value=0, notes=WHY[RESEARCH_NO_MATCH])],
     )
+    no_match.statistics |= audit
+    for failure in no_match.failures:
+        failure.sample_row_keys = sorted({str(k) for k in frame["row_key"]})[: quality.SAMPLE_KEYS]
     rows_out = storage.num_rows(research_path)
     counts = pd.DataFrame(
         {

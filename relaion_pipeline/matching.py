@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from relaion_pipeline import schemas, storage, urls
 from relaion_pipeline.schemas import quote, sql_string
@@ -38,7 +37,6 @@ REMOVALS_SCHEMA = pa.schema(
 KEYWORD_KIND = "keyword"
 KEYWORD_SOURCE = "keyword-list"
 KEYWORD_CATEGORY = "unsafe-caption"
-UNUSABLE_URL = "unusable-url"  # marks rows whose URL has no canonical form (no host): counted, never removed
 # A scheme other than http(s) (`ftp://`, `mailto:`, `data:`); `host:8080/...` is a port, not a scheme.
 OTHER_SCHEME = r"^\s*[A-Za-z][A-Za-z0-9+.\-]*:([^0-9]|$)"
 HTTP_SCHEME = r"^\s*https?:"
@@ -261,11 +259,11 @@ def unsafe_condition(roles: schemas.Roles, threshold: float, settings: Settings)
     return None
 
 
-def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, unusable: bool = False) -> str:
+def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candidates: str | None = None) -> str:
     """The whole matching query for one shard; `kinds` are the kinds present in the blocklist.
 
-    With `unusable`, the result also holds one row of kind UNUSABLE_URL for every row whose URL is present
-    but has no canonical form, so no URL or domain entry can ever match it.
+    With `candidates` (a relation with a `row_number` column, e.g. the rows the lookup-hash index names), URLs
+    are canonicalized and matched only on those rows; image hashes and the keyword rule still cover every row.
     """
     roles = inputs.roles
     parts = [
@@ -277,14 +275,10 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, unusa
         f"bl AS (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}))",
     ]
     selects = []
-    if unusable or kinds & {"url_sha256", "url_md5", "domain"}:
-        parts.append(canonical_parts_sql("src"))
-    if unusable:
-        selects.append(f"""
-        SELECT s.row_number, s.row_key, '{UNUSABLE_URL}' AS kind, '' AS source, '' AS category,
-               NULL::VARCHAR AS hash, 'none' AS match
-        FROM classified s ANTI JOIN canonical c ON c.row_number = s.row_number
-        WHERE trim(s.url) <> ''""")
+    if kinds & {"url_sha256", "url_md5", "domain"}:
+        restrict = f"SEMI JOIN {candidates} k ON k.row_number = src.row_number" if candidates else ""
+        parts.append(f"url_src AS (SELECT * FROM src {restrict})")
+        parts.append(canonical_parts_sql("url_src"))
     if kinds & {"url_sha256", "url_md5"}:
         parts.append(EXPRESSIONS_SQL)
         for kind, function in (("url_sha256", "sha256"), ("url_md5", "md5")):
@@ -341,15 +335,17 @@ def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: se
     return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
 
 
-def match_shard(
-    con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings
-) -> tuple[pa.Table, pa.Table]:
-    """The removals table of one shard, and the rows (row_number, row_key) whose URL is present but unusable
-    (no host after canonicalization, e.g. `http://` or `/path`): no list can match them, so they are counted."""
-    table = con.sql(removals_sql(inputs, kinds, settings, unusable=True)).to_arrow_table()
-    table = table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
-    marked = pc.equal(table.column("kind"), UNUSABLE_URL)
-    return table.filter(pc.invert(marked)), table.filter(marked).select(["row_number", "row_key"])
+def match_candidates(
+    con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings, candidates: pa.Array
+) -> pa.Table:
+    """The removals table of one shard when only the rows `candidates` (input row numbers) can match a URL or
+    domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal."""
+    con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
+    try:
+        table = con.sql(removals_sql(inputs, kinds, settings, "relaion_candidates")).to_arrow_table()
+    finally:
+        con.unregister("relaion_candidates")
+    return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
 
 
 def shard_counts_sql(inputs: MatchInputs) -> str:

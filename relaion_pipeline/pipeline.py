@@ -15,12 +15,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, matching, schemas, shards, storage, variants
+from relaion_pipeline import blocklists, index, matching, schemas, shards, storage, variants
 from relaion_pipeline.settings import Settings
 
 RESEARCH = "research"
 RESEARCH_SAFE = "research-safe"
 SIDECAR_HASHES = ("md5", "sha1", "sha256")
+COUNTS = ("rows_in", "without_url", "without_caption", "other_scheme", "duplicate_row_keys")  # shard_counts_sql
 
 
 class StageError(RuntimeError):
@@ -74,7 +75,7 @@ def build_blocklist(settings: Settings) -> dict:
     }
 
 
-def _sidecar(settings: Settings, shard: shards.Shard) -> tuple[str | None, tuple[str, ...]]:
+def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tuple[str, ...]]:
     path = storage.join(settings.sidecars, shard.file_name)
     if not settings.sidecars or not storage.exists(path):
         return None, ()
@@ -147,7 +148,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
     _start(settings, "removals", name, work.removals(name))
     roles = shards.roles(shard)
     version, blocklist_path = blocklists.read_current(work.blocklist_dir)
-    sidecar_path, sidecar_columns = _sidecar(settings, shard)
+    sidecar_path, sidecar_columns = sidecar_of(settings, shard)
     inputs = matching.MatchInputs(
         shard_name=name,
         shard_path=shard.path,
@@ -156,10 +157,17 @@ def compute_removals(settings: Settings, name: str) -> dict:
         sidecar_path=sidecar_path,
         sidecar_columns=sidecar_columns,
     )
+    input_fingerprint = fingerprint(shard.path)
     con = matching.connect(settings)
     try:
-        counts = con.execute(matching.shard_counts_sql(inputs)).fetchall()[0]
-        rows_in, null_urls, null_captions, other_scheme, duplicate_keys = counts
+        meta = index.current(settings.work, name, input_fingerprint)
+        reused = meta is not None
+        if meta is None:
+            counts = con.execute(matching.shard_counts_sql(inputs)).fetchall()[0]
+            meta = index.build(
+                con, inputs, settings.work, input_fingerprint, counts=dict(zip(COUNTS, counts, strict=True))
+            )
+        rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
         sidecar_rows, unmatched_keys = (
             con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0)
@@ -170,17 +178,22 @@ def compute_removals(settings: Settings, name: str) -> dict:
                 f"SELECT DISTINCT kind FROM read_parquet({matching.sql_string(blocklist_path)})"
             ).fetchall()
         }
-        removals, unusable = matching.match_shard(con, inputs, kinds, settings)
+        index_path = index.paths(settings.work, name)[0]
+        candidates = index.candidates(
+            con, index_path, f"SELECT * FROM read_parquet({matching.sql_string(blocklist_path)})"
+        )
+        removals = matching.match_candidates(con, inputs, kinds, settings, candidates)
+        unusable = index.unusable_rows(con, index_path)
     except duckdb.Error as error:
         raise shards.unreadable(error, shard.path, sidecar_path, blocklist_path) from None
     finally:
         con.close()
     warnings = _check_sidecar(sidecar_path, name, roles, rows_in, sidecar_rows, unmatched_keys) if sidecar_path else []
-    if unusable.num_rows:
-        first = ", ".join(str(n) for n in unusable.column("row_number").to_pylist()[:5])
+    if unusable.size:
+        first = ", ".join(str(n) for n in unusable[:5].tolist())
         warnings.append(
-            f"{shard.path}: {unusable.num_rows:,} of {rows_in:,} rows have a URL with no host in column"
-            f" {roles.url!r} (rows {first}{', ...' if unusable.num_rows > 5 else ''});"
+            f"{shard.path}: {unusable.size:,} of {rows_in:,} rows have a URL with no host in column"
+            f" {roles.url!r} (rows {first}{', ...' if unusable.size > 5 else ''});"
             " they are kept and cannot match a URL list"
         )
     if duplicate_keys:
@@ -194,10 +207,12 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "shard": name,
         "family": roles.family,
         "blocklist_version": version,
-        "input": fingerprint(shard.path),
+        "input": input_fingerprint,
+        "index": {"reused": reused, "entries": meta["entries"], "bytes": meta["bytes"], "seconds": meta["seconds"]},
+        "candidate_rows": int(candidates.size),
         "rows_in": rows_in,
         "rows_without_url": null_urls,
-        "rows_unusable_url": unusable.num_rows,
+        "rows_unusable_url": int(unusable.size),
         "rows_without_caption": null_captions,
         "rows_other_scheme": other_scheme,
         "duplicate_row_keys": duplicate_keys,
@@ -228,6 +243,107 @@ def stale_shards(settings: Settings, names: list[str]) -> list[str]:
         if not storage.exists(path) or storage.read_json(path).get("blocklist_version") != version:
             stale.append(name)
     return stale
+
+
+URL_DERIVED_KINDS = ("url_sha256", "url_md5", "domain")
+IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256")
+
+
+def _delta_sql(old_path: str, new_path: str) -> str:
+    """SQL: the entries (kind, value, source, category) one list version has and the other has not."""
+    old, new = (
+        f"SELECT kind, value, source, category FROM read_parquet({matching.sql_string(p)})"
+        for p in (old_path, new_path)
+    )
+    return f"(({old}) EXCEPT ({new})) UNION ALL (({new}) EXCEPT ({old}))"
+
+
+def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str]) -> str:
+    """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot."""
+    if kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS):
+        return f"the change has entries of kind {', '.join(sorted(kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS)))}"
+    if kinds & set(URL_DERIVED_KINDS):
+        rows = index.candidates(con, index.paths(settings.work, name)[0], f"SELECT * FROM {delta}")
+        if rows.size:
+            return f"{rows.size:,} rows may match a changed URL or domain entry"
+    sidecar_path, columns = sidecar_of(settings, shard)
+    image = [c for c in columns if f"image_{c}" in kinds]
+    if sidecar_path and image:
+        hits = con.execute(
+            " UNION ALL ".join(
+                f"SELECT 1 FROM read_parquet({matching.sql_string(sidecar_path)}) c JOIN {delta} d "
+                f"ON d.kind = 'image_{c}' AND d.value = lower(CAST(c.{c} AS VARCHAR))"
+                for c in image
+            )
+            + " LIMIT 1"
+        ).fetchall()
+        if hits:
+            return "an image hash of its sidecar is a changed entry"
+    return ""
+
+
+def verify_untouched(settings: Settings, names: list[str]) -> dict:
+    """After a new list version, find the shards the change touches; record the others as verified against it.
+
+    A shard whose outputs were made against an older version, from the same input, is untouched when none of
+    the entries added or removed since that version can match it: no URL-derived entry hits its lookup-hash
+    index and no image-hash entry its sidecar. Its outputs stay as they are (not a byte changes); its stats
+    now name the current version, with `verified_from` the version they were computed against. Touched shards
+    (and any whose chain is incomplete or whose input changed) are left stale, for a run to re-match.
+    """
+    started = time.perf_counter()
+    work = Work(settings.work)
+    version, current_path = blocklists.read_current(work.blocklist_dir)
+    touched: dict[str, str] = {}
+    verified: list[str] = []
+    deltas: dict[str, tuple[str, set[str]]] = {}
+    con = matching.connect(settings)
+    try:
+        for name in names:
+            try:
+                chain = {stage: read_stats(settings, stage, name) for stage in ("removals", RESEARCH, RESEARCH_SAFE)}
+            except StageError:
+                touched[name] = "not processed yet"
+                continue
+            old = chain["removals"]["blocklist_version"]
+            if old == version and all(s["blocklist_version"] == version for s in chain.values()):
+                continue
+            shard = shards.resolve(settings.shards, name)
+            old_path = storage.join(work.blocklist_dir, f"blocklist-{old}.parquet")
+            if any(s["blocklist_version"] != old for s in chain.values()):
+                touched[name] = "its outputs were made against different list versions"
+            elif not storage.exists(old_path):
+                touched[name] = f"list version {old} is no longer kept"
+            elif (
+                fingerprint(shard.path) != chain["removals"]["input"]
+                or index.current(settings.work, name, chain["removals"]["input"]) is None
+            ):
+                touched[name] = "its input changed or has no current lookup-hash index"
+            else:
+                if old not in deltas:
+                    table = f"relaion_delta_{len(deltas)}"
+                    con.execute(f"CREATE TEMP TABLE {table} AS {_delta_sql(old_path, current_path)}")
+                    kinds = {k for (k,) in con.execute(f"SELECT DISTINCT kind FROM {table}").fetchall()}
+                    deltas[old] = (table, kinds)
+                table, kinds = deltas[old]
+                why = _touches(con, settings, shard, name, table, kinds)
+                if why:
+                    touched[name] = why
+                    continue
+                for stage, stats in chain.items():
+                    stats = {**stats, "blocklist_version": version, "verified_from": stats.get("verified_from", old)}
+                    storage.write_json_atomic(stats, work.stats(stage, name))
+                verified.append(name)
+    except duckdb.Error as error:
+        raise shards.unreadable(error, current_path) from None
+    finally:
+        con.close()
+    return {
+        "blocklist_version": version,
+        "touched": touched,
+        "verified": verified,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def read_stats(settings: Settings, stage: str, name: str) -> dict:

@@ -7,10 +7,12 @@ import hashlib
 import random
 import re
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import matching, urls
+from relaion_pipeline import index, matching, schemas, urls
 
 # --------------------------------------------------------------------------------------------------------------
 # 1. Canonicalization vectors from Google's Safe Browsing "URLs and Hashing" document.
@@ -698,3 +700,19 @@ def test_expression_hashes_agree(con, generated):
     assert con.sql("SELECT sha256(?)", params=[expression]).fetchall() == [
         (hashlib.sha256(expression.encode()).hexdigest(),)
     ]
+
+
+def test_index_entries_agree_with_reference(con, generated, tmp_path):
+    """The lookup-hash index (SQL) holds, for every row, exactly the entries the reference derives in Python."""
+    values = [*generated, None, "", "   ", "http://", "/only/a/path", "http://[::1]:8080/x", "http://a.b.c.d.e.f.g/h"]
+    shard = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": pa.array(values, pa.string()), "caption": [""] * len(values)}), shard)
+    inputs = matching.MatchInputs("urls", str(shard), schemas.detect(pq.read_schema(shard), str(shard)), "", None)
+    meta = index.build(con, inputs, str(tmp_path / "work"), {"bytes": 0}, counts={})
+    path, _ = index.paths(str(tmp_path / "work"), "urls")
+    entries = index.entries_of(con, path, np.arange(len(values), dtype=np.int64))
+    differ = [values[row] for row in range(len(values)) if entries[row] != index.reference_entries(values[row])]
+    assert differ == []
+    assert meta["entries"] == pq.ParquetFile(path).metadata.num_rows > 10 * len(generated)
+    assert entries[len(generated) + 3] == {(index.NONE, None, None)}, "a URL without a host is marked, not dropped"
+    assert entries[len(generated)] == set() and entries[len(generated) + 2] == set(), "no URL, no entries"

@@ -1,0 +1,192 @@
+"""The per-shard lookup-hash index: what a shard needs to be matched again without re-hashing it.
+
+For every row with a URL, the index holds one entry per lookup expression (`host/path` forms, see
+`relaion_pipeline.urls`) and per host suffix (for domain lists), each as the first 64 bits of its sha256 and
+md5; rows whose URL has no canonical form get one entry of scope `none`. It never holds a URL, an
+expression's text or a caption: only row numbers, scopes and hash prefixes.
+
+The removals stage builds it once per input file (`<work>/index/<shard>.parquet`, described by
+`<shard>.json`) and reuses it while the input is unchanged, so a new list version costs one join of the index
+with the list instead of canonicalizing and hashing the shard again. A prefix hit only names a candidate row:
+removals are confirmed on the candidates' full hashes by the matching query, and the research check confirms
+its own candidates with the reference implementation in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from relaion_pipeline import matching, storage, urls
+from relaion_pipeline.schemas import sql_string
+
+FORMAT = 1  # bump when what the index holds changes: older indexes are rebuilt, not misread
+SCOPES = ("url", "path", "host", "domain", "none")
+URL, PATH, HOST, DOMAIN, NONE = range(len(SCOPES))
+URL_LIST_KINDS = {"url_sha256": "sha", "url_md5": "md5", "domain": "sha"}
+SCHEMA = pa.schema([("row_number", pa.uint32()), ("scope", pa.uint8()), ("sha", pa.uint64()), ("md5", pa.uint64())])
+
+
+def _prefix(hex_sql: str) -> str:
+    """SQL: the first 64 bits of a hex digest as UBIGINT."""
+    return f"('0x' || left({hex_sql}, 16))::UBIGINT"
+
+
+def build_sql(inputs: matching.MatchInputs) -> str:
+    """The query whose rows are the index of one shard (see the module docstring)."""
+    roles = inputs.roles
+    scope = f"CASE e.scope WHEN 'url' THEN {URL} WHEN 'path' THEN {PATH} ELSE {HOST} END"
+    return f"""
+    WITH src AS (
+        SELECT file_row_number AS row_number, NULL::VARCHAR AS row_key, {matching.quote(roles.url)} AS url
+        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+    ),
+    {matching.canonical_parts_sql("src")},
+    {matching.EXPRESSIONS_SQL},
+    domains AS (
+        SELECT row_number, unnest(list_transform(range(1, len(labels)), lambda i: array_to_string(labels[i:], '.')))
+            AS suffix
+        FROM (SELECT row_number, string_split(host, '.') AS labels FROM canonical WHERE NOT starts_with(host, '['))
+    )
+    SELECT e.row_number::UINTEGER AS row_number, ({scope})::UTINYINT AS scope,
+           {_prefix("sha256(e.expression)")} AS sha, {_prefix("md5(e.expression)")} AS md5
+    FROM expressions e
+    UNION ALL
+    SELECT row_number::UINTEGER, {DOMAIN}::UTINYINT, {_prefix("sha256(suffix)")}, NULL::UBIGINT FROM domains
+    UNION ALL
+    SELECT s.row_number::UINTEGER, {NONE}::UTINYINT, NULL::UBIGINT, NULL::UBIGINT
+    FROM classified s ANTI JOIN canonical c ON c.row_number = s.row_number
+    WHERE trim(s.url) <> ''"""
+
+
+def paths(work: str, name: str) -> tuple[str, str]:
+    """The index file of a shard and the JSON that says which input it was built from."""
+    base = storage.join(work, "index", name)
+    return base + ".parquet", base + ".json"
+
+
+def current(work: str, name: str, input_fingerprint: dict) -> dict | None:
+    """The description of the shard's index when it exists and was built from exactly this input, else None."""
+    path, meta_path = paths(work, name)
+    if not storage.exists(meta_path) or not storage.exists(path):
+        return None
+    meta = storage.read_json(meta_path)
+    if meta.get("format") != FORMAT or meta.get("input") != input_fingerprint:
+        return None
+    return meta
+
+
+def build(
+    con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, work: str, input_fingerprint: dict, counts: dict
+) -> dict:
+    """Write the index of one shard (streaming, in DuckDB's memory limit) and return its description, which
+    also keeps the shard's row `counts` (they hold as long as the input does)."""
+    started = time.perf_counter()
+    path, meta_path = paths(work, inputs.shard_name)
+    storage.remove(meta_path)  # the description goes last: an index without one is never used
+    with tempfile.TemporaryDirectory(prefix="relaion-index-") as scratch:
+        local = os.path.join(scratch, "index.parquet")
+        con.execute(
+            f"COPY ({build_sql(inputs)}) TO {sql_string(local)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000)"
+        )
+        entries = pq.ParquetFile(local).metadata.num_rows
+        storage.copy(local, path)
+    meta = {
+        "format": FORMAT,
+        "input": input_fingerprint,
+        "counts": counts,
+        "entries": entries,
+        "bytes": storage.size_and_sha256(path)[0],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    storage.write_json_atomic(meta, meta_path)
+    return meta
+
+
+def list_keys_sql(blocklist_sql: str) -> str:
+    """SQL over a list relation (kind, value, source, category): the URL-derived entries with their index key."""
+    return f"""
+    SELECT kind, value, source, category,
+           CASE kind WHEN 'domain' THEN {_prefix("sha256(value)")} ELSE {_prefix("value")} END AS prefix
+    FROM ({blocklist_sql}) WHERE kind IN ('url_sha256', 'url_md5', 'domain')"""
+
+
+def candidates_sql(index_path: str, blocklist_sql: str) -> str:
+    """SQL: the distinct row numbers of the index with an entry whose prefix some URL-derived list entry has."""
+    ix = f"read_parquet({sql_string(index_path)})"
+    return f"""
+    WITH keys AS MATERIALIZED ({list_keys_sql(blocklist_sql)})
+    SELECT DISTINCT row_number FROM (
+        SELECT i.row_number FROM {ix} i JOIN keys k ON k.kind = 'url_sha256' AND i.sha = k.prefix AND i.scope < {DOMAIN}
+        UNION ALL
+        SELECT i.row_number FROM {ix} i JOIN keys k ON k.kind = 'url_md5' AND i.md5 = k.prefix AND i.scope < {DOMAIN}
+        UNION ALL
+        SELECT i.row_number FROM {ix} i JOIN keys k ON k.kind = 'domain' AND i.sha = k.prefix AND i.scope = {DOMAIN}
+    ) ORDER BY row_number"""
+
+
+def candidates(con: duckdb.DuckDBPyConnection, index_path: str, blocklist_sql: str) -> np.ndarray:
+    """Row numbers (int64, sorted) that may match a URL-derived entry of the list; a superset of the matches."""
+    rows = con.sql(candidates_sql(index_path, blocklist_sql)).to_arrow_table().column(0)
+    return rows.to_numpy().astype(np.int64)
+
+
+def unusable_rows(con: duckdb.DuckDBPyConnection, index_path: str) -> np.ndarray:
+    """Row numbers whose URL is present but has no canonical form (sorted)."""
+    query = f"SELECT row_number FROM read_parquet({sql_string(index_path)}) WHERE scope = {NONE} ORDER BY row_number"
+    return con.sql(query).to_arrow_table().column(0).to_numpy().astype(np.int64)
+
+
+def reference(url: str | None) -> tuple[set[tuple[int, int | None, int | None]], list[tuple[str, str]]]:
+    """What the reference canonicalizer and hashlib derive for one URL, independently of the SQL that builds the
+    index: the index entries (scope, sha prefix, md5 prefix) as a set, and the (kind, value) pairs a list entry
+    would need to match the URL (`url_sha256`/`url_md5` digests of the lookup expressions, `domain` suffixes)."""
+    if url is None or url.strip(" ") == "":
+        return set(), []
+    try:
+        canonical = urls.parse(url)
+        scoped = urls.scoped_expressions(url)
+    except ValueError:
+        return {(NONE, None, None)}, []
+    entries, keys = set(), []
+    for expression, scope in scoped:
+        data = expression.encode("utf-8", errors="surrogateescape")
+        sha, md5 = hashlib.sha256(data).digest(), hashlib.md5(data).digest()
+        entries.add((SCOPES.index(scope), int.from_bytes(sha[:8], "big"), int.from_bytes(md5[:8], "big")))
+        keys += [("url_sha256", sha.hex()), ("url_md5", md5.hex())]
+    if not canonical.host.startswith("["):
+        labels = canonical.host.split(".")
+        for i in range(len(labels) - 1):
+            suffix = ".".join(labels[i:])
+            sha = hashlib.sha256(suffix.encode("utf-8", errors="surrogateescape")).digest()
+            entries.add((DOMAIN, int.from_bytes(sha[:8], "big"), None))
+            keys.append(("domain", suffix))
+    return entries, keys
+
+
+def reference_entries(url: str | None) -> set[tuple[int, int | None, int | None]]:
+    """The index entries of one URL as the reference derives them (see `reference`)."""
+    return reference(url)[0]
+
+
+def entries_of(con: duckdb.DuckDBPyConnection, index_path: str, rows: np.ndarray) -> dict[int, set[tuple]]:
+    """The index entries of the given row numbers, as sets per row."""
+    con.register("relaion_rows", pa.table({"row_number": pa.array(rows, pa.uint32())}))
+    try:
+        table = con.sql(
+            f"SELECT i.row_number, i.scope, i.sha, i.md5 FROM read_parquet({sql_string(index_path)}) i "
+            "SEMI JOIN relaion_rows r ON r.row_number = i.row_number"
+        ).to_arrow_table()
+    finally:
+        con.unregister("relaion_rows")
+    out: dict[int, set[tuple]] = {int(r): set() for r in rows}
+    for row, scope, sha, md5 in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+        out[row].add((scope, sha, md5))
+    return out

@@ -1,0 +1,129 @@
+"""The per-shard lookup-hash index: reused across list versions while the input is unchanged, and audited by the
+research check with code that is independent of the matching query."""
+
+import hashlib
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import BLOCKED_URL
+
+from relaion_pipeline import checks, index, matching, pipeline
+from relaion_pipeline.checks import RESEARCH_NO_MATCH
+
+ROWS = [
+    ("http://fine.example/a.jpg", "a bicycle", 0.1),
+    (BLOCKED_URL, "secret caption", 0.2),
+    ("http://later.example.net/photos/b.jpg", "a lighthouse", 0.3),
+    ("http://fine.example/c.jpg", "a kettle", 0.3),
+]
+
+
+@pytest.fixture
+def settings(two_shards):
+    return two_shards(ROWS)
+
+
+def _add_list(settings, source: str, expression: str) -> None:
+    folder = os.path.join(settings.blocklists, source)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "url_sha256.txt"), "w") as handle:
+        handle.write(hashlib.sha256(expression.encode()).hexdigest() + "\n")
+
+
+def _removed_keys(settings, name):
+    table = pq.read_table(pipeline.Work(settings.work).removals(name))
+    return sorted(zip(table.column("row_key").to_pylist(), table.column("source").to_pylist(), strict=True))
+
+
+def _shard_stages(settings, name):
+    pipeline.compute_removals(settings, name)
+    pipeline.write_research(settings, name)
+    return checks.check_research(settings, name)
+
+
+def test_a_new_list_version_reuses_the_index_and_matches_like_a_fresh_build(settings):
+    pipeline.build_blocklist(settings)
+    first = pipeline.compute_removals(settings, "good-1")
+    index_path, _ = index.paths(settings.work, "good-1")
+    index_bytes = open(index_path, "rb").read()
+    assert first["index"]["reused"] is False
+    assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf")]
+
+    _add_list(settings, "hrw", "later.example.net/photos/")  # a path prefix of row 2
+    pipeline.build_blocklist(settings)
+    second = pipeline.compute_removals(settings, "good-1")
+
+    assert second["index"]["reused"] is True
+    assert open(index_path, "rb").read() == index_bytes, "the index was not rewritten"
+    assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "hrw")]
+    assert second["rows_in"] == 4 and second["rows_removed"] == 2
+
+    os.remove(index_path)  # a fresh build gives the same removals
+    third = pipeline.compute_removals(settings, "good-1")
+    assert third["index"]["reused"] is False
+    assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "hrw")]
+
+
+def test_the_index_is_rebuilt_when_the_input_changes(settings, tmp_path):
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "good-1")
+    shard = tmp_path / "shards" / "good-1.parquet"
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(0, 3), shard)  # the blocked row stays, the last row goes
+
+    stats = pipeline.compute_removals(settings, "good-1")
+
+    assert stats["index"]["reused"] is False
+    assert stats["rows_in"] == 3
+    assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf")]
+
+
+def test_research_check_finds_a_row_the_matching_query_missed(settings, monkeypatch):
+    """A matching bug that drops a removal passes the row-count check (removals and research agree) but not the
+    no-match check, which derives the row's hashes with the reference implementation."""
+    pipeline.build_blocklist(settings)
+    original = matching.match_candidates
+
+    def forgetful(con, inputs, kinds, settings, candidates):
+        return original(con, inputs, kinds, settings, candidates).slice(0, 0)
+
+    monkeypatch.setattr(matching, "match_candidates", forgetful)
+    no_match, rows_add_up = _shard_stages(settings, "good-2")
+
+    assert rows_add_up.success, "research is exactly the input minus the (incomplete) removals"
+    assert not no_match.success
+    record = json.loads(open(pipeline.Work(settings.work).validation(RESEARCH_NO_MATCH, "good-2")).read())
+    assert record["failures"][0]["sample_row_keys"] == ["good-2-1"]
+    assert record["statistics"]["rows_matched_by_reference"] == 1
+    assert BLOCKED_URL not in json.dumps(record) and "secret caption" not in json.dumps(record)
+
+
+def test_research_check_finds_a_wrong_index(settings):
+    """An index that lacks a row's entries hides the row from matching; the check's reference audit of the
+    index, and its direct match of the sampled rows, both find it."""
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "good-1")
+    index_path, _ = index.paths(settings.work, "good-1")
+    table = pq.read_table(index_path)
+    kept = pa.compute.not_equal(table.column("row_number"), pa.scalar(1, pa.uint32()))
+    pq.write_table(table.filter(kept), index_path)  # row 1 (the blocked URL) loses its entries
+
+    no_match, _ = _shard_stages(settings, "good-1")
+
+    assert _removed_keys(settings, "good-1") == [], "the wrong index is reused: the matching misses the row"
+    assert not no_match.success
+    record = json.loads(open(pipeline.Work(settings.work).validation(RESEARCH_NO_MATCH, "good-1")).read())
+    assert record["statistics"]["audit_mismatches"] == 1
+    assert record["statistics"]["audited_rows"] == 4
+    assert record["failures"][0]["sample_row_keys"] == ["good-1-1"]
+
+
+def test_research_check_passes_on_a_correct_run(settings):
+    pipeline.build_blocklist(settings)
+    no_match, rows_add_up = _shard_stages(settings, "good-1")
+    assert no_match.success and rows_add_up.success
+    assert no_match.statistics["candidate_rows"] == 1
+    assert no_match.statistics["audit_mismatches"] == 0
