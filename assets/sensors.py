@@ -1,5 +1,6 @@
 """Sensors: new shards become partitions and get processed; changed partner lists rebuild the blocklist,
-and a new blocklist version re-runs every shard."""
+and a new blocklist version re-runs the shards its changed entries touch (the blocklist asset records the
+others as verified against it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,142 @@
+"""A new list version re-matches only the shards its added or removed entries touch; the others are recorded
+as verified against it without a byte of their outputs changing, and the blocklist_version_sensor asks for
+runs of the touched shards alone."""
+
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from assets.definitions import build_definitions
+from assets.partitions import shard_partitions
+from assets.runner import instance_for
+from relaion_pipeline import checks, pipeline, release
+from relaion_pipeline.settings import Settings
+
+SHARED = "http://shared.example.com/common/a.jpg"
+ONLY_IN = {"one": "http://only-one.example.org/pics/x.jpg", "two": "http://only-two.example.org/y.png"}
+
+
+@pytest.fixture
+def settings(tmp_path):
+    for name, own in ONLY_IN.items():
+        urls = [SHARED, own, *(f"http://{name}.example.net/{i}.jpg" for i in range(3))]
+        table = pa.table(
+            {
+                "url": urls,
+                "caption": [f"caption {i}" for i in range(len(urls))],
+                "key": [f"{name}-{i}" for i in range(len(urls))],
+                "punsafe": pa.array([0.1] * len(urls), pa.float32()),
+            }
+        )
+        (tmp_path / "shards").mkdir(exist_ok=True)
+        pq.write_table(table, tmp_path / "shards" / f"{name}.parquet")
+    _write_list(tmp_path, "base", ["shared.example.com/common/a.jpg"])
+    return Settings.layout(tmp_path, tmp_path)
+
+
+def _write_list(root: Path, source: str, expressions: list[str], kind: str = "url_sha256") -> None:
+    folder = root / "blocklists" / source
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256 if kind == "url_sha256" else hashlib.md5
+    (folder / f"{kind}.txt").write_text("".join(digest(e.encode()).hexdigest() + "\n" for e in expressions))
+
+
+def _process(settings: Settings, name: str) -> None:
+    pipeline.compute_removals(settings, name)
+    pipeline.write_research(settings, name)
+    checks.check_research(settings, name)
+    pipeline.write_research_safe(settings, name)
+    checks.check_research_safe(settings, name)
+    checks.check_input(settings, name)
+
+
+def _output_bytes(settings: Settings, name: str) -> dict[str, bytes]:
+    work = pipeline.Work(settings.work)
+    files = [work.removals(name), work.variant("research", name), work.variant("research-safe", name)]
+    return {path: Path(path).read_bytes() for path in files}
+
+
+def test_only_touched_shards_are_rematched(settings):
+    pipeline.build_blocklist(settings)
+    for name in ONLY_IN:
+        _process(settings, name)
+    before = {name: _output_bytes(settings, name) for name in ONLY_IN}
+    old_version = pipeline.read_stats(settings, "removals", "two")["blocklist_version"]
+
+    _write_list(Path(settings.blocklists).parent, "new-partner", ["only-one.example.org/pics/"])
+    version = pipeline.build_blocklist(settings)["version"]
+    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+
+    assert list(update["touched"]) == ["one"]
+    assert "1 rows may match a changed URL or domain entry" in update["touched"]["one"]
+    assert update["verified"] == ["two"]
+    assert _output_bytes(settings, "two") == before["two"], "an untouched shard's outputs do not change"
+    for stage in ("removals", "research", "research-safe"):
+        stats = pipeline.read_stats(settings, stage, "two")
+        assert stats["blocklist_version"] == version and stats["verified_from"] == old_version
+    assert pipeline.stale_shards(settings, list(ONLY_IN)) == ["one"]
+    ready, held_back = release.plan(settings, list(ONLY_IN))
+    assert list(ready) == ["two"] and "matched against blocklist" in held_back["one"]
+
+    _process(settings, "one")
+    ready, held_back = release.plan(settings, list(ONLY_IN))
+    assert sorted(ready) == ["one", "two"] and held_back == {}
+    assert pipeline.read_stats(settings, "removals", "one")["rows_removed"] == 2
+
+
+def test_removing_an_entry_touches_the_shards_it_matched(settings):
+    pipeline.build_blocklist(settings)
+    for name in ONLY_IN:
+        _process(settings, name)
+    _write_list(Path(settings.blocklists).parent, "base", ["only-two.example.org/"])  # shared URL unblocked
+
+    pipeline.build_blocklist(settings)
+    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+
+    assert sorted(update["touched"]) == ["one", "two"], "both shards held the URL that is no longer listed"
+    assert update["verified"] == []
+
+
+def test_a_changed_input_or_a_missing_index_is_always_rematched(settings):
+    pipeline.build_blocklist(settings)
+    for name in ONLY_IN:
+        _process(settings, name)
+    Path(pipeline.Work(settings.work).root, "index", "two.parquet").unlink()
+    _write_list(Path(settings.blocklists).parent, "md5-partner", ["nowhere.example/"], kind="url_md5")
+
+    pipeline.build_blocklist(settings)
+    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+
+    assert update["verified"] == ["one"]
+    assert update["touched"] == {"two": "its input changed or has no current lookup-hash index"}
+
+
+def test_blocklist_asset_records_verified_shards_and_the_sensor_runs_only_touched_ones(settings):
+    instance = instance_for(settings)
+    instance.add_dynamic_partitions(shard_partitions.name, list(ONLY_IN))
+    defs = build_definitions(settings)
+    assert defs.resolve_job_def("blocklist_job").execute_in_process(instance=instance).success
+    for name in ONLY_IN:
+        assert defs.resolve_job_def("shard_job").execute_in_process(partition_key=name, instance=instance).success
+    two_research = Path(pipeline.Work(settings.work).variant("research", "two")).read_bytes()
+
+    _write_list(Path(settings.blocklists).parent, "new-partner", ["only-one.example.org/pics/x.jpg"])
+    result = defs.resolve_job_def("blocklist_job").execute_in_process(instance=instance)
+
+    metadata = result.asset_materializations_for_node("blocklist")[-1].metadata
+    assert metadata["shards_verified_unchanged"].value == 1
+    assert metadata["shards_to_rematch"].value == 1
+    sensor = defs.resolve_sensor_def("blocklist_version_sensor")
+    with (
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+        dg.build_sensor_context(
+            instance=instance, resources=defs.resources, repository_def=defs.get_repository_def()
+        ) as context,
+    ):
+        requests = sensor.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == ["one"]
+    assert Path(pipeline.Work(settings.work).variant("research", "two")).read_bytes() == two_research
