@@ -20,7 +20,7 @@ from relaion_pipeline import checks, demo, index, pipeline, quality, storage
 from relaion_pipeline.settings import Settings
 
 
-def _in_child(run) -> tuple[float, float]:
+def in_child(run) -> tuple[float, float]:
     """Run one stage in a forked process: its wall time and its own peak RSS in MiB (the parent's imports
     included, as a Dagster step process would have them)."""
     started = time.perf_counter()
@@ -67,13 +67,13 @@ def main() -> None:
     total = validation = 0.0
     print(f"{'stage':<22} {'seconds':>8} {'rows/s':>12} {'peak RSS MiB':>13}")
     for label, run in stages:
-        seconds, peak = _in_child(run)
+        seconds, peak = in_child(run)
         total += seconds
         validation += seconds if "checks" in label else 0.0
         print(f"{label:<22} {seconds:>8.2f} {args.rows / seconds:>12,.0f} {peak:>13,.0f}")
     print(f"{'total':<22} {total:>8.2f} {args.rows / total:>12,.0f}")
     print(f"validation {validation:.2f} s = {100 * validation / total:.1f}% of the shard's processing time")
-    seconds, peak = _in_child(lambda: pipeline.compute_removals(settings, name))
+    seconds, peak = in_child(lambda: pipeline.compute_removals(settings, name))
     stats = pipeline.read_stats(settings, "removals", name)
     assert stats["index"]["reused"]
     print(f"{'removals, index reused':<22} {seconds:>8.2f} {args.rows / seconds:>12,.0f} {peak:>13,.0f}")

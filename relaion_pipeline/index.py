@@ -119,16 +119,15 @@ def list_keys_sql(blocklist_sql: str) -> str:
 
 
 def candidates_sql(index_path: str, blocklist_sql: str) -> str:
-    """SQL: the distinct row numbers of the index with an entry whose prefix some URL-derived list entry has."""
+    """SQL: the distinct row numbers of the index with an entry whose prefix some URL-derived list entry has.
+    Scopes are not compared: the matching query confirms every candidate on its full hashes."""
     ix = f"read_parquet({sql_string(index_path)})"
     return f"""
     WITH keys AS MATERIALIZED ({list_keys_sql(blocklist_sql)})
     SELECT DISTINCT row_number FROM (
-        SELECT i.row_number FROM {ix} i JOIN keys k ON k.kind = 'url_sha256' AND i.sha = k.prefix AND i.scope < {DOMAIN}
+        SELECT row_number FROM {ix} i SEMI JOIN (SELECT prefix FROM keys WHERE kind <> 'url_md5') k ON i.sha = k.prefix
         UNION ALL
-        SELECT i.row_number FROM {ix} i JOIN keys k ON k.kind = 'url_md5' AND i.md5 = k.prefix AND i.scope < {DOMAIN}
-        UNION ALL
-        SELECT i.row_number FROM {ix} i JOIN keys k ON k.kind = 'domain' AND i.sha = k.prefix AND i.scope = {DOMAIN}
+        SELECT row_number FROM {ix} i SEMI JOIN (SELECT prefix FROM keys WHERE kind = 'url_md5') k ON i.md5 = k.prefix
     ) ORDER BY row_number"""
 
 

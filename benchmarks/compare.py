@@ -1,0 +1,142 @@
+"""The pipeline's per-shard path beside the baselines of issue 5, in one run, with ratios.
+
+    python benchmarks/compare.py --rows 2000000 [--dir /tmp/relaion-bench]
+
+On one generated LAION-like shard (the project's generator, once per --dir) and a 1M-entry sha256 list:
+- reference: one hand-written DuckDB query that hashes each raw URL with sha256, anti-joins the list and
+  writes research (all kept rows) and research-safe (punsafe < threshold) as zstd parquet;
+- pandas: the same job with pandas and hashlib;
+- per-row Python: what datatrove's URLFilter does per row (parse the URL, look its domain and URL up in
+  sets; no hashing, no writes), as URLs per second;
+- pipeline: every stage of one shard (removals with a fresh lookup-hash index: canonicalization and up to 30
+  lookup expressions per URL, checks, both variants), and again as a new list version would run it (index
+  reused).
+Each runs in its own forked process; wall time and that process's peak RSS are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+from stages import in_child
+
+from relaion_pipeline import checks, demo, index, pipeline, quality, storage
+from relaion_pipeline.settings import Settings
+
+LIST_ENTRIES = 1_000_000
+NAME = "joined/part-00000"
+
+
+def _list_file(root: Path, urls: list[str]) -> Path:
+    """A 1M-entry sha256 list: hashes of 1,000 URLs of the shard plus random digests."""
+    path = root / "reference-list.parquet"
+    if not path.exists():
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rng = np.random.default_rng(0)
+        planted = [hashlib.sha256(u.encode()).hexdigest() for u in urls[:: max(1, len(urls) // 1000)][:1000]]
+        random = [bytes(r).hex() for r in rng.integers(0, 256, size=(LIST_ENTRIES - len(planted), 32), dtype=np.uint8)]
+        pq.write_table(pa.table({"value": planted + random}), path)
+    return path
+
+
+def reference(shard: str, list_path: Path, out: Path, threshold: float) -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(
+        f"""CREATE TEMP TABLE kept AS
+        SELECT s.* FROM read_parquet('{shard}') s ANTI JOIN read_parquet('{list_path}') b
+        ON sha256(s.URL) = b.value"""
+    )
+    con.execute(f"COPY kept TO '{out / 'ref-research.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(
+        f"COPY (SELECT * FROM kept WHERE punsafe < {threshold}) TO '{out / 'ref-safe.parquet'}' "
+        "(FORMAT parquet, COMPRESSION zstd)"
+    )
+
+
+def pandas_job(shard: str, list_path: Path, out: Path, threshold: float) -> None:
+    import pandas as pd
+
+    frame = pd.read_parquet(shard)
+    listed = set(pd.read_parquet(list_path)["value"])
+    hashed = [hashlib.sha256(u.encode()).hexdigest() if u is not None else "" for u in frame["URL"]]
+    kept = frame[[h not in listed for h in hashed]]
+    kept.to_parquet(out / "pd-research.parquet", compression="zstd")
+    kept[kept["punsafe"] < threshold].to_parquet(out / "pd-safe.parquet", compression="zstd")
+
+
+def per_row(urls: list[str]) -> float:
+    """URLs per second of a datatrove-URLFilter-like per-row Python check."""
+    domains = {f"blocked-{i}.example" for i in range(10_000)}
+    exact = {f"http://blocked-{i}.example/x.jpg" for i in range(10_000)}
+    started = time.perf_counter()
+    hits = 0
+    for url in urls:
+        if url is None:
+            continue
+        host = urlparse(url).netloc.lower()
+        parts = host.split(".")
+        if url in exact or any(".".join(parts[i:]) in domains for i in range(len(parts) - 1)):
+            hits += 1
+    return len(urls) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--dir", default="/tmp/relaion-bench")
+    args = parser.parse_args()
+    root = Path(args.dir) / f"rows-{args.rows}"
+    if not (root / "shards").exists():
+        demo.generate(root, shards=1, rows=args.rows, seed=0)
+    settings = Settings.layout(root, root)
+    shard = str(root / "shards" / f"{NAME}.parquet")
+    import pyarrow.parquet as pq
+
+    urls = pq.read_table(shard, columns=["URL"]).column("URL").to_pylist()
+    list_path = _list_file(root, urls)
+    out = root / "baselines"
+    out.mkdir(exist_ok=True)
+    threshold = settings.safe_threshold
+    quality.expectations()  # imported once per process, as in a long-lived worker
+
+    results = {}
+    results["reference"] = in_child(lambda: reference(shard, list_path, out, threshold))
+    results["pandas"] = in_child(lambda: pandas_job(shard, list_path, out, threshold))
+    rate = per_row(urls[:500_000])
+    pipeline.build_blocklist(settings)
+    for path in index.paths(settings.work, NAME):
+        storage.remove(path)
+
+    def shard_path() -> None:
+        pipeline.compute_removals(settings, NAME)
+        checks.check_input(settings, NAME)
+        pipeline.write_research(settings, NAME)
+        checks.check_research(settings, NAME)
+        pipeline.write_research_safe(settings, NAME)
+        checks.check_research_safe(settings, NAME)
+
+    results["pipeline (fresh index)"] = in_child(shard_path)
+    results["pipeline (index reused)"] = in_child(shard_path)
+    base = results["reference"][0]
+    print(f"{args.rows:,} rows, list of {LIST_ENTRIES:,} entries, {os.cpu_count()} cores")
+    print(f"{'job':<26} {'seconds':>8} {'x reference':>12} {'rows/s':>11} {'peak RSS MiB':>13}")
+    for label, (seconds, peak) in results.items():
+        print(f"{label:<26} {seconds:>8.2f} {seconds / base:>12.2f} {args.rows / seconds:>11,.0f} {peak:>13,.0f}")
+    print(f"per-row Python (URLFilter-like, no hashing, no writes): {rate:,.0f} URLs/s")
+    for label in ("pipeline (fresh index)", "pipeline (index reused)"):
+        speedup = (args.rows / results[label][0]) / rate
+        print(f"{label}: {speedup:.1f}x the per-row Python rate")
+
+
+if __name__ == "__main__":
+    main()
