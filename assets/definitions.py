@@ -36,11 +36,18 @@ def build_definitions(
         cron_schedule="0 3 * * *",
         description="Publish a release every night from the shards that passed their checks.",
     )
+    refresh_schedule = dg.ScheduleDefinition(
+        name="refresh_schedule",
+        job=blocklist_job,
+        cron_schedule="0 2 * * *",
+        description="Rebuild the blocklist every night: a new version verifies the untouched shards and"
+        " blocklist_version_sensor re-matches the touched ones; shard_sensor picks up new shards meanwhile.",
+    )
     return dg.Definitions(
         assets=ALL_ASSETS,
         jobs=[blocklist_job, shard_job, release_job],
         sensors=[*build_sensors(shard_job, blocklist_job), *build_alert_sensors(alert_settings)],
-        schedules=[release_schedule],
+        schedules=[refresh_schedule, release_schedule],
         resources={"relaion": RelaionSettings.from_settings(settings, s3)},
     )
 

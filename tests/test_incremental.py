@@ -140,3 +140,13 @@ def test_blocklist_asset_records_verified_shards_and_the_sensor_runs_only_touche
         requests = sensor.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["one"]
     assert Path(pipeline.Work(settings.work).variant("research", "two")).read_bytes() == two_research
+
+
+def test_the_nightly_refresh_rebuilds_the_blocklist(settings):
+    defs = build_definitions(settings)
+    schedule = defs.resolve_schedule_def("refresh_schedule")
+    with dg.build_schedule_context(instance=instance_for(settings)) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert schedule.job_name == "blocklist_job" and len(requests) == 1
+    assert defs.resolve_job_def(schedule.job_name).execute_in_process(instance=instance_for(settings)).success
+    assert pipeline.stale_shards(settings, list(ONLY_IN)) == list(ONLY_IN), "nothing processed yet"
