@@ -42,13 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--dir", default="/tmp/relaion-bench")
+    parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default: the pipeline's)")
     args = parser.parse_args()
     root = Path(args.dir) / f"rows-{args.rows}"
     if not (root / "shards").exists():
         started = time.perf_counter()
         demo.generate(root, shards=1, rows=args.rows, seed=0)
         print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
-    settings = Settings.layout(root, root)
+    limit = {"duckdb_memory_limit": args.memory_limit} if args.memory_limit else {}
+    settings = Settings.layout(root, root, **limit)
+    print(f"DuckDB memory limit {settings.duckdb_memory_limit}")
     name = "joined/part-00000"
     for path in index.paths(settings.work, name):
         storage.remove(path)
