@@ -278,6 +278,8 @@ def _leaks(settings: Settings, con, name: str, shard: shards.Shard, blocklist_pa
     mismatched = []
     for row, key, url in sample:
         expected, pairs = index.reference(url)
+        if not meta.get("md5"):  # built for lists without url_md5 entries
+            expected = {(scope, sha, None) for scope, sha, _ in expected}
         if expected != entries[row]:
             mismatched.append(key)
         derived.append((key, pairs))

@@ -160,24 +160,24 @@ def compute_removals(settings: Settings, name: str) -> dict:
     input_fingerprint = fingerprint(shard.path)
     con = matching.connect(settings)
     try:
-        meta = index.current(settings.work, name, input_fingerprint)
-        reused = meta is not None
-        if meta is None:
-            counts = con.execute(matching.shard_counts_sql(inputs)).fetchall()[0]
-            meta = index.build(
-                con, inputs, settings.work, input_fingerprint, counts=dict(zip(COUNTS, counts, strict=True))
-            )
-        rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
-        duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
-        sidecar_rows, unmatched_keys = (
-            con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0)
-        )
         kinds = {
             k
             for (k,) in con.sql(
                 f"SELECT DISTINCT kind FROM read_parquet({matching.sql_string(blocklist_path)})"
             ).fetchall()
         }
+        md5 = "url_md5" in kinds
+        meta = index.current(settings.work, name, input_fingerprint, md5=md5)
+        reused = meta is not None
+        if meta is None:
+            counts = con.execute(matching.shard_counts_sql(inputs)).fetchall()[0]
+            counts = dict(zip(COUNTS, counts, strict=True))
+            meta = index.build(con, inputs, settings.work, input_fingerprint, counts=counts, md5=md5)
+        rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
+        duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
+        sidecar_rows, unmatched_keys = (
+            con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0)
+        )
         index_path = index.paths(settings.work, name)[0]
         candidates = index.candidates(
             con, index_path, f"SELECT * FROM read_parquet({matching.sql_string(blocklist_path)})"
@@ -258,6 +258,13 @@ def _delta_sql(old_path: str, new_path: str) -> str:
     return f"(({old}) EXCEPT ({new})) UNION ALL (({new}) EXCEPT ({old}))"
 
 
+def _has_kind(con, list_path: str, kind: str) -> bool:
+    query = (
+        f"SELECT 1 FROM read_parquet({matching.sql_string(list_path)}) WHERE kind = {matching.sql_string(kind)} LIMIT 1"
+    )
+    return bool(con.execute(query).fetchall())
+
+
 def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str]) -> str:
     """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot."""
     if kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS):
@@ -316,7 +323,10 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
                 touched[name] = f"list version {old} is no longer kept"
             elif (
                 fingerprint(shard.path) != chain["removals"]["input"]
-                or index.current(settings.work, name, chain["removals"]["input"]) is None
+                or index.current(
+                    settings.work, name, chain["removals"]["input"], md5=_has_kind(con, current_path, "url_md5")
+                )
+                is None
             ):
                 touched[name] = "its input changed or has no current lookup-hash index"
             else:

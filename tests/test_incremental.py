@@ -106,13 +106,26 @@ def test_a_changed_input_or_a_missing_index_is_always_rematched(settings):
     for name in ONLY_IN:
         _process(settings, name)
     Path(pipeline.Work(settings.work).root, "index", "two.parquet").unlink()
-    _write_list(Path(settings.blocklists).parent, "md5-partner", ["nowhere.example/"], kind="url_md5")
+    _write_list(Path(settings.blocklists).parent, "other-partner", ["nowhere.example/"])
 
     pipeline.build_blocklist(settings)
     update = pipeline.verify_untouched(settings, list(ONLY_IN))
 
     assert update["verified"] == ["one"]
     assert update["touched"] == {"two": "its input changed or has no current lookup-hash index"}
+
+
+def test_a_first_url_md5_list_rematches_shards_indexed_without_md5(settings):
+    pipeline.build_blocklist(settings)
+    for name in ONLY_IN:
+        _process(settings, name)
+    _write_list(Path(settings.blocklists).parent, "md5-partner", ["nowhere.example/"], kind="url_md5")
+
+    pipeline.build_blocklist(settings)
+    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+
+    assert update["verified"] == []
+    assert sorted(update["touched"]) == ["one", "two"]
 
 
 def test_blocklist_asset_records_verified_shards_and_the_sensor_runs_only_touched_ones(settings):

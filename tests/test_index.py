@@ -127,3 +127,23 @@ def test_research_check_passes_on_a_correct_run(settings):
     assert no_match.success and rows_add_up.success
     assert no_match.statistics["candidate_rows"] == 1
     assert no_match.statistics["audit_mismatches"] == 0
+
+
+def test_md5_prefixes_are_kept_only_while_a_list_has_url_md5_entries(settings):
+    pipeline.build_blocklist(settings)  # url_sha256 only
+    first = pipeline.compute_removals(settings, "good-1")
+    index_path, _ = index.paths(settings.work, "good-1")
+    assert pq.read_table(index_path).column("md5").null_count == first["index"]["entries"]
+
+    folder = os.path.join(settings.blocklists, "md5-partner")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "url_md5.txt"), "w") as handle:
+        handle.write(hashlib.md5(b"later.example.net/photos/b.jpg").hexdigest() + "\n")
+    pipeline.build_blocklist(settings)
+    second = pipeline.compute_removals(settings, "good-1")
+
+    assert second["index"]["reused"] is False, "an index without md5 prefixes cannot match url_md5 entries"
+    assert pq.read_table(index_path).column("md5").null_count < second["index"]["entries"]
+    assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "md5-partner")]
+    no_match, rows_add_up = (pipeline.write_research(settings, "good-1"), checks.check_research(settings, "good-1"))[1]
+    assert no_match.success and rows_add_up.success
