@@ -13,7 +13,9 @@ in `relaion_pipeline.urls` as a vectorized UDF, so both paths give exactly the r
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 import duckdb
@@ -79,6 +81,8 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     if settings.duckdb_threads:
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute(f"SET memory_limit = {sql_string(settings.duckdb_memory_limit)}")
+    # DuckDB spills beyond its memory limit into `.tmp` of the current folder unless told otherwise
+    con.execute(f"SET temp_directory = {sql_string(os.path.join(tempfile.gettempdir(), 'relaion-duckdb'))}")
     storage.register(con, settings.shards, settings.blocklists, settings.sidecars, settings.work)
     con.create_function(
         "relaion_canonical",
