@@ -38,7 +38,7 @@ class Settings:
     license: str = "apache-2.0"  # license named in the release's dataset card
     removal_list_max_match_share: float = 0.01  # publish the removal list only if list matches are <= this share
     duckdb_threads: int = 0  # 0: all cores
-    duckdb_memory_limit: str = "4GB"
+    duckdb_memory_limit: str = "1GB"  # per process; more spills less on large shards (BENCHMARKS.md)
 
     def __post_init__(self):
         data = default_data_dir()

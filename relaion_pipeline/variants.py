@@ -40,7 +40,7 @@ def filter_shard(
     The output has the source's arrow schema (with its metadata) and row order; it appears under its final
     name only when complete. When `dropped` is a list, the positions of the rows left out are appended to it.
     """
-    parquet = shards.open_parquet(source)
+    parquet = shards.open_parquet(source, streaming=True)
     schema = parquet.schema_arrow
     rows_in = rows_out = 0
     pending: list[pa.RecordBatch] = []
