@@ -98,6 +98,7 @@ def write_index(settings: Settings) -> str:
     return index
 
 
+@pipeline.locked
 def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     """The input shard: URLs present and plausible, scores in range, sizes positive, row keys unique.
 
@@ -322,6 +323,7 @@ def _leaks(settings: Settings, con, name: str, shard: shards.Shard, blocklist_pa
     return leaks, audit
 
 
+@pipeline.locked
 def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     """No research row matches the list (found without the matching query), and rows in = removed + out."""
     gx = quality.expectations()
@@ -373,6 +375,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     return [_record(settings, no_match, research_path), _record(settings, rows_add_up, research_path)]
 
 
+@pipeline.locked
 def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     """No score above the safe threshold in research-safe; its rows are research minus the unsafe ones."""
     gx = quality.expectations()

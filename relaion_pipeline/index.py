@@ -102,7 +102,8 @@ def build(
     query = build_sql(inputs, md5)
 
     def copy(target: str) -> str:
-        return f"COPY ({query}) TO {sql_string(target)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000)"
+        options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000, USE_TMP_FILE false"
+        return f"COPY ({query}) TO {sql_string(target)} ({options})"
 
     if storage.is_local(path):
         with storage.AtomicPath(path) as local:

@@ -7,6 +7,8 @@ metadata. Nothing here imports Dagster, so every stage runs the same from the CL
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,9 +17,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, index, matching, schemas, shards, storage, variants
+from relaion_pipeline import blocklists, index, matching, schemas, shard_lock, shards, storage, variants
 from relaion_pipeline.settings import Settings
 
+log = logging.getLogger(__name__)
 RESEARCH = "research"
 RESEARCH_SAFE = "research-safe"
 SIDECAR_HASHES = ("md5", "sha1", "sha256")
@@ -120,6 +123,17 @@ def fingerprint(location: str) -> dict:
     return {"bytes": info.get("size"), "modified": str(modified)}
 
 
+def locked(stage):
+    """Run `stage(settings, name)` holding the shard's lock, so two runs of one partition never interleave."""
+
+    @functools.wraps(stage)
+    def run(settings: Settings, name: str, *args, **kwargs):
+        with shard_lock.holding(settings.work, name, waiting=log.info):
+            return stage(settings, name, *args, **kwargs)
+
+    return run
+
+
 def _start(settings: Settings, stage: str, name: str, *outputs: str) -> None:
     """Forget a stage's previous result for a shard before recomputing it, so a failed rerun never leaves
     an older output looking current."""
@@ -136,6 +150,7 @@ def _count_by(table, *columns: str) -> dict[str, int]:
     return {k: len(v) for k, v in sorted(seen.items())}
 
 
+@locked
 def compute_removals(settings: Settings, name: str) -> dict:
     """Match one shard against the current merged blocklist and write its removals table.
 
@@ -340,9 +355,14 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
                 if why:
                     touched[name] = why
                     continue
-                for stage, stats in chain.items():
-                    stats = {**stats, "blocklist_version": version, "verified_from": stats.get("verified_from", old)}
-                    storage.write_json_atomic(stats, work.stats(stage, name))
+                with shard_lock.holding(settings.work, name):
+                    for stage, stats in chain.items():
+                        stats = {
+                            **stats,
+                            "blocklist_version": version,
+                            "verified_from": stats.get("verified_from", old),
+                        }
+                        storage.write_json_atomic(stats, work.stats(stage, name))
                 verified.append(name)
     except duckdb.Error as error:
         raise shards.unreadable(error, current_path) from None
@@ -363,6 +383,7 @@ def read_stats(settings: Settings, stage: str, name: str) -> dict:
     return storage.read_json(path)
 
 
+@locked
 def write_research(settings: Settings, name: str) -> dict:
     """research: the shard minus every row in its removals table."""
     started = time.perf_counter()
@@ -388,6 +409,7 @@ def write_research(settings: Settings, name: str) -> dict:
     return stats
 
 
+@locked
 def write_research_safe(settings: Settings, name: str) -> dict:
     """research-safe: research minus rows whose safety score is above the safe threshold."""
     started = time.perf_counter()
