@@ -107,6 +107,11 @@ def unreadable(error: Exception, *paths: str | None) -> Exception:
     about reading a file (out of memory, a query bug) are returned unchanged.
     """
     message = str(error)
+    if storage.no_space(error):  # a write failed (an output, or DuckDB spilling beyond its memory limit)
+        return storage.StorageError(
+            f"no space left on the device while processing {next((p for p in paths if p), 'a shard')}: free space"
+            " under the work location and the temporary folder (TMPDIR, where DuckDB spills) and run again"
+        )
     named = [p for p in paths if p and storage.filesystem(p)[1] in message]
     if not named and not (type(error) is duckdb.Error or isinstance(error, _READ_ERRORS)):
         return error

@@ -10,6 +10,7 @@ Listings are never cached, so a file written a moment ago is always seen.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -150,9 +151,30 @@ class AtomicPath:
         if not self.local:
             return
         if exc_type is None:
-            os.replace(self.path, self.final)
-        elif os.path.exists(self.path):
+            try:
+                os.replace(self.path, self.final)
+                return
+            except OSError as error:
+                exc = error
+        if os.path.exists(self.path):
             os.unlink(self.path)
+        if no_space(exc):
+            folder = os.path.dirname(os.path.abspath(self.final))
+            raise StorageError(
+                f"{self.final}: no space left on the device while writing it; free space under {folder}"
+                " (or point the location elsewhere) and run again: nothing was written under this name"
+            ) from None
+        if exc_type is None:
+            raise exc
+
+
+def no_space(error: BaseException | None) -> bool:
+    """True for a full disk, whichever library reports it (OSError errno 28, or a DuckDB or Arrow message)."""
+    if error is None:
+        return False
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(error)
 
 
 def write_bytes_atomic(data: bytes, final: str) -> None:

@@ -1,4 +1,4 @@
-"""Faults: a process killed with SIGKILL at any point while shards are processed or a release is published never
+"""Faults: a full disk fails clearly and loses nothing; a process killed with SIGKILL at any point while shards are processed or a release is published never
 leaves a partial file under a final name or a half-visible release, and the next run converges to the bytes of
 an undisturbed run; two runs of one partition at once do not corrupt its outputs."""
 
@@ -181,3 +181,40 @@ def test_two_runs_of_one_partition_at_once_do_not_corrupt_it(inputs, tmp_path):
         research = pipeline.read_stats(settings, "research", name)
         path = Path(pipeline.Work(settings.work).variant("research", name))
         assert research["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), "stats describe the file"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk. Needs root (CI runs as root); skipped with the reason otherwise."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): the full-disk test needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_clearly_loses_nothing_and_a_rerun_converges(inputs, tmp_path, small_disk):
+    before = _inputs_digest(inputs)
+    reference = tmp_path / "reference"
+    _run(inputs, reference, "all")
+
+    process = _start(inputs, small_disk, "all")
+    _, err = process.communicate(timeout=300)
+
+    assert process.returncode != 0
+    last = err.decode().strip().splitlines()[-1]
+    assert "StorageError" in last and "no space left on the device while writing it" in last, last
+    assert str(small_disk) in last, "the error names the file it could not write"
+    _assert_nothing_partial(small_disk)
+    assert _inputs_digest(inputs) == before
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    _run(inputs, small_disk, "all")
+    for folder in ("removals", "research", "research-safe"):
+        assert _digests(small_disk / "work" / folder) == _digests(reference / "work" / folder), folder
+    one, two = Path(release.resolve(str(reference / "releases"))), Path(release.resolve(str(small_disk / "releases")))
+    assert _digests(one) == _digests(two)
