@@ -81,6 +81,7 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     if settings.duckdb_threads:
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute(f"SET memory_limit = {sql_string(settings.duckdb_memory_limit)}")
+    con.execute("SET enable_progress_bar = false")  # it would print over the run's logs; stages report progress
     # DuckDB spills beyond its memory limit into `.tmp` of the current folder unless told otherwise
     con.execute(f"SET temp_directory = {sql_string(os.path.join(tempfile.gettempdir(), 'relaion-duckdb'))}")
     storage.register(con, settings.shards, settings.blocklists, settings.sidecars, settings.work)

@@ -61,7 +61,8 @@ class Work:
 def build_blocklist(settings: Settings) -> dict:
     """Parse, validate, merge and version the partner lists; write the merged list."""
     started = time.perf_counter()
-    lists_fingerprint = blocklists.fingerprint(settings.blocklists)  # before reading: a change meanwhile reruns
+    with storage.reaching(settings.blocklists):
+        lists_fingerprint = blocklists.fingerprint(settings.blocklists)  # before reading: a change meanwhile reruns
     merged = blocklists.load(settings.blocklists)
     path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
     kinds = Counter(merged.table.column("kind").to_pylist())

@@ -41,6 +41,13 @@ def reaching(location: str):
         ) from None
     except (ConnectionError, TimeoutError) as error:
         raise StorageError(f"{location}: cannot connect ({error}); check AWS_ENDPOINT_URL and the network") from None
+    except OSError as error:
+        if is_local(location) or isinstance(error, (FileNotFoundError, StorageError)):
+            raise
+        raise StorageError(
+            f"{location}: the storage server kept failing after retries ({error}); check its status and"
+            " AWS_ENDPOINT_URL, then run again"
+        ) from None
 
 
 def configure_s3(
