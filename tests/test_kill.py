@@ -1,6 +1,7 @@
-"""Faults: a full disk fails clearly and loses nothing; a process killed with SIGKILL at any point while shards are processed or a release is published never
-leaves a partial file under a final name or a half-visible release, and the next run converges to the bytes of
-an undisturbed run; two runs of one partition at once do not corrupt its outputs."""
+"""Faults: a full disk fails clearly and loses nothing; a process killed with SIGKILL at any point while shards
+are processed or a release is published never leaves a partial file under a final name or a half-visible
+release, and the next run converges to the bytes of an undisturbed run; two runs of one partition at once do
+not corrupt its outputs."""
 
 import hashlib
 import json
