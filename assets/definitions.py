@@ -19,16 +19,21 @@ ALL_ASSETS = [blocklist, removals, research, research_safe, release]
 
 
 def build_definitions(
-    settings: Settings, s3: S3Storage | None = None, alert_settings: AlertSettings | None = None
+    settings: Settings,
+    s3: S3Storage | None = None,
+    alert_settings: AlertSettings | None = None,
+    shard_executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
     """Definitions for one set of settings; the CLI and the UI build theirs the same way. Alert channels come
-    from the `RELAION_ALERT_*` environment at every tick unless `alert_settings` is given."""
+    from the `RELAION_ALERT_*` environment at every tick unless `alert_settings` is given; `shard_executor`
+    runs the steps of `shard_job` elsewhere (e.g. on Celery workers, see `assets.celery_definitions`)."""
     blocklist_job = dg.define_asset_job("blocklist_job", selection=[blocklist], description="Rebuild the blocklist.")
     shard_job = dg.define_asset_job(
         "shard_job",
         selection=[removals, research, research_safe],
         partitions_def=shard_partitions,
         description="Match one shard and write its research and research-safe variants (with blocking checks).",
+        executor_def=shard_executor,
     )
     release_job = dg.define_asset_job("release_job", selection=[release], description="Publish a release.")
     release_schedule = dg.ScheduleDefinition(
