@@ -16,6 +16,7 @@ import dagster as dg
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from relaion_pipeline import pipeline, shards, storage
+from relaion_pipeline.release import plan as release_plan
 from relaion_pipeline.settings import Settings
 
 DAGSTER_YAML = """\
@@ -90,7 +91,28 @@ def _stage_lines(settings: Settings, name: str) -> list[str]:
     return lines
 
 
-def run_all(settings: Settings, progress=print) -> RunSummary:
+def _up_to_date(settings: Settings, name: str) -> bool:
+    """True when the shard's outputs are a consistent chain for the current list version, its input, these
+    settings, and passed their checks on exactly these bytes: what a release would publish as is."""
+    ready, _ = release_plan(settings, [name])
+    return name in ready and not pipeline.settings_changed(settings, name)
+
+
+def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOutcome:
+    """A shard's row counts as its stats files give them (zeros for the stages that did not finish)."""
+    outcome = ShardOutcome(name=name, ok=ok, seconds=seconds)
+    try:
+        outcome.rows_in = pipeline.read_stats(settings, "removals", name)["rows_in"]
+        outcome.rows_removed = pipeline.read_stats(settings, "removals", name)["rows_removed"]
+        outcome.rows_research = pipeline.read_stats(settings, pipeline.RESEARCH, name)["rows_out"]
+        outcome.rows_safe = pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"]
+    except pipeline.StageError:
+        pass
+    return outcome
+
+
+def run_all(settings: Settings, progress=print, force: bool = False) -> RunSummary:
+    """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish."""
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]
@@ -112,18 +134,16 @@ def run_all(settings: Settings, progress=print) -> RunSummary:
     outcomes = []
     for index, name in enumerate(found, start=1):
         started = time.perf_counter()
+        if not force and _up_to_date(settings, name):
+            outcome = _outcome(settings, name, ok=True, seconds=time.perf_counter() - started)
+            outcomes.append(outcome)
+            progress(f"[{index}/{len(found)}] {name}: up to date for blocklist {version['version']}, skipped")
+            continue
         result = shard_job.execute_in_process(
             partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
         )
-        outcome = ShardOutcome(name=name, ok=result.success, seconds=time.perf_counter() - started)
+        outcome = _outcome(settings, name, ok=result.success, seconds=time.perf_counter() - started)
         outcome.failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-        try:
-            outcome.rows_in = pipeline.read_stats(settings, "removals", name)["rows_in"]
-            outcome.rows_removed = pipeline.read_stats(settings, "removals", name)["rows_removed"]
-            outcome.rows_research = pipeline.read_stats(settings, pipeline.RESEARCH, name)["rows_out"]
-            outcome.rows_safe = pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"]
-        except pipeline.StageError:
-            pass
         if not result.success:
             outcome.error = (
                 "failed checks: " + ", ".join(outcome.failed_checks) if outcome.failed_checks else _failure(result)

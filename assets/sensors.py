@@ -4,6 +4,9 @@ others as verified against it)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import dagster as dg
 
 from assets.blocklist import blocklist
@@ -48,4 +51,19 @@ def build_sensors(shard_job, blocklist_job) -> list:
         for name in pipeline.stale_shards(relaion.settings(), names):
             yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
 
-    return [shard_sensor, partner_list_sensor, blocklist_version_sensor]
+    @dg.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
+    def changed_shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
+        """Re-runs a shard whose file or image-hash sidecar was replaced since its removals were computed."""
+        settings = relaion.settings()
+        for name in context.instance.get_dynamic_partitions(shard_partitions.name):
+            try:
+                removals = pipeline.read_stats(settings, "removals", name)
+                if not pipeline.inputs_changed(settings, name, removals):
+                    continue
+                current = pipeline.input_fingerprints(settings, name)
+            except (pipeline.StageError, shards.ShardError, FileNotFoundError):
+                continue  # never processed (shard_sensor's work) or no longer there
+            digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
+            yield dg.RunRequest(partition_key=name, run_key=f"changed:{name}:{digest}")
+
+    return [shard_sensor, partner_list_sensor, blocklist_version_sensor, changed_shard_sensor]

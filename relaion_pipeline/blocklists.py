@@ -2,9 +2,11 @@
 
 Layout: one folder per source under the blocklist location; inside it, CSV/TSV files with a header
 `kind,value[,category]`, `<kind>.txt` files with one value per line, or parquet files with those columns.
-`#` starts a comment. The merged list is versioned by the sha256 of its normalized, sorted content, so the same
-entries always give the same version whatever the file layout or order. Files are validated column-wise with
-pyarrow, so a list of millions of entries loads in seconds; the first bad entry fails with its file and line.
+`#` starts a comment. An optional `source.json` sets the source's PDQ match distance (`{"pdq_distance": 31}`,
+the default), which every `pdq` entry of the source carries in the merged list. The merged list is versioned
+by the sha256 of its normalized, sorted content, so the same entries always give the same version whatever
+the file layout or order. Files are validated column-wise with pyarrow, so a list of millions of entries loads
+in seconds; the first bad entry fails with its file and line.
 """
 
 from __future__ import annotations
@@ -21,14 +23,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline import storage
+from relaion_pipeline import pdq, storage
 
-HEX_LENGTHS = {"url_sha256": 64, "url_md5": 32, "image_md5": 32, "image_sha1": 40, "image_sha256": 64}
+HEX_LENGTHS = {"url_sha256": 64, "url_md5": 32, "image_md5": 32, "image_sha1": 40, "image_sha256": 64, "pdq": 64}
 KINDS = (*HEX_LENGTHS, "domain")
 URL_KINDS = ("url_sha256", "url_md5")
 IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256")
+NEAR_KINDS = ("pdq",)  # matched within a Hamming distance, not by equality
+SOURCE_CONFIG = "source.json"
 DEFAULT_CATEGORY = "unspecified"
-SCHEMA = pa.schema([("kind", pa.string()), ("value", pa.string()), ("source", pa.string()), ("category", pa.string())])
+SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("value", pa.string()),
+        ("source", pa.string()),
+        ("category", pa.string()),
+        ("distance", pa.int16()),  # the source's match distance for pdq entries, null for the other kinds
+    ]
+)
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
@@ -253,6 +265,11 @@ def _load(location: str) -> Blocklist:
         if source.startswith(".") or not fs.isdir(source_dir):
             continue
         files = sorted(f for f in fs.find(source_dir) if not f.rsplit("/", 1)[-1].startswith("."))
+        config_path = f"{source_dir.rstrip('/')}/{SOURCE_CONFIG}"
+        distance = (
+            _source_distance(f"{source}/{SOURCE_CONFIG}", fs.cat_file(config_path)) if config_path in files else None
+        )
+        files = [f for f in files if f != config_path]
         if not files:
             raise BlocklistError(f"{location}/{source}: source folder has no list files")
         sources.append(source)
@@ -261,10 +278,31 @@ def _load(location: str) -> Blocklist:
             entries = _parse_file(name, fs.cat_file(path))
             if entries.num_rows == 0:
                 raise BlocklistError(f"{name}: list file has no entries")
-            tables.append(entries.add_column(2, "source", pa.array([source] * entries.num_rows, pa.string())))
+            entries = entries.add_column(2, "source", pa.array([source] * entries.num_rows, pa.string()))
+            near = pc.is_in(entries.column("kind"), pa.array(NEAR_KINDS))
+            limit = pa.scalar(pdq.DEFAULT_DISTANCE if distance is None else distance, pa.int16())
+            distances = pc.if_else(near, limit, None)
+            tables.append(entries.append_column("distance", distances.cast(pa.int16())))
     if not sources:
         raise BlocklistError(f"{location}: no source folders: expected one folder per partner holding list files")
     return _merge(tables, sources)
+
+
+def _source_distance(name: str, data: bytes) -> int:
+    """The PDQ match distance a source's `source.json` sets."""
+    try:
+        config = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BlocklistError(f'{name}: not valid JSON ({error}): expected e.g. {{"pdq_distance": 31}}') from None
+    unknown = set(config) - {"pdq_distance"} if isinstance(config, dict) else {"(not an object)"}
+    if unknown:
+        raise BlocklistError(f"{name}: unknown setting(s) {', '.join(sorted(unknown))}: expected only pdq_distance")
+    distance = config.get("pdq_distance", pdq.DEFAULT_DISTANCE)
+    if isinstance(distance, bool) or not isinstance(distance, int) or not 0 <= distance <= pdq.MAX_DISTANCE:
+        raise BlocklistError(
+            f"{name}: pdq_distance is {distance!r}, expected a whole number of bits from 0 to {pdq.MAX_DISTANCE}"
+        )
+    return distance
 
 
 def _merge(tables: list[pa.Table], sources: list[str]) -> Blocklist:
@@ -272,7 +310,11 @@ def _merge(tables: list[pa.Table], sources: list[str]) -> Blocklist:
     names = SCHEMA.names
     table = pa.concat_tables([t.select(names).cast(SCHEMA) for t in tables]) if tables else SCHEMA.empty_table()
     table = table.take(pc.sort_indices(table, sort_keys=[(name, "ascending") for name in names]))
-    lines = pc.binary_join_element_wise(*(table.column(n) for n in names), "\t")
+    lines = pc.binary_join_element_wise(*(table.column(n) for n in names[:4]), "\t")
+    near = pc.is_valid(table.column("distance"))
+    if pc.any(near).as_py():  # a pdq entry's line also holds its distance; other lines are as they always were
+        with_distance = pc.binary_join_element_wise(lines, table.column("distance").cast(pa.string()), "\t")
+        lines = pc.if_else(near, with_distance, lines)
     if table.num_rows > 1:  # duplicates are neighbours once sorted
         first = np.concatenate([[True], pc.not_equal(lines[1:], lines[:-1]).to_numpy(zero_copy_only=False)])
         table, lines = table.filter(first), lines.filter(first)

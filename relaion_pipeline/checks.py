@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, index, matching, pipeline, quality, shards, storage
+from relaion_pipeline import blocklists, index, matching, pdq, pipeline, quality, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, StageError, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -141,7 +141,7 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
 
 def check_blocklist(settings: Settings) -> list[quality.Outcome]:
     """Re-validate the merged list in SQL, independently of the parser: hex of the right length per kind, plain
-    host names for domains, a source and a category on every entry."""
+    host names for domains, a source and a category on every entry, a match distance on every pdq entry."""
     gx = quality.expectations()
     work = Work(settings.work)
     version, path = blocklists.read_current(work.blocklist_dir)
@@ -156,7 +156,9 @@ def check_blocklist(settings: Settings) -> list[quality.Outcome]:
                                  '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+')) AS malformed_domains,
                 count(*) FILTER (WHERE kind NOT IN ({", ".join(sql_string(k) for k in blocklists.KINDS)})) AS unknown_kinds,
                 count(*) FILTER (WHERE coalesce(trim(source), '') = '') AS entries_without_source,
-                count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category
+                count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category,
+                count(*) FILTER (WHERE kind = 'pdq' AND NOT coalesce(distance BETWEEN 0 AND {pdq.MAX_DISTANCE}, false))
+                    AS pdq_without_a_valid_distance
             FROM read_parquet({sql_string(path)})"""
         ).df()
     finally:
@@ -297,6 +299,8 @@ def _leaks(settings: Settings, con, name: str, shard: shards.Shard, blocklist_pa
             for column in image_kinds
         )
         matched += con.execute(joins).fetchall()
+    near, near_audited = _pdq_audit(con, name, sidecar_path, columns, blocklist_path)
+    matched += near
     leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles)
     # 4. The keyword rule, on the research file itself.
     pattern = matching.keyword_pattern(settings.keywords)
@@ -319,8 +323,42 @@ def _leaks(settings: Settings, con, name: str, shard: shards.Shard, blocklist_pa
         "rows_matched_by_reference": len({m[0] for m in matched}),
         "audited_rows": len(sample),
         "audit_mismatches": len(mismatched),
+        "pdq_audited_rows": near_audited,
     }
     return leaks, audit
+
+
+PDQ_AUDIT_PAIRS = 500_000_000  # sidecar rows x pdq entries compared by brute force per shard (a few seconds)
+
+
+def _pdq_audit(con, name: str, sidecar_path: str | None, columns: tuple, blocklist_path: str):
+    """PDQ near matches of a seeded sample of the sidecar's hashes, found by comparing each with every pdq
+    entry (numpy, not the matching query's multi-index join): (row key, kind, source, category) of each."""
+    if not sidecar_path or "pdq" not in columns:
+        return [], 0
+    entries = con.execute(
+        f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
+        "WHERE kind = 'pdq' ORDER BY value, source, category"
+    ).fetchall()
+    if not entries:
+        return [], 0
+    quality = f"coalesce(pdq_quality >= {pdq.MIN_QUALITY}, true)" if "pdq_quality" in columns else "true"
+    size = max(64, min(5_000, PDQ_AUDIT_PAIRS // len(entries)))
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    rows = con.execute(
+        f"SELECT * FROM (SELECT CAST(key AS VARCHAR), lower(CAST(pdq AS VARCHAR)) AS pdq "
+        f"FROM read_parquet({sql_string(sidecar_path)}) "
+        f"WHERE regexp_full_match(lower(CAST(pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND {quality}) "
+        f"USING SAMPLE reservoir({size} ROWS) REPEATABLE ({seed % 2**31})"
+    ).fetchall()
+    if not rows:
+        return [], 0
+    found = pdq.brute_force(
+        pdq.to_words([h for _, h in rows]),
+        pdq.to_words([e[0] for e in entries]),
+        np.array([e[3] for e in entries], dtype=np.int32),
+    )
+    return [(rows[q][0], "pdq", entries[e][1], entries[e][2]) for q, e, _ in found], len(rows)
 
 
 @pipeline.locked

@@ -43,7 +43,7 @@ def _run(args) -> int:
     from assets.runner import run_all
 
     settings = _settings(args)
-    summary = run_all(settings, progress=lambda line: print(line, flush=True))
+    summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force)
     if summary.error:
         print(f"error: {summary.error}", file=sys.stderr)
     if summary.shards:
@@ -112,13 +112,18 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(handler=_demo_data)
 
-    run = commands.add_parser("run", help="run every stage for every shard, then publish", formatter_class=defaults)
+    run = commands.add_parser(
+        "run", help="rebuild the blocklist, run every shard not up to date, then publish", formatter_class=defaults
+    )
     base = Settings()
     for name, text in LOCATION_FLAGS.items():
         run.add_argument(f"--{name}", default=None, help=f"{text} (default: {getattr(base, name)})")
     run.add_argument("--keywords", default=None, help=f"caption keyword file (default: {base.keywords})")
     run.add_argument("--research-threshold", type=float, default=None, help=f"default {base.research_threshold}")
     run.add_argument("--safe-threshold", type=float, default=None, help=f"default {base.safe_threshold}")
+    run.add_argument(
+        "--force", action="store_true", help="re-run every shard, also those up to date for the current lists"
+    )
     run.set_defaults(handler=_run)
 
     clean = commands.add_parser(

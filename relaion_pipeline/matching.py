@@ -1,10 +1,11 @@
 """Matching a shard against the merged blocklist, set-oriented in DuckDB.
 
 One query per shard: canonicalize every URL, expand it to its lookup expressions, hash them, and join the hashes
-with the list; domains join on every suffix of the host, image hashes through the shard's sidecar, and the
-research keyword rule is a filter on score and caption. The result is the removals table: row number, row key,
-kind, source, category, the matching hash (the list value) and the scope it hit (`url`, `path`, `host`,
-`image` or `caption`). It never holds a URL, an expression's text or a caption.
+with the list; domains join on every suffix of the host, image hashes through the shard's sidecar (PDQ hashes
+within the source's distance, see `relaion_pipeline.pdq`), and the research keyword rule is a filter on score
+and caption. The result is the removals table: row number, row key, kind, source, category, the matching hash
+(the list value), the scope it hit (`url`, `path`, `host`, `image`, `image-near` or `caption`) and, for PDQ,
+the distance. It never holds a URL, an expression's text or a caption.
 
 Most URLs are regular (`http(s)://host/path?query` with nothing to unescape or resolve): DuckDB canonicalizes
 those itself. The rest (escapes, IP hosts, dot segments, non-ASCII, ...) go through the reference implementation
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from relaion_pipeline import schemas, storage, urls
+from relaion_pipeline import pdq, schemas, storage, urls
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
@@ -34,6 +35,7 @@ REMOVALS_SCHEMA = pa.schema(
         ("category", pa.string()),
         ("hash", pa.string()),
         ("match", pa.string()),
+        ("distance", pa.int16()),  # Hamming distance of a pdq match, null for every other kind
     ]
 )
 KEYWORD_KIND = "keyword"
@@ -242,6 +244,14 @@ def keyword_pattern(path: str) -> str | None:
     return r"(?i)(?:^|[^\pL\pN_])(?:" + "|".join(escaped) + r")(?:[^\pL\pN_]|$)"
 
 
+PDQ_SQL = """pdq_queries AS (
+        SELECT row_number AS qid, row_number, row_key, pdq FROM sidecar
+        WHERE regexp_full_match(pdq, '[0-9a-f]{{64}}') AND coalesce(pdq_quality >= {quality}, true)
+    ),
+    pdq_list AS (SELECT row_number() OVER (ORDER BY value, source, category) AS eid, * FROM bl WHERE kind = 'pdq'),
+    pdq_near AS ({near})"""
+
+
 @dataclass(frozen=True)
 class MatchInputs:
     """What one shard is matched with."""
@@ -251,7 +261,8 @@ class MatchInputs:
     roles: schemas.Roles
     blocklist_path: str
     sidecar_path: str | None  # None: no sidecar for this shard
-    sidecar_columns: tuple[str, ...] = ()  # which of md5/sha1/sha256 the sidecar has
+    sidecar_columns: tuple[str, ...] = ()  # which of md5/sha1/sha256/pdq/pdq_quality the sidecar has
+    pdq_distance: int = pdq.DEFAULT_DISTANCE  # the largest match distance of the list's pdq entries
 
 
 def unsafe_condition(roles: schemas.Roles, threshold: float, settings: Settings) -> str | None:
@@ -289,11 +300,11 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
         for kind, function in (("url_sha256", "sha256"), ("url_md5", "md5")):
             if kind in kinds:
                 selects.append(f"""
-        SELECT e.row_number, e.row_key, b.kind, b.source, b.category, b.value AS hash, e.scope AS match
+        SELECT e.row_number, e.row_key, b.kind, b.source, b.category, b.value AS hash, e.scope AS match, NULL::SMALLINT
         FROM expressions e JOIN bl b ON b.kind = '{kind}' AND b.value = {function}(e.expression)""")
     if "domain" in kinds:
         selects.append("""
-        SELECT c.row_number, c.row_key, b.kind, b.source, b.category, b.value AS hash, 'host' AS match
+        SELECT c.row_number, c.row_key, b.kind, b.source, b.category, b.value AS hash, 'host' AS match, NULL::SMALLINT
         FROM (SELECT row_number, row_key, unnest(
                 CASE WHEN starts_with(host, '[') THEN [host] ELSE list_transform(
                     range(1, len(string_split(host, '.')) + 1),
@@ -301,37 +312,52 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
               FROM canonical) c
         JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
     image_kinds = [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds]
-    if inputs.sidecar_path and image_kinds:
+    near = "pdq" in kinds and "pdq" in inputs.sidecar_columns
+    if inputs.sidecar_path and (image_kinds or near):
+        hashes = [c for c in inputs.sidecar_columns if c != "pdq_quality"]
         parts.append(
             f"""sidecar AS (
-        SELECT s.row_number, s.row_key, {
-                ", ".join(f"lower(CAST(c.{col} AS VARCHAR)) AS {col}" for col in inputs.sidecar_columns)
-            }
+        SELECT s.row_number, s.row_key, {", ".join(f"lower(CAST(c.{col} AS VARCHAR)) AS {col}" for col in hashes)},
+               {"c.pdq_quality" if "pdq_quality" in inputs.sidecar_columns else "NULL"} AS pdq_quality
         FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
     )"""
         )
-        for kind in image_kinds:
-            column = kind.removeprefix("image_")
-            if column in inputs.sidecar_columns:
-                selects.append(f"""
-        SELECT s.row_number, s.row_key, b.kind, b.source, b.category, b.value AS hash, 'image' AS match
+    for kind in image_kinds if inputs.sidecar_path else ():
+        column = kind.removeprefix("image_")
+        if column in inputs.sidecar_columns:
+            selects.append(f"""
+        SELECT s.row_number, s.row_key, b.kind, b.source, b.category, b.value AS hash, 'image' AS match, NULL::SMALLINT
         FROM sidecar s JOIN bl b ON b.kind = '{kind}' AND b.value = s.{column}""")
+    if inputs.sidecar_path and near:
+        parts.append(
+            PDQ_SQL.format(
+                near=pdq.near_matches_sql(
+                    "SELECT * FROM pdq_queries", "SELECT eid, value AS pdq, distance FROM pdq_list", inputs.pdq_distance
+                ),
+                quality=pdq.MIN_QUALITY,
+            )
+        )
+        selects.append("""
+        SELECT q.row_number, q.row_key, 'pdq', b.source, b.category, b.value, 'image-near', n.distance::SMALLINT
+        FROM pdq_near n JOIN pdq_queries q ON q.qid = n.qid JOIN pdq_list b ON b.eid = n.eid""")
     pattern = keyword_pattern(settings.keywords)
     unsafe = unsafe_condition(roles, settings.research_threshold, settings)
     if pattern and unsafe and roles.caption:
         selects.append(f"""
         SELECT file_row_number, {roles.key_sql(inputs.shard_name)}, '{KEYWORD_KIND}', '{KEYWORD_SOURCE}',
-               '{KEYWORD_CATEGORY}', NULL, 'caption'
+               '{KEYWORD_CATEGORY}', NULL, 'caption', NULL::SMALLINT
         FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
         WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})""")
     if not selects:
-        selects.append("SELECT * FROM (SELECT 0::BIGINT, ''::VARCHAR, '', '', '', ''::VARCHAR, '') WHERE false")
+        selects.append(
+            "SELECT * FROM (SELECT 0::BIGINT, ''::VARCHAR, '', '', '', ''::VARCHAR, '', NULL::SMALLINT) WHERE false"
+        )
     union = "\n        UNION ALL".join(selects)
     return f"""
     WITH {", ".join(parts)},
     matches AS ({union})
-    SELECT DISTINCT row_number, row_key, kind, source, category, hash, match FROM matches
-    ORDER BY row_number, kind, source, category, hash, match"""
+    SELECT DISTINCT * FROM matches
+    ORDER BY ALL"""
 
 
 def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings) -> pa.Table:
@@ -382,12 +408,21 @@ def duplicate_key_sql(inputs: MatchInputs) -> str:
 
 
 def sidecar_counts_sql(inputs: MatchInputs) -> str:
-    """Rows of the shard's sidecar, and how many of their keys are not a row key of the shard."""
+    """Rows of the shard's sidecar, how many of their keys are not a row key of the shard, and how many of the
+    shard's PDQ hashes are of too low a quality to be matched."""
+    low = (
+        f"pdq IS NOT NULL AND pdq_quality < {pdq.MIN_QUALITY}"
+        if {"pdq", "pdq_quality"} <= set(inputs.sidecar_columns)
+        else "false"
+    )
     return f"""
     WITH src AS (
         SELECT {inputs.roles.key_sql(inputs.shard_name)} AS row_key
         FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
     ),
-    sidecar AS (SELECT CAST(key AS VARCHAR) AS key FROM read_parquet({sql_string(inputs.sidecar_path)}))
+    sidecar AS (
+        SELECT CAST(key AS VARCHAR) AS key, {low} AS low_quality FROM read_parquet({sql_string(inputs.sidecar_path)})
+    )
     SELECT (SELECT count(*) FROM sidecar),
-           (SELECT count(*) FROM sidecar s ANTI JOIN src ON src.row_key = s.key)"""
+           (SELECT count(*) FROM sidecar s ANTI JOIN src ON src.row_key = s.key),
+           (SELECT count(*) FROM sidecar s SEMI JOIN src ON src.row_key = s.key WHERE low_quality)"""

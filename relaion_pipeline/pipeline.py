@@ -7,7 +7,9 @@ metadata. Nothing here imports Dagster, so every stage runs the same from the CL
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -17,13 +19,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, index, matching, schemas, shard_lock, shards, storage, variants
+from relaion_pipeline import blocklists, index, matching, pdq, schemas, shard_lock, shards, storage, variants
 from relaion_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 RESEARCH = "research"
 RESEARCH_SAFE = "research-safe"
-SIDECAR_HASHES = ("md5", "sha1", "sha256")
+SIDECAR_HASHES = ("md5", "sha1", "sha256", "pdq")
 COUNTS = ("rows_in", "without_url", "without_caption", "other_scheme", "duplicate_row_keys")  # shard_counts_sql
 
 
@@ -85,16 +87,25 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
         return None, ()
     schema = shards.open_parquet(path).schema_arrow
     if "key" not in schema.names:
-        raise shards.ShardError(f"{path}: image-hash sidecar has no 'key' column (expected key plus md5/sha1/sha256)")
+        raise shards.ShardError(
+            f"{path}: image-hash sidecar has no 'key' column (expected key plus md5/sha1/sha256/pdq)"
+        )
     columns = tuple(c for c in SIDECAR_HASHES if c in schema.names)
     if not columns:
-        raise shards.ShardError(f"{path}: image-hash sidecar has none of the columns md5, sha1, sha256")
+        raise shards.ShardError(f"{path}: image-hash sidecar has none of the columns {', '.join(SIDECAR_HASHES)}")
     for column in columns:
         kind = schema.field(column).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise shards.ShardError(
                 f"{path}: column {column!r} of the image-hash sidecar must hold hex strings, found {kind}"
             )
+    if "pdq_quality" in schema.names and "pdq" in columns:
+        kind = schema.field("pdq_quality").type
+        if not pa.types.is_integer(kind):
+            raise shards.ShardError(
+                f"{path}: column 'pdq_quality' of the image-hash sidecar must hold integers 0-100, found {kind}"
+            )
+        columns += ("pdq_quality",)
     return path, columns
 
 
@@ -173,7 +184,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
         sidecar_path=sidecar_path,
         sidecar_columns=sidecar_columns,
     )
-    input_fingerprint = fingerprint(shard.path)
+    fingerprints = input_fingerprints(settings, name)
+    input_fingerprint = fingerprints["input"]
     con = matching.connect(settings)
     try:
         kinds = {
@@ -183,6 +195,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
             ).fetchall()
         }
         md5 = "url_md5" in kinds
+        if "pdq" in kinds:
+            inputs = dataclasses.replace(inputs, pdq_distance=_max_distance(con, blocklist_path))
         meta = index.current(settings.work, name, input_fingerprint, md5=md5)
         reused = meta is not None
         if meta is None:
@@ -191,8 +205,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
             meta = index.build(con, inputs, settings.work, input_fingerprint, counts=counts, md5=md5)
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
-        sidecar_rows, unmatched_keys = (
-            con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0)
+        sidecar_rows, unmatched_keys, low_quality = (
+            con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0, 0)
         )
         index_path = index.paths(settings.work, name)[0]
         candidates = index.candidates(
@@ -239,14 +253,66 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "removed_by_category": _count_by(removals, "category"),
         "removed_by_kind_source_category": _count_by(removals, "kind", "source", "category"),
         "removed_by_match": _count_by(removals, "match"),
+        "rules": removal_rules(settings),
         "sidecar": sidecar_path is not None,
+        "sidecar_input": fingerprints["sidecar_input"],
         "sidecar_rows": sidecar_rows,
         "sidecar_unmatched_keys": unmatched_keys,
+        "pdq_low_quality_rows": low_quality,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
     }
     storage.write_json_atomic(stats, work.stats("removals", name))
     return stats
+
+
+def _max_distance(con, blocklist_path: str) -> int:
+    """The largest match distance of the list's pdq entries: how far a probe of the near match must reach."""
+    sql = f"SELECT max(distance) FROM read_parquet({matching.sql_string(blocklist_path)}) WHERE kind = 'pdq'"
+    return int(con.execute(sql).fetchall()[0][0])
+
+
+def removal_rules(settings: Settings) -> dict:
+    """The settings besides the lists that decide what a shard's removals are (the keyword rule)."""
+    keywords = storage.read_text(settings.keywords) if settings.keywords else ""
+    return {
+        "research_threshold": settings.research_threshold,
+        "keywords_sha256": hashlib.sha256(keywords.encode("utf-8")).hexdigest(),
+        "unsafe_tags": settings.unsafe_tags,
+    }
+
+
+def settings_changed(settings: Settings, name: str) -> str:
+    """Why a shard's outputs were made with other settings than `settings` (empty when they were not)."""
+    try:
+        removals, safe = read_stats(settings, "removals", name), read_stats(settings, RESEARCH_SAFE, name)
+    except StageError as error:
+        return str(error)
+    if removals.get("rules") != removal_rules(settings):
+        return "matched with another keyword rule (research threshold, keywords or unsafe tags)"
+    if safe.get("safe_threshold") != settings.safe_threshold or safe.get("missing_score") != settings.missing_score:
+        return "research-safe was written with another safe threshold or missing-score rule"
+    return ""
+
+
+def input_fingerprints(settings: Settings, name: str) -> dict:
+    """What a shard's removals are computed from on disk: the shard file and its image-hash sidecar (or None)."""
+    shard = shards.resolve(settings.shards, name)
+    sidecar = storage.join(settings.sidecars, shard.file_name) if settings.sidecars else None
+    return {
+        "input": fingerprint(shard.path),
+        "sidecar_input": fingerprint(sidecar) if sidecar and storage.exists(sidecar) else None,
+    }
+
+
+def inputs_changed(settings: Settings, name: str, removals: dict) -> str:
+    """Why the shard or its image-hash sidecar is not what its removals were computed from (empty if it is)."""
+    current = input_fingerprints(settings, name)
+    if current["input"] != removals["input"]:
+        return "input shard changed since it was matched"
+    if current["sidecar_input"] != removals.get("sidecar_input"):
+        return "image-hash sidecar added, changed or removed since the shard was matched"
+    return ""
 
 
 def stale_shards(settings: Settings, names: list[str]) -> list[str]:
@@ -266,9 +332,12 @@ IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256")
 
 
 def _delta_sql(old_path: str, new_path: str) -> str:
-    """SQL: the entries (kind, value, source, category) one list version has and the other has not."""
+    """SQL: the entries (kind, value, source, category, distance) one list version has and the other has not
+    (a list written before pdq entries existed has no distance column: null there)."""
     old, new = (
-        f"SELECT kind, value, source, category FROM read_parquet({matching.sql_string(p)})"
+        f"SELECT kind, value, source, category, "
+        f"{'distance' if 'distance' in shards.open_parquet(p).schema_arrow.names else 'NULL'}::SMALLINT AS distance "
+        f"FROM read_parquet({matching.sql_string(p)})"
         for p in (old_path, new_path)
     )
     return f"(({old}) EXCEPT ({new})) UNION ALL (({new}) EXCEPT ({old}))"
@@ -283,8 +352,9 @@ def _has_kind(con, list_path: str, kind: str) -> bool:
 
 def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str]) -> str:
     """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot."""
-    if kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS):
-        return f"the change has entries of kind {', '.join(sorted(kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS)))}"
+    unknown = kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS) - {"pdq"}
+    if unknown:
+        return f"the change has entries of kind {', '.join(sorted(unknown))}"
     if kinds & set(URL_DERIVED_KINDS):
         rows = index.candidates(con, index.paths(settings.work, name)[0], f"SELECT * FROM {delta}")
         if rows.size:
@@ -302,6 +372,18 @@ def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str
         ).fetchall()
         if hits:
             return "an image hash of its sidecar is a changed entry"
+    if sidecar_path and "pdq" in kinds and "pdq" in columns:
+        quality = f"coalesce(pdq_quality >= {pdq.MIN_QUALITY}, true)" if "pdq_quality" in columns else "true"
+        queries = (
+            f"SELECT row_number() OVER () AS qid, lower(CAST(pdq AS VARCHAR)) AS pdq "
+            f"FROM read_parquet({matching.sql_string(sidecar_path)}) "
+            f"WHERE regexp_full_match(lower(CAST(pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND {quality}"
+        )
+        entries = f"SELECT row_number() OVER () AS eid, value AS pdq, distance FROM {delta} WHERE kind = 'pdq'"
+        (reach,) = con.execute(f"SELECT max(distance) FROM {delta} WHERE kind = 'pdq'").fetchall()[0]
+        near = pdq.near_matches_sql(queries, entries, int(reach))
+        if con.execute(f"SELECT count(*) FROM ({near})").fetchall()[0][0]:
+            return "a PDQ hash of its sidecar is near a changed entry"
     return ""
 
 
@@ -338,7 +420,7 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
             elif not storage.exists(old_path):
                 touched[name] = f"list version {old} is no longer kept"
             elif (
-                fingerprint(shard.path) != chain["removals"]["input"]
+                inputs_changed(settings, name, chain["removals"])
                 or index.current(
                     settings.work, name, chain["removals"]["input"], md5=_has_kind(con, current_path, "url_md5")
                 )
@@ -434,6 +516,7 @@ def write_research_safe(settings: Settings, name: str) -> dict:
         "research_sha256": research_stats["sha256"],
         "score": roles.punsafe or roles.nsfw or "none",
         "safe_threshold": settings.safe_threshold,
+        "missing_score": settings.missing_score,
         "rows_in": result.rows_in,
         "rows_dropped_unsafe": result.rows_in - result.rows_out,
         "rows_out": result.rows_out,

@@ -87,8 +87,9 @@ def _stale(settings: Settings, name: str, version: str, removals: dict, research
     work = Work(settings.work)
     if any(stats["blocklist_version"] != version for stats in (removals, research, safe)):
         return f"matched against blocklist {removals['blocklist_version']}, current is {version}"
-    if pipeline.fingerprint(shards.resolve(settings.shards, name).path) != removals["input"]:
-        return "input shard changed since it was matched"
+    changed = pipeline.inputs_changed(settings, name, removals)
+    if changed:
+        return changed
     if storage.size_and_sha256(work.removals(name))[1] != research["removals_sha256"]:
         return "research was written from an older removals table"
     if research["sha256"] != safe["research_sha256"]:

@@ -2,6 +2,7 @@
 
 import hashlib
 
+import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -45,3 +46,15 @@ def two_shards(tmp_path, monkeypatch):
         )
 
     return make
+
+
+def sensor_requests(defs: dg.Definitions, instance: dg.DagsterInstance, sensor_name: str) -> list[dg.RunRequest]:
+    """The run requests one tick of a sensor of `defs` makes on `instance`."""
+    sensor = defs.resolve_sensor_def(sensor_name)
+    with (
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+        dg.build_sensor_context(
+            instance=instance, resources=defs.resources, repository_def=defs.get_repository_def()
+        ) as context,
+    ):
+        return list(sensor.evaluate_tick(context).run_requests)

@@ -322,7 +322,7 @@ def test_sidecar_without_key_column_fails_naming_it(settings):
     write_shard(settings, "part", relaion_table([FINE_URL]))
     sidecar = write_sidecar(settings, "part", pa.table({"row": ["k0"], "md5": [hashlib.md5(IMAGE).hexdigest()]}))
     assert fails(settings, "part") == (
-        f"{sidecar}: image-hash sidecar has no 'key' column (expected key plus md5/sha1/sha256)"
+        f"{sidecar}: image-hash sidecar has no 'key' column (expected key plus md5/sha1/sha256/pdq)"
     )
 
 
@@ -434,7 +434,9 @@ def test_first_bad_line_of_a_mixed_list_is_the_one_reported(tmp_path):
 def test_quoted_csv_fields_are_read_and_a_bad_quoted_category_is_named(tmp_path):
     write_list(tmp_path, "src/a.csv", f'"kind","value","category"\n"url_sha256"," {SHA.upper()} ","csam"\n')
     merged = blocklists.load(str(tmp_path))
-    assert merged.table.to_pylist() == [{"kind": "url_sha256", "value": SHA, "source": "src", "category": "csam"}]
+    assert merged.table.to_pylist() == [
+        {"kind": "url_sha256", "value": SHA, "source": "src", "category": "csam", "distance": None}
+    ]
     write_list(tmp_path, "src/a.csv", f'kind,value,category\nurl_sha256,{SHA},"csam,privacy"\n')
     assert list_error(tmp_path) == "src/a.csv:2: category 'csam,privacy' must be letters, digits, '-', '_' or '.'"
 

@@ -9,6 +9,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import sensor_requests
 
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
@@ -143,14 +144,7 @@ def test_blocklist_asset_records_verified_shards_and_the_sensor_runs_only_touche
     metadata = result.asset_materializations_for_node("blocklist")[-1].metadata
     assert metadata["shards_verified_unchanged"].value == 1
     assert metadata["shards_to_rematch"].value == 1
-    sensor = defs.resolve_sensor_def("blocklist_version_sensor")
-    with (
-        dg.partition_loading_context(dynamic_partitions_store=instance),
-        dg.build_sensor_context(
-            instance=instance, resources=defs.resources, repository_def=defs.get_repository_def()
-        ) as context,
-    ):
-        requests = sensor.evaluate_tick(context).run_requests
+    requests = sensor_requests(defs, instance, "blocklist_version_sensor")
     assert [r.partition_key for r in requests] == ["one"]
     assert Path(pipeline.Work(settings.work).variant("research", "two")).read_bytes() == two_research
 
