@@ -1,4 +1,4 @@
-"""`relaion`: generate demo data, run the whole job, verify a release.
+"""`relaion`: generate demo data, hash downloaded images, run the whole job, verify a release.
 
 `relaion run` goes through the Dagster definitions in `assets/` (imported only by that command), so a run from
 the terminal and a run from the UI are the same runs, in the same instance.
@@ -94,6 +94,25 @@ def _clean(args) -> int:
     return 0
 
 
+def _hash_images(args) -> int:
+    from relaion_pipeline import images
+
+    settings = Settings.from_env(shards=args.shards)
+    progress = functools.partial(print, flush=True)
+    results = images.hash_tars(args.images, args.out, workers=args.workers, progress=progress)
+    written = images.write_sidecars(settings, args.out, progress=progress)
+    failed = [r for r in results if r.errors]
+    totals = {k: sum(getattr(r, k) for r in results) for k in ("images", "corrupt", "failed_downloads", "without_url")}
+    print(
+        f"{totals['images']:,} images hashed ({totals['corrupt']:,} corrupt: byte hashes only,"
+        f" {totals['failed_downloads']:,} failed downloads, {totals['without_url']:,} without url);"
+        f" {len(written)} sidecars, {sum(written.values()):,} rows under {args.out}"
+    )
+    for result in failed:
+        print(f"error: {result.errors[0]}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="relaion", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -125,6 +144,21 @@ def parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="re-run every shard, also those up to date for the current lists"
     )
     run.set_defaults(handler=_run)
+
+    hashing = commands.add_parser(
+        "hash-images",
+        help="md5, sha1, sha256 and PDQ of downloaded images (img2dataset output) as per-shard sidecars",
+        formatter_class=defaults,
+    )
+    hashing.add_argument("--images", required=True, help="img2dataset output: webdataset .tar files (+ .parquet)")
+    hashing.add_argument(
+        "--out", required=True, help="where the sidecars go (<out>/<shard>.parquet): the sidecars location"
+    )
+    hashing.add_argument(
+        "--shards", default=None, help=f"the metadata shards to key the sidecars by (default: {base.shards})"
+    )
+    hashing.add_argument("--workers", type=int, default=0, help="processes hashing tars at once (0: one per core)")
+    hashing.set_defaults(handler=_hash_images)
 
     clean = commands.add_parser(
         "clean", help="clean an old copy of the dataset with a release", formatter_class=defaults

@@ -1,0 +1,184 @@
+"""PDQ near matching: exactly the brute-force answer, robust to the edits copies go through, and lists that
+carry a match distance per source."""
+
+import json
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from relaion_pipeline import blocklists, checks, demo_images, images, pdq, pipeline
+from relaion_pipeline.settings import Settings
+
+
+def _flip(hex_hash: str, bits, rng) -> str:
+    value = bytearray(bytes.fromhex(hex_hash))
+    for bit in rng.choice(256, bits, replace=False):
+        value[bit // 8] ^= 1 << (bit % 8)
+    return value.hex()
+
+
+def _hashes(rng, n: int) -> list[str]:
+    return [rng.bytes(32).hex() for _ in range(n)]
+
+
+def _near(queries: list[str], entries: list[str], distances: np.ndarray) -> set[tuple[int, int, int]]:
+    con = duckdb.connect()
+    con.register("q", pa.table({"qid": np.arange(len(queries)), "pdq": queries}))
+    con.register("e", pa.table({"eid": np.arange(len(entries)), "pdq": entries, "distance": distances}))
+    sql = pdq.near_matches_sql("SELECT * FROM q", "SELECT * FROM e", int(distances.max()))
+    return set(con.sql(sql).fetchall())
+
+
+def test_near_matching_equals_brute_force_on_20k_by_20k_hashes():
+    rng = np.random.default_rng(7)
+    entries, queries = _hashes(rng, 20_000), _hashes(rng, 20_000)
+    for i in range(3_000):  # copies at every distance from 0 to 47 bits, around all three limits
+        queries[i] = _flip(entries[(i * 7) % len(entries)], i % 48, rng)
+    distances = rng.choice(np.array([15, 31, 40], dtype=np.int32), size=len(entries))
+
+    found = _near(queries, entries, distances)
+    expected = pdq.brute_force(pdq.to_words(queries), pdq.to_words(entries), distances)
+
+    assert found == expected
+    within = {d for _, _, d in found}
+    assert len(found) > 1_000 and max(within) == 40 and 0 in within, "every distance up to the largest limit"
+
+
+def test_a_pair_at_the_limit_matches_and_one_bit_more_does_not():
+    rng = np.random.default_rng(1)
+    entry = _hashes(rng, 1)[0]
+    at, beyond = _flip(entry, 31, rng), _flip(entry, 32, rng)
+    assert _near([at, beyond], [entry], np.array([31], dtype=np.int32)) == {(0, 0, 31)}
+
+
+def test_edited_copies_still_match_and_unrelated_pictures_do_not():
+    originals = [demo_images.picture(seed) for seed in range(60)]
+    hashes = [images.pdq_of(p)[0] for p in originals]
+    words = pdq.to_words(hashes)
+    for edit, transform in demo_images.TRANSFORMS.items():
+        copies = pdq.to_words([images.pdq_of(transform(p))[0] for p in originals])
+        distance = sum(np.bitwise_count(words[:, w] ^ copies[:, w]).astype(int) for w in range(4))
+        assert np.mean(distance <= pdq.DEFAULT_DISTANCE) >= 0.95, (edit, distance.tolist())
+    unrelated = pdq.brute_force(words, words, np.full(len(hashes), pdq.DEFAULT_DISTANCE, dtype=np.int32))
+    assert unrelated == {(i, i, 0) for i in range(len(hashes))}, "no two different pictures are within 31 bits"
+
+
+def test_the_hex_form_is_threatexchanges_big_endian_bit_string():
+    bits = np.zeros(256, dtype=np.uint8)
+    bits[0] = bits[255] = 1
+    assert pdq.hex_of_bits(bits) == "8" + "0" * 62 + "1"
+    assert pdq.to_words([pdq.hex_of_bits(bits)]).tolist() == [[1 << 63, 0, 0, 1]]
+
+
+def _write_list(root, source: str, hashes: list[str], config: dict | None = None):
+    folder = root / source
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pdq.txt").write_text("\n".join(hashes) + "\n")
+    if config is not None:
+        (folder / "source.json").write_text(json.dumps(config))
+
+
+def test_each_source_carries_its_distance_and_a_change_of_distance_is_a_new_version(tmp_path):
+    rng = np.random.default_rng(3)
+    _write_list(tmp_path, "strict", _hashes(rng, 3), {"pdq_distance": 12})
+    _write_list(tmp_path, "default", _hashes(rng, 2))
+    (tmp_path / "urls").mkdir()
+    (tmp_path / "urls" / "domain.txt").write_text("example.org\n")
+
+    merged = blocklists.load(str(tmp_path))
+    rows = merged.table.to_pylist()
+    assert {(r["source"], r["distance"]) for r in rows if r["kind"] == "pdq"} == {("strict", 12), ("default", 31)}
+    assert [r["distance"] for r in rows if r["kind"] == "domain"] == [None]
+
+    (tmp_path / "strict" / "source.json").write_text(json.dumps({"pdq_distance": 20}))
+    assert blocklists.load(str(tmp_path)).version != merged.version
+
+
+def test_a_source_config_without_pdq_entries_leaves_the_version_as_it_was(tmp_path):
+    (tmp_path / "urls").mkdir()
+    (tmp_path / "urls" / "domain.txt").write_text("example.org\n")
+    before = blocklists.load(str(tmp_path)).version
+    (tmp_path / "urls" / "source.json").write_text(json.dumps({"pdq_distance": 20}))
+    assert blocklists.load(str(tmp_path)).version == before
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ('{"pdq_distance": 64}', "pdq_distance is 64, expected a whole number of bits from 0 to 63"),
+        ('{"pdq_distance": "31"}', "pdq_distance is '31', expected a whole number of bits from 0 to 63"),
+        ('{"distance": 31}', "unknown setting(s) distance: expected only pdq_distance"),
+        ("{pdq_distance: 31", "not valid JSON"),
+    ],
+)
+def test_a_bad_source_config_is_named(tmp_path, config, expected):
+    _write_list(tmp_path, "partner", _hashes(np.random.default_rng(0), 1))
+    (tmp_path / "partner" / "source.json").write_text(config)
+    with pytest.raises(blocklists.BlocklistError) as error:
+        blocklists.load(str(tmp_path))
+    assert str(error.value).startswith("partner/source.json: ") and expected in str(error.value)
+
+
+def test_a_pdq_value_of_the_wrong_length_is_named_with_its_line(tmp_path):
+    _write_list(tmp_path, "partner", ["ab" * 32, "ab" * 31])
+    with pytest.raises(blocklists.BlocklistError, match=r"partner/pdq.txt:2: pdq value has 62 characters, expected 64"):
+        blocklists.load(str(tmp_path))
+
+
+@pytest.fixture
+def pdq_shard(tmp_path):
+    """A 600-row shard whose sidecar holds random PDQ hashes, some near the entries of a partner list, some of
+    them with a quality too low to be matched."""
+    rng = np.random.default_rng(5)
+    n = 600
+    side, entries = _hashes(rng, n), _hashes(rng, 200)
+    for i in range(60):
+        side[i * 9] = _flip(entries[i], i % 40, rng)
+    quality = np.full(n, 90, dtype=np.int16)
+    quality[::5] = 20
+    (tmp_path / "in" / "shards").mkdir(parents=True)
+    (tmp_path / "in" / "sidecars").mkdir()
+    keys = [f"row-{i}" for i in range(n)]
+    urls = [f"http://img{i}.example.com/p.jpg" for i in range(n)]
+    pq.write_table(pa.table({"key": keys, "url": urls, "caption": ["a picture"] * n}), tmp_path / "in/shards/s.parquet")
+    sidecar = pa.table({"key": keys, "pdq": side, "pdq_quality": quality})
+    pq.write_table(sidecar, tmp_path / "in/sidecars/s.parquet")
+    _write_list(tmp_path / "in" / "blocklists", "ncmec", entries, {"pdq_distance": 25})
+    settings = Settings.layout(tmp_path / "in", tmp_path / "out")
+    expected = {
+        (keys[q], d)
+        for q, _, d in pdq.brute_force(pdq.to_words(side), pdq.to_words(entries), np.full(200, 25, dtype=np.int32))
+        if quality[q] >= pdq.MIN_QUALITY
+    }
+    return settings, expected, int((quality < pdq.MIN_QUALITY).sum())
+
+
+def test_a_shard_loses_exactly_the_rows_near_a_listed_hash_with_their_distance(pdq_shard):
+    settings, expected, low_quality = pdq_shard
+    pipeline.build_blocklist(settings)
+    stats = pipeline.compute_removals(settings, "s")
+
+    removals = pq.read_table(pipeline.Work(settings.work).removals("s")).to_pylist()
+    assert {(r["row_key"], r["distance"]) for r in removals} == expected
+    assert {(r["kind"], r["source"], r["match"]) for r in removals} == {("pdq", "ncmec", "image-near")}
+    assert stats["pdq_low_quality_rows"] == low_quality and stats["rows_removed"] == len(expected)
+    assert 10 < len(expected) < 60, "some planted copies are beyond 25 bits or of low quality"
+
+
+def test_the_research_check_catches_a_published_near_copy(pdq_shard):
+    settings, expected, _ = pdq_shard
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "s")
+    pipeline.write_research(settings, "s")
+    assert all(o.success for o in checks.check_research(settings, "s"))
+
+    research = pipeline.Work(settings.work).variant("research", "s")
+    pq.write_table(pq.read_table(settings.shards + "/s.parquet"), research)  # as if nothing had been removed
+    outcome = next(o for o in checks.check_research(settings, "s") if o.suite == checks.RESEARCH_NO_MATCH)
+    assert not outcome.success
+    assert outcome.statistics["pdq_audited_rows"] == 480, "every row of good quality, the shard being small"
+    shown = json.dumps([f.__dict__ for f in outcome.failures])
+    assert any(key in shown for key, _ in expected) and "http://" not in shown
