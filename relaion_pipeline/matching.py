@@ -2,7 +2,7 @@
 
 One query per shard: canonicalize every URL, expand it to its lookup expressions, hash them, and join the hashes
 with the list; domains join on every suffix of the host, image hashes through the shard's sidecar (PDQ hashes
-within the source's distance, see `relaion_pipeline.pdq`), and the research keyword rule is a filter on score
+within the source's distance, see `relaion_pipeline.near_matching`), and the research keyword rule is a filter on score
 and caption. The result is the removals table: row number, row key, kind, source, category, the matching hash
 (the list value), the scope it hit (`url`, `path`, `host`, `image`, `image-near` or `caption`) and, for PDQ,
 the distance. It never holds a URL, an expression's text or a caption.
@@ -244,12 +244,7 @@ def keyword_pattern(path: str) -> str | None:
     return r"(?i)(?:^|[^\pL\pN_])(?:" + "|".join(escaped) + r")(?:[^\pL\pN_]|$)"
 
 
-PDQ_SQL = """pdq_queries AS (
-        SELECT row_number AS qid, row_number, row_key, pdq FROM sidecar
-        WHERE regexp_full_match(pdq, '[0-9a-f]{{64}}') AND coalesce(pdq_quality >= {quality}, true)
-    ),
-    pdq_list AS (SELECT row_number() OVER (ORDER BY value, source, category) AS eid, * FROM bl WHERE kind = 'pdq'),
-    pdq_near AS ({near})"""
+PDQ_MATCHES = "relaion_pdq_matches"  # the near matches of `near_matching.shard_matches`, registered by name
 
 
 @dataclass(frozen=True)
@@ -262,7 +257,6 @@ class MatchInputs:
     blocklist_path: str
     sidecar_path: str | None  # None: no sidecar for this shard
     sidecar_columns: tuple[str, ...] = ()  # which of md5/sha1/sha256/pdq/pdq_quality the sidecar has
-    pdq_distance: int = pdq.DEFAULT_DISTANCE  # the largest match distance of the list's pdq entries
 
 
 def unsafe_condition(roles: schemas.Roles, threshold: float, settings: Settings) -> str | None:
@@ -328,18 +322,9 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
             selects.append(f"""
         SELECT s.row_number, s.row_key, b.kind, b.source, b.category, b.value AS hash, 'image' AS match, NULL::SMALLINT
         FROM sidecar s JOIN bl b ON b.kind = '{kind}' AND b.value = s.{column}""")
-    if inputs.sidecar_path and near:
-        parts.append(
-            PDQ_SQL.format(
-                near=pdq.near_matches_sql(
-                    "SELECT * FROM pdq_queries", "SELECT eid, value AS pdq, distance FROM pdq_list", inputs.pdq_distance
-                ),
-                quality=pdq.MIN_QUALITY,
-            )
-        )
-        selects.append("""
-        SELECT q.row_number, q.row_key, 'pdq', b.source, b.category, b.value, 'image-near', n.distance::SMALLINT
-        FROM pdq_near n JOIN pdq_queries q ON q.qid = n.qid JOIN pdq_list b ON b.eid = n.eid""")
+    if inputs.sidecar_path and near:  # found by the compiled multi-index (near_matching), registered beforehand
+        selects.append(f"""
+        SELECT row_number, row_key, kind, source, category, hash, match, distance FROM {PDQ_MATCHES}""")
     pattern = keyword_pattern(settings.keywords)
     unsafe = unsafe_condition(roles, settings.research_threshold, settings)
     if pattern and unsafe and roles.caption:
@@ -360,10 +345,24 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
     ORDER BY ALL"""
 
 
+def _run(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], sql: str) -> pa.Table:
+    """Run a removals query, with the shard's PDQ near matches registered first when the list has pdq entries."""
+    near = "pdq" in kinds and inputs.sidecar_path is not None and "pdq" in inputs.sidecar_columns
+    if near:
+        from relaion_pipeline import near_matching
+
+        con.register(PDQ_MATCHES, near_matching.shard_matches(con, inputs))
+    try:
+        table = con.sql(sql).to_arrow_table()
+    finally:
+        if near:
+            con.unregister(PDQ_MATCHES)
+    return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+
+
 def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings) -> pa.Table:
     """The removals table of one shard (see the module docstring)."""
-    table = con.sql(removals_sql(inputs, kinds, settings)).to_arrow_table()
-    return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+    return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings))
 
 
 def match_candidates(
@@ -373,10 +372,9 @@ def match_candidates(
     domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal."""
     con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
     try:
-        table = con.sql(removals_sql(inputs, kinds, settings, "relaion_candidates")).to_arrow_table()
+        return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings, "relaion_candidates"))
     finally:
         con.unregister("relaion_candidates")
-    return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
 
 
 def shard_counts_sql(inputs: MatchInputs) -> str:

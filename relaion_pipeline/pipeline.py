@@ -7,7 +7,6 @@ metadata. Nothing here imports Dagster, so every stage runs the same from the CL
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -195,8 +194,6 @@ def compute_removals(settings: Settings, name: str) -> dict:
             ).fetchall()
         }
         md5 = "url_md5" in kinds
-        if "pdq" in kinds:
-            inputs = dataclasses.replace(inputs, pdq_distance=_max_distance(con, blocklist_path))
         meta = index.current(settings.work, name, input_fingerprint, md5=md5)
         reused = meta is not None
         if meta is None:
@@ -264,12 +261,6 @@ def compute_removals(settings: Settings, name: str) -> dict:
     }
     storage.write_json_atomic(stats, work.stats("removals", name))
     return stats
-
-
-def _max_distance(con, blocklist_path: str) -> int:
-    """The largest match distance of the list's pdq entries: how far a probe of the near match must reach."""
-    sql = f"SELECT max(distance) FROM read_parquet({matching.sql_string(blocklist_path)}) WHERE kind = 'pdq'"
-    return int(con.execute(sql).fetchall()[0][0])
 
 
 def removal_rules(settings: Settings) -> dict:
