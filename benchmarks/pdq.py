@@ -6,7 +6,8 @@
    the pipeline's compiled multi-index, the same multi-index as one DuckDB join, numpy brute force, FAISS IndexBinaryFlat (brute force in C++) and
    FAISS IndexBinaryMultiHash (16 x 16-bit hash tables, one flipped bit: Meta's HMA's index). The slow ones run
    on a sample of the queries; every method's answer on that sample must be the same.
-2. The pipeline's `removals` stage on a shard whose sidecar holds `--queries` PDQ hashes, against that list.
+2. The pipeline's `removals` stage on a shard of `--stage-rows` rows whose sidecar holds a PDQ hash per row,
+   against that list (time and peak RSS of the stage's process).
 3. `relaion hash-images` throughput over generated downloads (`--images` pictures, all cores).
 4. Robustness: how many edited copies stay within 31 bits of their original, and how many pairs of unrelated
    pictures fall within it.
@@ -24,6 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from stages import in_child
 
 from relaion_pipeline import demo_images, images, pdq, pipeline
 from relaion_pipeline.pdq_index import PdqIndex
@@ -99,26 +101,29 @@ def matching(entries: np.ndarray, queries: np.ndarray, sample: int) -> list[dict
     return results, len(found)
 
 
-def pipeline_stage(entries: np.ndarray, queries: np.ndarray, root: Path) -> dict:
-    n = len(queries)
+def pipeline_stage(entries: np.ndarray, rows: int, root: Path) -> dict:
+    """The `removals` stage of a shard of `rows` rows whose sidecar has a PDQ hash on every row (1% of them
+    near a list entry), against the list; in a forked process, for its own peak RSS."""
+    rng = np.random.default_rng(1)
+    queries = _random_hashes(rng, rows)
+    _plant(rng, queries, entries, 0.01)
     (root / "in" / "shards").mkdir(parents=True)
     (root / "in" / "sidecars").mkdir()
     (root / "in" / "blocklists" / "partner").mkdir(parents=True)
-    keys = [f"k{i}" for i in range(n)]
-    pq.write_table(pa.table({"key": keys, "url": [f"http://h{i}.example.com/i.jpg" for i in range(n)], "caption": keys}),
-                   root / "in" / "shards" / "s.parquet")  # fmt: skip
-    pq.write_table(pa.table({"key": keys, "pdq": _hex(queries), "pdq_quality": np.full(n, 90, np.int16)}),
-                   root / "in" / "sidecars" / "s.parquet")  # fmt: skip
+    keys = pa.array([f"k{i}" for i in range(rows)])
+    urls = pa.array([f"http://h{i}.example.com/i.jpg" for i in range(rows)])
+    pq.write_table(pa.table({"key": keys, "url": urls, "caption": keys}), root / "in" / "shards" / "s.parquet")
+    sidecar = pa.table({"key": keys, "pdq": _hex(queries), "pdq_quality": np.full(rows, 90, np.int16)})
+    pq.write_table(sidecar, root / "in" / "sidecars" / "s.parquet")
+    del queries, sidecar
     (root / "in" / "blocklists" / "partner" / "pdq.txt").write_text("\n".join(_hex(entries)) + "\n")
     settings = Settings.layout(root / "in", root / "out")
-    started = time.perf_counter()
-    pipeline.build_blocklist(settings)
-    blocklist = time.perf_counter() - started
-    started = time.perf_counter()
-    stats = pipeline.compute_removals(settings, "s")
-    seconds = time.perf_counter() - started
-    return {"blocklist_seconds": blocklist, "removals_seconds": seconds, "rows_removed": stats["rows_removed"],
-            "per_second": n / seconds}  # fmt: skip
+    blocklist, blocklist_rss = in_child(lambda: pipeline.build_blocklist(settings))
+    seconds, rss = in_child(lambda: pipeline.compute_removals(settings, "s"))
+    stats = pipeline.read_stats(settings, "removals", "s")
+    return {"rows": rows, "blocklist_seconds": round(blocklist, 2), "removals_seconds": round(seconds, 2),
+            "removals_peak_rss_mib": round(rss), "rows_removed": stats["rows_removed"],
+            "rows_per_second": round(rows / seconds)}  # fmt: skip
 
 
 def hashing(count: int, root: Path) -> dict:
@@ -148,22 +153,24 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=2_000, help="queries given to the slow methods")
+    parser.add_argument("--stage-rows", type=int, default=2_000_000, help="rows of the shard of the removals run")
     parser.add_argument("--images", type=int, default=4_000)
     parser.add_argument("--pictures", type=int, default=300, help="pictures for the robustness rates")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     entries, queries = _random_hashes(rng, args.entries), _random_hashes(rng, args.queries)
     _plant(rng, queries, entries, 0.01)
+    with tempfile.TemporaryDirectory() as scratch:  # the forking parts first: FAISS's OpenMP forbids fork after it
+        stage = pipeline_stage(entries, args.stage_rows, Path(scratch) / "stage")
+        hashed = hashing(args.images, Path(scratch) / "images")
     results, found = matching(entries, queries, min(args.sample, args.queries))
     print(f"| near matching, {args.entries:,} entries, distance 31 | queries | seconds | hashes/s |")
     print("|---|---:|---:|---:|")
     for r in results:
         print(f"| {r['method']} | {r['queries']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f} |")
     print(f"({found:,} pairs found for the {args.queries:,} queries; every method agrees on the sample)")
-    with tempfile.TemporaryDirectory() as scratch:
-        stage = pipeline_stage(entries, queries, Path(scratch) / "stage")
-        print(f"\nremovals stage: {json.dumps(stage)}")
-        print(f"hash-images: {json.dumps(hashing(args.images, Path(scratch) / 'images'))}")
+    print(f"\nremovals stage: {json.dumps(stage)}")
+    print(f"hash-images: {json.dumps(hashed)}")
     print(f"robustness: {json.dumps(robustness(args.pictures), indent=1)}")
 
 

@@ -14,6 +14,7 @@ Memory: 352 bytes per entry (352 MB for 1M entries), plus ~300 bytes per query o
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -22,6 +23,11 @@ from numba import types
 from numba.extending import intrinsic
 
 from relaion_pipeline import pdq
+
+# numba's own thread pool, not OpenMP: a process that ran the kernel can still fork (hash-images' workers, a
+# Celery prefork pool) and the children can run it too. It allows one parallel launch at a time: hence the lock.
+numba.config.THREADING_LAYER = "workqueue"
+_LAUNCH = threading.Lock()
 
 MASKS_BY_RADIUS = {
     r: np.array([m for m in range(1 << pdq.SLOT_BITS) if m.bit_count() <= r], dtype=np.int64) for r in range(4)
@@ -108,10 +114,11 @@ class PdqIndex:
         query_order = np.argsort(slots, axis=1, kind="stable")
         capacity = 4096  # matches one (slot, mask) task may hold; 272 tasks x 4096 x 18 bytes = 20 MB
         while True:
-            fq, fe, fd, counts = _search(
-                queries, query_order, slots, self.head, self.order, self.offsets, self.words, self.limits,
-                masks, np.uint64(reach), capacity,
-            )  # fmt: skip
+            with _LAUNCH:
+                fq, fe, fd, counts = _search(
+                    queries, query_order, slots, self.head, self.order, self.offsets, self.words, self.limits,
+                    masks, np.uint64(reach), capacity,
+                )  # fmt: skip
             if counts.max() <= capacity:
                 break
             capacity = int(counts.max())  # many near copies in one batch: again, with room for all of them
