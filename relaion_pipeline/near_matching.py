@@ -8,6 +8,9 @@ Memory: the list's index (352 bytes an entry) plus one batch.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -18,6 +21,7 @@ from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.schemas import sql_string
 
 BATCH_ROWS = 262_144
+log = logging.getLogger(__name__)
 
 
 _last: dict[str, tuple[PdqIndex, pa.Table]] = {}  # the index of the list version matched last
@@ -42,22 +46,26 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
 def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
     """Removals rows (row_number, row_key, kind, source, category, hash, match, distance) of the shard's PDQ
     near matches; `inputs` is the shard's `matching.MatchInputs`."""
+    started = time.perf_counter()
     index, entries = list_index(con, inputs.blocklist_path)
+    searched = 0
     quality = f"c.pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
     reader = con.sql(
         f"""WITH src AS (
             SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key
             FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
         )
-        SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
-        FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
-        WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, false)"""
+        SELECT row_number, row_key, {pdq.words_sql("pdq")} FROM (
+            SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
+            FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
+            WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, false)
+        )"""
     ).arrow(BATCH_ROWS)
     found = []
     for batch in reader:
-        hexes = batch.column("pdq")
-        words = np.frombuffer(bytes.fromhex("".join(hexes.to_pylist())), dtype=">u8").astype(np.uint64).reshape(-1, 4)
+        words = np.stack([batch.column(f"h{w}").to_numpy() for w in range(4)], axis=1)
         rows, hits, distances = index.search(words)
+        searched += len(words)
         if rows.size:
             found.append(
                 pa.table(
@@ -69,6 +77,10 @@ def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
                     }
                 )
             )
+    log.info(
+        f"{inputs.shard_name}: {searched:,} PDQ hashes near-matched against {len(entries):,} entries"
+        f" in {time.perf_counter() - started:.1f} s"
+    )
     if not found:
         return _empty()
     matched = pa.concat_tables(found)
