@@ -2,6 +2,7 @@
 carry a match distance per source."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from relaion_pipeline import blocklists, checks, demo_images, images, pdq, pipeline
+from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.settings import Settings
 
 
@@ -32,7 +34,7 @@ def _near(queries: list[str], entries: list[str], distances: np.ndarray) -> set[
     return set(con.sql(sql).fetchall())
 
 
-def test_near_matching_equals_brute_force_on_20k_by_20k_hashes():
+def test_both_near_matchers_equal_brute_force_on_20k_by_20k_hashes():
     rng = np.random.default_rng(7)
     entries, queries = _hashes(rng, 20_000), _hashes(rng, 20_000)
     for i in range(3_000):  # copies at every distance from 0 to 47 bits, around all three limits
@@ -40,9 +42,11 @@ def test_near_matching_equals_brute_force_on_20k_by_20k_hashes():
     distances = rng.choice(np.array([15, 31, 40], dtype=np.int32), size=len(entries))
 
     found = _near(queries, entries, distances)
+    rows, hits, bits = PdqIndex.build(entries, distances).search(pdq.to_words(queries))
     expected = pdq.brute_force(pdq.to_words(queries), pdq.to_words(entries), distances)
 
-    assert found == expected
+    assert found == expected, "the DuckDB join"
+    assert set(zip(rows.tolist(), hits.tolist(), bits.tolist(), strict=True)) == expected, "the compiled index"
     within = {d for _, _, d in found}
     assert len(found) > 1_000 and max(within) == 40 and 0 in within, "every distance up to the largest limit"
 
@@ -52,6 +56,16 @@ def test_a_pair_at_the_limit_matches_and_one_bit_more_does_not():
     entry = _hashes(rng, 1)[0]
     at, beyond = _flip(entry, 31, rng), _flip(entry, 32, rng)
     assert _near([at, beyond], [entry], np.array([31], dtype=np.int32)) == {(0, 0, 31)}
+    rows, hits, bits = PdqIndex.build([entry], np.array([31])).search(pdq.to_words([at, beyond]))
+    assert (rows.tolist(), hits.tolist(), bits.tolist()) == ([0], [0], [31])
+
+
+def test_a_batch_with_more_near_copies_than_a_task_holds_still_finds_them_all():
+    rng = np.random.default_rng(2)
+    entry = _hashes(rng, 1)[0]
+    copies = [_flip(entry, int(k), rng) for k in rng.integers(0, 10, size=5_000)]  # > 4,096 per (slot, mask)
+    rows, hits, _ = PdqIndex.build([entry], np.array([31])).search(pdq.to_words(copies))
+    assert rows.tolist() == list(range(5_000)) and set(hits.tolist()) == {0}
 
 
 def test_edited_copies_still_match_and_unrelated_pictures_do_not():
@@ -182,3 +196,24 @@ def test_the_research_check_catches_a_published_near_copy(pdq_shard):
     assert outcome.statistics["pdq_audited_rows"] == 480, "every row of good quality, the shard being small"
     shown = json.dumps([f.__dict__ for f in outcome.failures])
     assert any(key in shown for key, _ in expected) and "http://" not in shown
+
+
+def test_a_new_pdq_entry_touches_only_the_shard_with_an_image_near_it(pdq_shard):
+    settings, _, _ = pdq_shard
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "s")
+    pipeline.write_research(settings, "s")
+    pipeline.write_research_safe(settings, "s")
+    lists = Path(settings.blocklists)
+    rng = np.random.default_rng(9)
+
+    _write_list(lists, "far", _hashes(rng, 1))  # ~128 bits from every image
+    pipeline.build_blocklist(settings)
+    assert pipeline.verify_untouched(settings, ["s"])["verified"] == ["s"]
+
+    sidecar = pq.read_table(Path(settings.sidecars) / "s.parquet").to_pylist()
+    kept = next(r["pdq"] for r in sidecar[1:] if r["pdq_quality"] >= pdq.MIN_QUALITY)
+    _write_list(lists, "near", [_flip(kept, 30, rng)])
+    pipeline.build_blocklist(settings)
+    update = pipeline.verify_untouched(settings, ["s"])
+    assert update["verified"] == [] and update["touched"] == {"s": "a PDQ hash of its sidecar is near a changed entry"}
