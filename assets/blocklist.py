@@ -5,7 +5,7 @@ import dagster as dg
 from assets.metadata import check_result, from_stats, markdown_table
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import checks, pipeline
+from relaion_pipeline import checks, incremental, pipeline
 
 
 @dg.asset(
@@ -34,7 +34,7 @@ def blocklist(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg
     metadata = from_stats(stats)
     metadata["entries_by_kind_table"] = markdown_table(stats["entries_by_kind"], ("kind", "entries"))
     if all(o.success for o in outcomes):  # never vouch for shards against a list that failed its check
-        update = pipeline.verify_untouched(settings, context.instance.get_dynamic_partitions(shard_partitions.name))
+        update = incremental.verify_untouched(settings, context.instance.get_dynamic_partitions(shard_partitions.name))
         for name, why in update["touched"].items():
             context.log.info(f"shard {name!r} needs a re-match: {why}")
         context.log.info(

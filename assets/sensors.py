@@ -12,7 +12,7 @@ import dagster as dg
 from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import blocklists, pipeline, shards
+from relaion_pipeline import blocklists, incremental, pipeline, shards
 
 
 def build_sensors(shard_job, blocklist_job) -> list:
@@ -48,7 +48,7 @@ def build_sensors(shard_job, blocklist_job) -> list:
         version = asset_event.asset_materialization.metadata.get("version")
         version = version.value if version is not None else asset_event.run_id
         names = context.instance.get_dynamic_partitions(shard_partitions.name)
-        for name in pipeline.stale_shards(relaion.settings(), names):
+        for name in incremental.stale_shards(relaion.settings(), names):
             yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
 
     @dg.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -5,7 +5,7 @@
 Runs the pipeline's stages once on one generated shard (as `stages.py` does), then lays out `--shards` shards
 that share its content by hard links (the shard, its lookup-hash index and its outputs: same bytes, same
 fingerprint, distinct names), adds a partner list of `--change` new entries, rebuilds the blocklist and times
-`pipeline.verify_untouched` over all shards. A full rerun is timed as N x the measured per-shard time.
+`incremental.verify_untouched` over all shards. A full rerun is timed as N x the measured per-shard time.
 Asserts that no output byte of an untouched shard changed.
 """
 
@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from relaion_pipeline import checks, demo, index, pipeline, quality
+from relaion_pipeline import checks, demo, incremental, index, pipeline, quality
 from relaion_pipeline.settings import Settings
 
 NAME = "joined/part-00000"
@@ -86,7 +86,7 @@ def main() -> None:
     pipeline.build_blocklist(settings)
     rebuild = time.perf_counter() - started
     started = time.perf_counter()
-    update = pipeline.verify_untouched(settings, names)
+    update = incremental.verify_untouched(settings, names)
     finding = time.perf_counter() - started
     after = {name: hashlib.sha256(Path(work.variant("research", name)).read_bytes()).hexdigest() for name in names}
     assert after == before, "an untouched shard's output changed"

@@ -14,7 +14,7 @@ from conftest import sensor_requests
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from assets.runner import instance_for
-from relaion_pipeline import checks, pipeline, release
+from relaion_pipeline import checks, incremental, pipeline, release
 from relaion_pipeline.settings import Settings
 
 SHARED = "http://shared.example.com/common/a.jpg"
@@ -70,7 +70,7 @@ def test_only_touched_shards_are_rematched(settings):
 
     _write_list(Path(settings.blocklists).parent, "new-partner", ["only-one.example.org/pics/"])
     version = pipeline.build_blocklist(settings)["version"]
-    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+    update = incremental.verify_untouched(settings, list(ONLY_IN))
 
     assert list(update["touched"]) == ["one"]
     assert "1 rows may match a changed URL or domain entry" in update["touched"]["one"]
@@ -79,7 +79,7 @@ def test_only_touched_shards_are_rematched(settings):
     for stage in ("removals", "research", "research-safe"):
         stats = pipeline.read_stats(settings, stage, "two")
         assert stats["blocklist_version"] == version and stats["verified_from"] == old_version
-    assert pipeline.stale_shards(settings, list(ONLY_IN)) == ["one"]
+    assert incremental.stale_shards(settings, list(ONLY_IN)) == ["one"]
     ready, held_back = release.plan(settings, list(ONLY_IN))
     assert list(ready) == ["two"] and "matched against blocklist" in held_back["one"]
 
@@ -96,7 +96,7 @@ def test_removing_an_entry_touches_the_shards_it_matched(settings):
     _write_list(Path(settings.blocklists).parent, "base", ["only-two.example.org/"])  # shared URL unblocked
 
     pipeline.build_blocklist(settings)
-    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+    update = incremental.verify_untouched(settings, list(ONLY_IN))
 
     assert sorted(update["touched"]) == ["one", "two"], "both shards held the URL that is no longer listed"
     assert update["verified"] == []
@@ -110,7 +110,7 @@ def test_a_changed_input_or_a_missing_index_is_always_rematched(settings):
     _write_list(Path(settings.blocklists).parent, "other-partner", ["nowhere.example/"])
 
     pipeline.build_blocklist(settings)
-    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+    update = incremental.verify_untouched(settings, list(ONLY_IN))
 
     assert update["verified"] == ["one"]
     assert update["touched"] == {"two": "its input changed or has no current lookup-hash index"}
@@ -123,7 +123,7 @@ def test_a_first_url_md5_list_rematches_shards_indexed_without_md5(settings):
     _write_list(Path(settings.blocklists).parent, "md5-partner", ["nowhere.example/"], kind="url_md5")
 
     pipeline.build_blocklist(settings)
-    update = pipeline.verify_untouched(settings, list(ONLY_IN))
+    update = incremental.verify_untouched(settings, list(ONLY_IN))
 
     assert update["verified"] == []
     assert sorted(update["touched"]) == ["one", "two"]
@@ -156,4 +156,4 @@ def test_the_nightly_refresh_rebuilds_the_blocklist(settings):
         requests = schedule.evaluate_tick(context).run_requests
     assert schedule.job_name == "blocklist_job" and len(requests) == 1
     assert defs.resolve_job_def(schedule.job_name).execute_in_process(instance=instance_for(settings)).success
-    assert pipeline.stale_shards(settings, list(ONLY_IN)) == list(ONLY_IN), "nothing processed yet"
+    assert incremental.stale_shards(settings, list(ONLY_IN)) == list(ONLY_IN), "nothing processed yet"

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import blocklists, checks, demo_images, images, pdq, pipeline
+from relaion_pipeline import blocklists, checks, demo_images, images, incremental, pdq, pipeline
 from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.settings import Settings
 
@@ -209,11 +209,11 @@ def test_a_new_pdq_entry_touches_only_the_shard_with_an_image_near_it(pdq_shard)
 
     _write_list(lists, "far", _hashes(rng, 1))  # ~128 bits from every image
     pipeline.build_blocklist(settings)
-    assert pipeline.verify_untouched(settings, ["s"])["verified"] == ["s"]
+    assert incremental.verify_untouched(settings, ["s"])["verified"] == ["s"]
 
     sidecar = pq.read_table(Path(settings.sidecars) / "s.parquet").to_pylist()
     kept = next(r["pdq"] for r in sidecar[1:] if r["pdq_quality"] >= pdq.MIN_QUALITY)
     _write_list(lists, "near", [_flip(kept, 30, rng)])
     pipeline.build_blocklist(settings)
-    update = pipeline.verify_untouched(settings, ["s"])
+    update = incremental.verify_untouched(settings, ["s"])
     assert update["verified"] == [] and update["touched"] == {"s": "a PDQ hash of its sidecar is near a changed entry"}

@@ -1,0 +1,171 @@
+"""Incremental list updates: which shards a new blocklist version can change, and recording the others as
+verified against it without rewriting a byte of their outputs.
+
+A shard's outputs name the list version they were matched against. When the `blocklist` asset writes a new
+version, the entries added or removed since the shard's version are joined with the shard's lookup-hash
+index (URL and domain entries), its sidecar (exact image hashes) and, for pdq entries, near-matched with the
+sidecar's PDQ hashes. Nothing found: the shard's stats move to the new version (`verified_from` keeps the old
+one). Otherwise it stays stale, and `blocklist_version_sensor` re-runs it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+
+from relaion_pipeline import blocklists, index, matching, pdq, shard_lock, shards, storage
+from relaion_pipeline.pipeline import (
+    RESEARCH,
+    RESEARCH_SAFE,
+    StageError,
+    Work,
+    inputs_changed,
+    read_stats,
+    sidecar_of,
+)
+from relaion_pipeline.settings import Settings
+
+
+def stale_shards(settings: Settings, names: list[str]) -> list[str]:
+    """Shards whose removals were not computed against the current blocklist (or not at all)."""
+    pointer = blocklists.read_pointer(Work(settings.work).blocklist_dir)
+    version = pointer and pointer["version"]
+    stale = []
+    for name in names:
+        path = Work(settings.work).stats("removals", name)
+        if not storage.exists(path) or storage.read_json(path).get("blocklist_version") != version:
+            stale.append(name)
+    return stale
+
+
+URL_DERIVED_KINDS = ("url_sha256", "url_md5", "domain")
+IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256")
+
+
+def _delta_sql(old_path: str, new_path: str) -> str:
+    """SQL: the entries (kind, value, source, category, distance) one list version has and the other has not
+    (a list written before pdq entries existed has no distance column: null there)."""
+    old, new = (
+        f"SELECT kind, value, source, category, "
+        f"{'distance' if 'distance' in shards.open_parquet(p).schema_arrow.names else 'NULL'}::SMALLINT AS distance "
+        f"FROM read_parquet({matching.sql_string(p)})"
+        for p in (old_path, new_path)
+    )
+    return f"(({old}) EXCEPT ({new})) UNION ALL (({new}) EXCEPT ({old}))"
+
+
+def _has_kind(con, list_path: str, kind: str) -> bool:
+    query = (
+        f"SELECT 1 FROM read_parquet({matching.sql_string(list_path)}) WHERE kind = {matching.sql_string(kind)} LIMIT 1"
+    )
+    return bool(con.execute(query).fetchall())
+
+
+def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str]) -> str:
+    """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot."""
+    unknown = kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS) - {"pdq"}
+    if unknown:
+        return f"the change has entries of kind {', '.join(sorted(unknown))}"
+    if kinds & set(URL_DERIVED_KINDS):
+        rows = index.candidates(con, index.paths(settings.work, name)[0], f"SELECT * FROM {delta}")
+        if rows.size:
+            return f"{rows.size:,} rows may match a changed URL or domain entry"
+    sidecar_path, columns = sidecar_of(settings, shard)
+    image = [c for c in columns if f"image_{c}" in kinds]
+    if sidecar_path and image:
+        hits = con.execute(
+            " UNION ALL ".join(
+                f"SELECT 1 FROM read_parquet({matching.sql_string(sidecar_path)}) c JOIN {delta} d "
+                f"ON d.kind = 'image_{c}' AND d.value = lower(CAST(c.{c} AS VARCHAR))"
+                for c in image
+            )
+            + " LIMIT 1"
+        ).fetchall()
+        if hits:
+            return "an image hash of its sidecar is a changed entry"
+    if sidecar_path and "pdq" in kinds and "pdq" in columns:
+        quality = f"coalesce(pdq_quality >= {pdq.MIN_QUALITY}, true)" if "pdq_quality" in columns else "true"
+        queries = (
+            f"SELECT row_number() OVER () AS qid, lower(CAST(pdq AS VARCHAR)) AS pdq "
+            f"FROM read_parquet({matching.sql_string(sidecar_path)}) "
+            f"WHERE regexp_full_match(lower(CAST(pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND {quality}"
+        )
+        entries = f"SELECT row_number() OVER () AS eid, value AS pdq, distance FROM {delta} WHERE kind = 'pdq'"
+        (reach,) = con.execute(f"SELECT max(distance) FROM {delta} WHERE kind = 'pdq'").fetchall()[0]
+        near = pdq.near_matches_sql(queries, entries, int(reach))
+        if con.execute(f"SELECT count(*) FROM ({near})").fetchall()[0][0]:
+            return "a PDQ hash of its sidecar is near a changed entry"
+    return ""
+
+
+def verify_untouched(settings: Settings, names: list[str]) -> dict:
+    """After a new list version, find the shards the change touches; record the others as verified against it.
+
+    A shard whose outputs were made against an older version, from the same input, is untouched when none of
+    the entries added or removed since that version can match it: no URL-derived entry hits its lookup-hash
+    index and no image-hash entry its sidecar. Its outputs stay as they are (not a byte changes); its stats
+    now name the current version, with `verified_from` the version they were computed against. Touched shards
+    (and any whose chain is incomplete or whose input changed) are left stale, for a run to re-match.
+    """
+    started = time.perf_counter()
+    work = Work(settings.work)
+    version, current_path = blocklists.read_current(work.blocklist_dir)
+    touched: dict[str, str] = {}
+    verified: list[str] = []
+    deltas: dict[str, tuple[str, set[str]]] = {}
+    con = matching.connect(settings)
+    try:
+        for name in names:
+            try:
+                chain = {stage: read_stats(settings, stage, name) for stage in ("removals", RESEARCH, RESEARCH_SAFE)}
+            except StageError:
+                touched[name] = "not processed yet"
+                continue
+            old = chain["removals"]["blocklist_version"]
+            if old == version and all(s["blocklist_version"] == version for s in chain.values()):
+                continue
+            shard = shards.resolve(settings.shards, name)
+            old_path = storage.join(work.blocklist_dir, f"blocklist-{old}.parquet")
+            if any(s["blocklist_version"] != old for s in chain.values()):
+                touched[name] = "its outputs were made against different list versions"
+            elif not storage.exists(old_path):
+                touched[name] = f"list version {old} is no longer kept"
+            elif (
+                inputs_changed(settings, name, chain["removals"])
+                or index.current(
+                    settings.work, name, chain["removals"]["input"], md5=_has_kind(con, current_path, "url_md5")
+                )
+                is None
+            ):
+                touched[name] = "its input changed or has no current lookup-hash index"
+            else:
+                if old not in deltas:
+                    table = f"relaion_delta_{len(deltas)}"
+                    con.execute(f"CREATE TEMP TABLE {table} AS {_delta_sql(old_path, current_path)}")
+                    kinds = {k for (k,) in con.execute(f"SELECT DISTINCT kind FROM {table}").fetchall()}
+                    deltas[old] = (table, kinds)
+                table, kinds = deltas[old]
+                why = _touches(con, settings, shard, name, table, kinds)
+                if why:
+                    touched[name] = why
+                    continue
+                with shard_lock.holding(settings.work, name):
+                    for stage, stats in chain.items():
+                        stats = {
+                            **stats,
+                            "blocklist_version": version,
+                            "verified_from": stats.get("verified_from", old),
+                        }
+                        storage.write_json_atomic(stats, work.stats(stage, name))
+                verified.append(name)
+    except duckdb.Error as error:
+        raise shards.unreadable(error, current_path) from None
+    finally:
+        con.close()
+    return {
+        "blocklist_version": version,
+        "touched": touched,
+        "verified": verified,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
