@@ -7,9 +7,11 @@ entry removes in every shard (row keys only, never a URL or caption). Every host
 (example.com/.org/.net, *.example, *.test) or a documentation IP (192.0.2/24, 198.51.100/24, 203.0.113/24);
 captions are neutral phrases; the keyword rule uses the placeholder keyword list shipped with the package.
 
-Every shard gets planted rows for each kind (images and keywords not in the `minimal` family, which has no
-sidecar and no score) plus decoys that must survive: a near-miss folder, keywords with a low score, high scores
-without a keyword, a keyword inside a longer word. Up to ORACLE_MAX_ROWS rows in all, planted.json is a brute
+Every shard gets planted rows for each kind (images, PDQ and keywords not in the `minimal` family, which has
+no sidecar and no score) plus decoys that must survive: a near-miss folder, keywords with a low score, high
+scores without a keyword, a keyword inside a longer word, a PDQ entry 34 bits away, a listed PDQ hash of too low
+a quality. The sidecars' PDQ hashes are digests of the synthetic image bytes standing in for perceptual hashes
+(real ones come from `relaion hash-images`); PDQ entries are those hashes with some bits flipped. Up to ORACLE_MAX_ROWS rows in all, planted.json is a brute
 force over every row; beyond, planted rows sit on dedicated hosts, folders or file names, so only they can match.
 """
 
@@ -30,16 +32,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from relaion_pipeline import pdq
 from relaion_pipeline.urls import lookup_expressions, parse
 
 FAMILIES = ("joined", "plain", "relaion", "minimal")
-KINDS = ("url_sha256", "url_md5", "domain", "image_md5", "image_sha1", "image_sha256", "keyword")
+KINDS = ("url_sha256", "url_md5", "domain", "image_md5", "image_sha1", "image_sha256", "pdq", "keyword")
 KEYWORDS_FILE = Path(__file__).parent / "data" / "keywords.txt"
 RESEARCH_THRESHOLD = 0.95  # keyword rule: punsafe above this (plain family: NSFW tag "NSFW") AND a keyword
 ORACLE_MAX_ROWS = 200_000  # up to this many rows in all, planted.json is computed by checking every row
 MIN_ROWS = 100
 OUTPUTS = ("shards", "sidecars", "blocklists", "planted.json")
-SOURCES = ("partner-a", "partner-b", "hrw-privacy", "opt-out")
+SOURCES = ("partner-a", "partner-b", "hrw-privacy", "opt-out", "pdq-partner")
+PDQ_FLIPS = {"pdq": (12, 30), "pdq_far": (34,), "pdq_low": (0,)}  # bits an entry differs from its row's image
 
 _DOC_NETS = ("192.0.2", "198.51.100", "203.0.113")
 _BASES = ("example.com", "example.org", "example.net", "example", "test")
@@ -218,6 +222,7 @@ class _Pools:
 
 _URL_ROLES = (("exact_a", 2), ("exact_hrw", 2), ("md5", 2), ("path", 3), ("path_near", 1), ("host", 3), ("domain", 3))
 _IMAGE_ROLES = (("image_md5", 2), ("image_dup", 1), ("image_sha1", 2), ("image_sha256", 2))
+_IMAGE_ROLES += (("pdq", 2), ("pdq_far", 1), ("pdq_low", 1))  # near copies; beyond 31 bits; listed, low quality
 _KEYWORD_ROLES = (("keyword", 2), ("kw_low", 2), ("unsafe_only", 2), ("kw_substring", 1))
 
 
@@ -262,6 +267,18 @@ class _Shard:
         if self.covered is None or not self.covered[row]:
             return None
         return f"synthetic-image-{self.seed}-{self.name}-{self.alias.get(row, row)}".encode()
+
+    def pdq(self, row: int) -> tuple[str, int] | None:
+        """The row's synthetic PDQ hash (a digest of its image bytes standing in for a perceptual hash) and its
+        quality: 30 for the low-quality plant, 90 for the other PDQ plants, else 40-100; None without image."""
+        image = self.image(row)
+        if image is None:
+            return None
+        digest = hashlib.sha256(b"pdq:" + image).digest()
+        if row in self.roles.get("pdq_low", ()):
+            return digest.hex(), 30
+        planted = row in self.roles.get("pdq", ()) or row in self.roles.get("pdq_far", ())
+        return digest.hex(), 90 if planted else 40 + digest[0] % 61
 
     def unsafe(self, row: int) -> bool:
         if self.family == "plain":
@@ -320,6 +337,12 @@ def _plant_images(shard: _Shard, rng: np.random.Generator, entries: dict) -> Non
     for kind, source in (("image_md5", "partner-a"), ("image_sha1", "partner-b"), ("image_sha256", "partner-b")):
         for row in roles[kind]:
             entries[source, kind].append((_IMAGE_HASHES[kind](shard.image(row)).hexdigest(), "csam"))
+    for role, flips in PDQ_FLIPS.items():
+        for j, row in enumerate(roles[role]):
+            value = bytearray(bytes.fromhex(shard.pdq(row)[0]))
+            for bit in rng.choice(256, flips[j % len(flips)], replace=False).tolist():
+                value[bit // 8] ^= 1 << (bit % 8)
+            entries["pdq-partner", "pdq"].append((value.hex(), "csam"))
 
 
 def _with_keyword(r: random.Random, caption: str, keyword: str) -> str:
@@ -404,7 +427,8 @@ def _table(shard: _Shard, cols: dict[str, np.ndarray]) -> pa.Table:
 
 
 def _sidecar(shard: _Shard, rng: np.random.Generator) -> pa.Table:
-    """key, md5, sha1, sha256 of the covered rows, shuffled: sidecars are joined on the key, not row order."""
+    """key, md5, sha1, sha256, pdq, pdq_quality of the covered rows, shuffled: sidecars are joined on the key,
+    not row order."""
     rows = rng.permutation(np.flatnonzero(shard.covered))
     source = rows.copy()
     for row, same in shard.alias.items():
@@ -416,6 +440,9 @@ def _sidecar(shard: _Shard, rng: np.random.Generator) -> pa.Table:
         data = b"".join([function(image).digest() for image in images]).hex().encode("ascii")
         offsets = np.arange(0, len(data) + 1, 2 * function().digest_size, dtype=np.int32)
         columns[column] = pa.StringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(data))
+    perceptual = [shard.pdq(row) for row in rows.tolist()]
+    columns["pdq"] = pa.array([h for h, _ in perceptual], pa.string())
+    columns["pdq_quality"] = pa.array([q for _, q in perceptual], pa.int16())
     return pa.table(columns)
 
 
@@ -460,6 +487,7 @@ _NOISE = {  # source -> (kind, digest size in bytes, share of the noise count, c
     "partner-a": (("url_sha256", 32, 0.8, "csam"), ("image_md5", 16, 0.2, "csam")),
     "partner-b": (("url_md5", 16, 1, "csam"), ("image_sha1", 20, 0.25, "csam"), ("image_sha256", 32, 0.25, "csam")),
     "hrw-privacy": (("url_sha256", 32, 0.25, "privacy"),),
+    "pdq-partner": (("pdq", 32, 0.25, "csam"),),
 }
 
 
@@ -493,6 +521,8 @@ def _write_blocklists(root: Path, entries: dict, rng: np.random.Generator, rows:
         ],
         "hrw-privacy/list.tsv": ["kind\tvalue\tcategory", *("\t".join(row) for row in lists["hrw-privacy"])],
         "opt-out/domains.csv": ["kind,value,category", *(",".join(row) for row in lists["opt-out"])],
+        "pdq-partner/pdq.csv": ["kind,value,category", *(",".join(row) for row in lists["pdq-partner"])],
+        "pdq-partner/source.json": ['{"pdq_distance": 31}'],
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -502,11 +532,26 @@ def _write_blocklists(root: Path, entries: dict, rng: np.random.Generator, rows:
     return counts
 
 
+def _near_rows(shard: _Shard, rows: list[int], entries: set[str]) -> set[int]:
+    """Brute force: the rows whose PDQ hash (of quality >= 50) is within 31 bits of an entry."""
+    hashed = [(row, *h) for row in rows if (h := shard.pdq(row)) is not None and h[1] >= pdq.MIN_QUALITY]
+    if not hashed or not entries:
+        return set()
+    listed = sorted(entries)
+    found = pdq.brute_force(
+        pdq.to_words([h for _, h, _ in hashed]),
+        pdq.to_words(listed),
+        np.full(len(listed), pdq.DEFAULT_DISTANCE, dtype=np.int32),
+    )
+    return {hashed[q][0] for q, _, _ in found}
+
+
 def _matches(
     shard: _Shard, rows: list[int], sets: dict[str, set[str]], pattern: re.Pattern[str]
 ) -> dict[str, list[str]]:
     """Brute force: the row keys among `rows` that each kind of entry removes."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    near = _near_rows(shard, rows, sets["pdq"])
     for row in rows:
         url, image = shard.urls[row], shard.image(row)
         expressions = lookup_expressions(url)
@@ -516,6 +561,7 @@ def _matches(
             "url_md5": any(_md5(e) in sets["url_md5"] for e in expressions),
             "domain": any(".".join(labels[k:]) in sets["domain"] for k in range(len(labels))),
             "keyword": shard.unsafe(row) and bool(pattern.search(shard.captions[row])),
+            "pdq": row in near,
         }
         for kind, function in _IMAGE_HASHES.items():
             hit[kind] = image is not None and function(image).hexdigest() in sets[kind]

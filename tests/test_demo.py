@@ -93,7 +93,7 @@ def read_lists(root: Path) -> dict[tuple[str, str], set[str]]:
     def add(source, kind, value):
         entries.setdefault((source, kind), set()).add(value.strip().lower())
 
-    for path in sorted(p for p in (root / "blocklists").rglob("*") if p.is_file()):
+    for path in sorted(p for p in (root / "blocklists").rglob("*") if p.is_file() and p.name != "source.json"):
         source = path.parent.name
         if path.suffix == ".parquet":
             for row in pq.read_table(path).to_pylist():
@@ -123,7 +123,9 @@ def test_every_family_is_written_with_its_exact_schema(out):
     minimal = pq.read_schema(out / "shards" / "minimal/part-00003.parquet")
     assert minimal.pandas_metadata["index_columns"] == ["__index_level_0__"]
     sidecar = pq.read_schema(out / "sidecars" / "joined/part-00000.parquet")
-    assert [(f.name, f.type) for f in sidecar] == [(c, pa.string()) for c in ("key", "md5", "sha1", "sha256")]
+    assert [(f.name, f.type) for f in sidecar] == [
+        (c, pa.string()) for c in ("key", "md5", "sha1", "sha256", "pdq")
+    ] + [("pdq_quality", pa.int16())]
 
 
 def test_columns_hold_realistic_values(out):
@@ -178,7 +180,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(out, tmp_path
     demo.generate(other, shards=SHARDS, rows=ROWS, seed=1)
     first, second = all_files(out), all_files(other)
     assert first.keys() == second.keys()
-    assert all(first[name] != second[name] for name in first)
+    assert all(first[name] != second[name] for name in first if not name.endswith("source.json")), "data differs"
 
 
 def test_every_kind_is_planted_in_every_shard_that_can_hold_it(out, planted):
@@ -188,7 +190,7 @@ def test_every_kind_is_planted_in_every_shard_that_can_hold_it(out, planted):
         assert set(planted[name]) == set(demo.KINDS)
         for kind, matched in planted[name].items():
             assert matched == sorted(matched) and set(matched) <= keys, (name, kind)
-            expected = 0 if "minimal" in name and kind.startswith(("image", "keyword")) else 2
+            expected = 0 if "minimal" in name and kind.startswith(("image", "keyword", "pdq")) else 2
             assert len(matched) >= expected, (name, kind)
 
 
@@ -217,6 +219,12 @@ def test_planted_json_is_what_a_brute_force_over_the_files_finds(out, planted):
             }
             for kind, column in HASHERS.items():
                 hits[kind] = key in images and images[key][column] in values[kind]
+            image = images.get(key)
+            hits["pdq"] = (
+                image is not None
+                and image["pdq_quality"] >= 50
+                and min((int(image["pdq"], 16) ^ int(v, 16)).bit_count() for v in values["pdq"]) <= 31
+            )
             for kind in (k for k, hit in hits.items() if hit):
                 found[kind].append(key)
         assert {k: sorted(v) for k, v in found.items()} == planted[name], name
@@ -280,7 +288,7 @@ def test_partner_lists_have_the_quirks_parsers_must_handle(out):
     root = out / "blocklists"
     assert sorted(all_files(root)) == [
         "hrw-privacy/list.tsv", "opt-out/domains.csv", "partner-a/hashes.csv",
-        "partner-b/images.parquet", "partner-b/url_md5.txt",
+        "partner-b/images.parquet", "partner-b/url_md5.txt", "pdq-partner/pdq.csv", "pdq-partner/source.json",
     ]  # fmt: skip
     lines = (root / "partner-a" / "hashes.csv").read_text().splitlines()
     assert lines[0].startswith("#") and lines[1] == "kind,value,category"

@@ -49,7 +49,8 @@ def test_card_and_transparency_report_count_without_revealing(tmp_path, monkeypa
     assert 'data_files: "research-safe/**/*.parquet"' in card
     report = json.loads((published / "transparency.json").read_text())
     assert sum(s["rows_removed"] for s in report["shards"].values()) == manifest["totals"]["rows_removed"]
-    assert set(report["removed_rows_by_source"]) == {"partner-a", "partner-b", "hrw-privacy", "opt-out", "keyword-list"}
+    sources = {"partner-a", "partner-b", "hrw-privacy", "opt-out", "pdq-partner", "keyword-list"}
+    assert set(report["removed_rows_by_source"]) == sources
     assert not manifest["removal_list"]["published"], "demo lists are far above 1% of removals"
     picture = (published / "removals-per-shard.png").read_bytes()
     assert picture.startswith(b"\x89PNG") and len(picture) > 5_000
