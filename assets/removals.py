@@ -24,8 +24,9 @@ from relaion_pipeline import checks, pipeline
 )
 def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.MaterializeResult:
     """Rows of one shard to remove: URL lookup-expression hashes, domains and image hashes matched against
-    the blocklist in DuckDB, plus the research keyword rule. One row per match: row key, kind, source,
-    category, hash and scope. Never a URL or a caption. Blocking check (Great Expectations): the input shard
+    the blocklist in DuckDB, PDQ hashes near-matched within each source's distance, plus the research keyword
+    rule. One row per match: row key, kind, source, category, hash, scope and (PDQ) distance. Never a URL or
+    a caption. Blocking check (Great Expectations): the input shard
     is well formed (URLs present, scores in range, sizes positive, row keys unique)."""
     settings = relaion.settings()
     stats = pipeline.compute_removals(settings, context.partition_key)
