@@ -1,0 +1,184 @@
+"""Leaks: rows of a research file that a list entry or the keyword rule matches, found without the matching
+query, for the `research_has_no_blocklist_match` check.
+
+URL and domain entries: every row the lookup-hash index ties to an entry is re-derived by the Python reference
+(`urls` + hashlib), and a seeded sample of rows re-derives the index itself. Exact image hashes are re-joined
+with the sidecar; a sample of the sidecar's PDQ hashes is compared with every pdq entry by brute force; the
+keyword rule runs on the research file itself; no removed row key may be left. Row keys only, never a URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+from relaion_pipeline import index, matching, pdq, pipeline, shards, storage
+from relaion_pipeline.pipeline import StageError, Work
+from relaion_pipeline.schemas import quote, sql_string
+from relaion_pipeline.settings import Settings
+
+AUDIT_ROWS = 5_000  # input rows per shard whose index entries the research check re-derives in Python
+
+
+def _sample_urls(con, shard: shards.Shard, name: str, rows_in: int) -> list[tuple[int, str, str | None]]:
+    """(row number, row key, URL) of a deterministic random sample of the shard's rows (seeded by its name)."""
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:16], 16)
+    sample = np.random.default_rng(seed).choice(rows_in, size=min(AUDIT_ROWS, rows_in), replace=False)
+    con.register("relaion_sample", pa.table({"row_number": pa.array(np.sort(sample), pa.int64())}))
+    try:
+        roles = shards.roles(shard)
+        return con.execute(
+            f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
+            f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
+            "SEMI JOIN relaion_sample s ON s.row_number = file_row_number ORDER BY file_row_number"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_sample")
+
+
+def _reference_matches(con, blocklist_path: str, derived: list[tuple[str, list[tuple[str, str]]]]) -> list[tuple]:
+    """(row_key, kind, source, category) of every list entry among the (kind, value) pairs that the reference
+    implementation derived per row key (`index.reference`): the same rule as the matching query, other code."""
+    keys = [key for key, pairs in derived for _ in pairs]
+    kinds = [kind for _, pairs in derived for kind, _ in pairs]
+    values = [value for _, pairs in derived for _, value in pairs]
+    con.register("relaion_derived", pa.table({"row_key": keys, "kind": kinds, "value": values}, schema=_DERIVED))
+    try:
+        return con.execute(
+            f"SELECT DISTINCT d.row_key, b.kind, b.source, b.category FROM relaion_derived d "
+            f"JOIN read_parquet({sql_string(blocklist_path)}) b ON b.kind = d.kind AND b.value = d.value"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_derived")
+
+
+_DERIVED = pa.schema([("row_key", pa.string()), ("kind", pa.string()), ("value", pa.string())])
+
+
+def _still_published(con, matched: list[tuple], research_path: str, removals: str, roles) -> list[tuple]:
+    """The matches (row_key, kind, source, category) whose row is in research: by its key where the shard has
+    keys, else (positional keys) by its absence from the removals table."""
+    columns = ("row_key", "kind", "source", "category")
+    table = pa.table({c: pa.array([m[i] for m in matched], pa.string()) for i, c in enumerate(columns)})
+    con.register("relaion_matched", table)
+    try:
+        if roles.key is not None:
+            present = f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({sql_string(research_path)})"
+            return con.execute(f"SELECT * FROM relaion_matched WHERE row_key IN ({present})").fetchall()
+        removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
+        return con.execute(f"SELECT * FROM relaion_matched WHERE row_key NOT IN ({removed})").fetchall()
+    finally:
+        con.unregister("relaion_matched")
+
+
+def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path: str, research_path: str):
+    """Rows of research that a list entry or the keyword rule matches, found without the matching query; and
+    how the index that the matching query used was audited. Returns (leaks, audit statistics)."""
+    work = Work(settings.work)
+    roles = shards.roles(shard)
+    removals = work.removals(name)
+    rows_in = storage.num_rows(shard.path)
+    meta = index.current(settings.work, name, pipeline.fingerprint(shard.path))
+    if meta is None:
+        raise StageError(f"shard {name!r}: its lookup-hash index is missing or older than the input: rerun removals")
+    index_path = index.paths(settings.work, name)[0]
+    listed = f"SELECT * FROM read_parquet({sql_string(blocklist_path)})"
+    # 1. Every row the index ties to a URL or domain entry, confirmed by the reference implementation.
+    candidates = index.candidates(con, index_path, listed)
+    con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
+    try:
+        rows = con.execute(
+            f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
+            f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
+            "SEMI JOIN relaion_candidates s ON s.row_number = file_row_number"
+        ).fetchall()
+    finally:
+        con.unregister("relaion_candidates")
+    derived = [(key, index.reference(url)[1]) for _, key, url in rows]
+    # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
+    #    matched against the list directly as well.
+    sample = _sample_urls(con, shard, name, rows_in) if rows_in else []
+    entries = index.entries_of(con, index_path, np.array([r for r, _, _ in sample], dtype=np.int64))
+    mismatched = []
+    for row, key, url in sample:
+        expected, pairs = index.reference(url)
+        if not meta.get("md5"):  # built for lists without url_md5 entries
+            expected = {(scope, sha, None) for scope, sha, _ in expected}
+        if expected != entries[row]:
+            mismatched.append(key)
+        derived.append((key, pairs))
+    leaks = [(key, "index-mismatch", "", "") for key in mismatched]
+    matched = _reference_matches(con, blocklist_path, derived)
+    # 3. Image hashes through the sidecar.
+    sidecar_path, columns = pipeline.sidecar_of(settings, shard)
+    image_kinds = [c for c in columns if c in ("md5", "sha1", "sha256")]
+    if sidecar_path and image_kinds:
+        joins = " UNION ".join(
+            f"SELECT CAST(c.key AS VARCHAR), b.kind, b.source, b.category FROM read_parquet({sql_string(sidecar_path)}) c "
+            f"JOIN read_parquet({sql_string(blocklist_path)}) b "
+            f"ON b.kind = 'image_{column}' AND b.value = lower(CAST(c.{column} AS VARCHAR))"
+            for column in image_kinds
+        )
+        matched += con.execute(joins).fetchall()
+    near, near_audited = _pdq_audit(con, name, sidecar_path, columns, blocklist_path)
+    matched += near
+    leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles)
+    # 4. The keyword rule, on the research file itself.
+    pattern = matching.keyword_pattern(settings.keywords)
+    unsafe = matching.unsafe_condition(roles, settings.research_threshold, settings)
+    if pattern and unsafe and roles.caption:
+        leaks += con.execute(
+            f"SELECT {roles.key_sql(name)}, '{matching.KEYWORD_KIND}', '{matching.KEYWORD_SOURCE}', "
+            f"'{matching.KEYWORD_CATEGORY}' FROM read_parquet({sql_string(research_path)}, file_row_number = true) "
+            f"WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})"
+        ).fetchall()
+    # 5. No removed row key is still in research.
+    if roles.key is not None:
+        leaks += con.execute(
+            f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' FROM read_parquet({sql_string(research_path)}) "
+            f"WHERE CAST({quote(roles.key)} AS VARCHAR) IN (SELECT row_key FROM read_parquet({sql_string(removals)}))"
+        ).fetchall()
+    audit = {
+        "index_entries": meta["entries"],
+        "candidate_rows": int(candidates.size),
+        "rows_matched_by_reference": len({m[0] for m in matched}),
+        "audited_rows": len(sample),
+        "audit_mismatches": len(mismatched),
+        "pdq_audited_rows": near_audited,
+    }
+    return leaks, audit
+
+
+PDQ_AUDIT_PAIRS = 100_000_000  # sidecar rows x pdq entries compared by brute force per shard (~1.5 s)
+
+
+def _pdq_audit(con, name: str, sidecar_path: str | None, columns: tuple, blocklist_path: str):
+    """PDQ near matches of a seeded sample of the sidecar's hashes, found by comparing each with every pdq
+    entry (numpy, not the matching query's multi-index join): (row key, kind, source, category) of each."""
+    if not sidecar_path or "pdq" not in columns:
+        return [], 0
+    entries = con.execute(
+        f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
+        "WHERE kind = 'pdq' ORDER BY value, source, category"
+    ).fetchall()
+    if not entries:
+        return [], 0
+    quality = f"coalesce(pdq_quality >= {pdq.MIN_QUALITY}, true)" if "pdq_quality" in columns else "true"
+    size = max(16, min(5_000, PDQ_AUDIT_PAIRS // len(entries)))
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    rows = con.execute(
+        f"SELECT * FROM (SELECT CAST(key AS VARCHAR), lower(CAST(pdq AS VARCHAR)) AS pdq "
+        f"FROM read_parquet({sql_string(sidecar_path)}) "
+        f"WHERE regexp_full_match(lower(CAST(pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND {quality}) "
+        f"USING SAMPLE reservoir({size} ROWS) REPEATABLE ({seed % 2**31})"
+    ).fetchall()
+    if not rows:
+        return [], 0
+    found = pdq.brute_force(
+        pdq.to_words([h for _, h in rows]),
+        pdq.to_words([e[0] for e in entries]),
+        np.array([e[3] for e in entries], dtype=np.int32),
+    )
+    return [(rows[q][0], "pdq", entries[e][1], entries[e][2]) for q, e, _ in found], len(rows)
