@@ -1,7 +1,7 @@
 """PDQ near matches of one shard: its sidecar's PDQ hashes against the list's pdq entries.
 
-DuckDB streams the sidecar rows that belong to the shard (with a well-formed hash of quality >= 50) in
-batches; the compiled multi-index (`pdq_index`) finds every entry within its source's distance. The result has
+DuckDB streams the sidecar rows that belong to the shard (with a well-formed hash whose quality is 50 or more,
+or unknown: no quality column or a null one) in batches; the compiled multi-index (`pdq_index`) finds every entry within its source's distance. The result has
 the removals table's columns, one row per (row, entry), with the Hamming distance; never a URL or caption.
 Memory: the list's index (352 bytes an entry) plus one batch.
 """
@@ -58,7 +58,7 @@ def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
         SELECT row_number, row_key, {pdq.words_sql("pdq")} FROM (
             SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
             FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
-            WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, false)
+            WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, true)
         )"""
     ).arrow(BATCH_ROWS)
     found = []
