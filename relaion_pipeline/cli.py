@@ -113,13 +113,20 @@ def _hash_images(args) -> int:
     return 1 if failed else 0
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except where it is None: those flags name their real default themselves."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="relaion", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     top.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = top.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = _Defaults
     commands.add_parser = functools.partial(commands.add_parser, parents=[common])
 
     demo = commands.add_parser(
