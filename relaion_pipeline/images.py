@@ -236,35 +236,49 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
     return sorted(results, key=lambda r: r.tar)
 
 
+def _by_url(files: list[str]) -> str:
+    """SQL: one row of hashes per URL of the given hash files (the first sample by key when a URL repeats)."""
+    listed = "[" + ", ".join(sql_string(p) for p in files) + "]"
+    picks = ", ".join(f"arg_min({c}, key) AS {c}" for c in SIDECAR_SCHEMA[1:])
+    return f"SELECT url, {picks} FROM read_parquet({listed}) GROUP BY url"
+
+
 def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None] = print) -> dict[str, int]:
-    """Step 2: one sidecar per metadata shard under `settings.shards`, joined on the URL; rows per shard."""
+    """Step 2: one sidecar per metadata shard under `settings.shards`, joined on the URL; rows per shard.
+
+    When the downloads are laid out one folder per shard (`<images>/<shard name>/*.tar`, as when img2dataset
+    runs once per metadata file), a shard is joined with its own folder's images only; otherwise with all."""
     hashes = storage.join(out, HASHES_DIR)
     fs, root = storage.filesystem(hashes)
     files = sorted(p for p in fs.find(root) if p.endswith(".parquet")) if fs.isdir(root) else []
     if not files:
         raise ImagesError(f"{hashes}: no image hashes yet: hash the downloaded tars first")
-    located = [storage.join(hashes, p[len(root.rstrip("/")) + 1 :]) for p in files]
+    relative = [p[len(root.rstrip("/")) + 1 :] for p in files]
+    located = {rel: storage.join(hashes, rel) for rel in relative}
     con = matching.connect(settings)
     storage.register(con, out)
-    written = {}
+    written, shared = {}, False
     try:
-        listed = "[" + ", ".join(sql_string(p) for p in located) + "]"
-        con.execute(
-            "CREATE TEMP TABLE relaion_images AS SELECT url, arg_min(md5, key) AS md5, arg_min(sha1, key) AS sha1,"
-            " arg_min(sha256, key) AS sha256, arg_min(pdq, key) AS pdq, arg_min(pdq_quality, key) AS pdq_quality"
-            f" FROM read_parquet({listed}) GROUP BY url"
-        )
         for shard in shards.discover(settings.shards):
+            own = [path for rel, path in located.items() if rel.startswith(shard.name + "/")]
+            if own:
+                images = f"({_by_url(own)})"
+            else:
+                if not shared:
+                    con.execute(f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}")
+                    shared = True
+                images = "relaion_images"
             roles = shards.roles(shard)
             query = f"""
-                SELECT s.row_key AS key, i.md5, i.sha1, i.sha256, i.pdq, i.pdq_quality
+                SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_SCHEMA[1:])}
                 FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
                       FROM read_parquet({sql_string(shard.path)}, file_row_number = true)) s
-                JOIN relaion_images i ON i.url = s.url
+                JOIN {images} i ON i.url = s.url
                 ORDER BY s.file_row_number"""
             final = storage.join(out, shard.file_name)
             written[shard.name] = _copy_atomic(con, query, final)
-            progress(f"{shard.name}: sidecar with {written[shard.name]:,} rows -> {final}")
+            scope = "its own folder's images" if own else "all images"
+            progress(f"{shard.name}: sidecar with {written[shard.name]:,} rows from {scope} -> {final}")
     finally:
         con.close()
     return written

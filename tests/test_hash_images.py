@@ -110,3 +110,20 @@ def test_a_pdq_entry_of_a_resized_copy_removes_the_original_row(downloads, tmp_p
             assert removed.encode() not in path.read_bytes(), path
     stats = json.loads(Path(pipeline.Work(settings.work).stats("removals", "b")).read_text())
     assert stats["removed_by_kind"] == {"pdq": 1}
+
+
+def test_downloads_in_one_folder_per_shard_are_joined_with_their_own_shard_only(downloads):
+    root, urls, files = downloads
+    layout = root / "per-shard"
+    reused = urls[0]  # shard b's folder also holds a different picture under shard a's first URL
+    demo_images.write_downloads(layout / "a", [(u, files[u]) for u in urls[:ROWS]], per_tar=10)
+    other = demo_images.encode(demo_images.picture(999))
+    demo_images.write_downloads(layout / "b", [(u, files[u]) for u in urls[ROWS:]] + [(reused, other)], per_tar=10)
+
+    done = relaion("hash-images", "--images", layout, "--out", root / "sidecars", "--shards", root / "in" / "shards")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("from its own folder's images") == 2
+    a = {r["key"]: r for r in pq.read_table(root / "sidecars" / "a.parquet").to_pylist()}
+    assert a["a-0"]["md5"] == hashlib.md5(files[reused]).hexdigest() != hashlib.md5(other).hexdigest()
+    assert pq.read_table(root / "sidecars" / "b.parquet").num_rows == ROWS
