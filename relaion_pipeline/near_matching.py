@@ -1,9 +1,9 @@
 """PDQ near matches of one shard: its sidecar's PDQ hashes against the list's pdq entries.
 
 DuckDB streams the sidecar rows that belong to the shard (with a well-formed hash whose quality is 50 or more,
-or unknown: no quality column or a null one) in batches; the compiled multi-index (`pdq_index`) finds every entry within its source's distance. The result has
-the removals table's columns, one row per (row, entry), with the Hamming distance; never a URL or caption.
-Memory: the list's index (352 bytes an entry) plus one batch.
+or unknown: no quality column or a null one) in batches; the compiled multi-index (`pdq_index`) finds every
+entry within its source's distance. The result has the removals table's columns, one row per (row, entry),
+with the Hamming distance; never a URL or caption. Memory: the list's index (352 bytes an entry) plus a batch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from relaion_pipeline import pdq
+from relaion_pipeline import pdq, storage
 from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.schemas import sql_string
 
@@ -24,23 +24,26 @@ BATCH_ROWS = 262_144
 log = logging.getLogger(__name__)
 
 
-_last: dict[str, tuple[PdqIndex, pa.Table]] = {}  # the index of the list version matched last
+_last: dict[tuple, tuple[PdqIndex, pa.Table]] = {}  # the index of the list file matched last
 
 
 def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[PdqIndex, pa.Table]:
     """The multi-index of a merged list's pdq entries, and those entries (value, source, category, distance).
-    The last one built is kept, so the shards of one run share it: a list version's file never changes."""
-    if blocklist_path not in _last:
+    The last one built is kept, so the shards of one run share it (rebuilt if the file is not the same)."""
+    fs, path = storage.filesystem(blocklist_path)
+    info = fs.info(path)
+    key = (blocklist_path, info.get("size"), str(info.get("mtime") or info.get("LastModified")))
+    if key not in _last:
         entries = con.sql(
             f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
             "WHERE kind = 'pdq' ORDER BY value, source, category"
         ).to_arrow_table()
         _last.clear()
-        _last[blocklist_path] = (
+        _last[key] = (
             PdqIndex.build(entries.column("value").to_pylist(), entries.column("distance").to_numpy()),
             entries,
         )
-    return _last[blocklist_path]
+    return _last[key]
 
 
 def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
