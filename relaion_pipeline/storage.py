@@ -84,13 +84,14 @@ def filesystem(location: str):
 
 def register(con, *locations: str) -> None:
     """Let a DuckDB connection read the object stores among `locations` through fsspec."""
-    seen = set()
+    registered = set(con.list_filesystems())
     for location in locations:
         if location and not is_local(location):
             fs, _ = filesystem(location)
-            if type(fs) not in seen:
+            protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+            if not protocols & registered:  # DuckDB takes one filesystem per protocol, for the connection's life
                 con.register_filesystem(fs)
-                seen.add(type(fs))
+                registered |= protocols
 
 
 def num_rows(location: str) -> int:

@@ -1,7 +1,9 @@
 """The whole pipeline against a real S3 protocol server on 127.0.0.1 (moto's ThreadedMotoServer), bucket to bucket."""
 
+import hashlib
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
@@ -220,3 +222,30 @@ def test_s3_settings_can_come_from_the_dagster_resource_and_never_reach_the_logs
     assert "joined/part-00000" in logged
     assert secret not in logged
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_hash_images_reads_downloads_from_a_bucket_and_writes_sidecars_there(s3, tmp_path):
+    from relaion_pipeline import demo_images, images
+
+    urls = [f"http://pics{i}.example.org/{i}.jpg" for i in range(12)]
+    files = [demo_images.encode(demo_images.picture(i)) for i in range(12)]
+    demo_images.write_downloads(tmp_path / "downloads", list(zip(urls, files, strict=True)), per_tar=5)
+    (tmp_path / "shards").mkdir()
+    pq.write_table(
+        pa.table({"key": [f"r{i}" for i in range(12)], "url": urls, "caption": ["a"] * 12}),
+        tmp_path / "shards" / "s.parquet",
+    )
+    s3.mkdir("images")
+    s3.put(str(tmp_path / "downloads") + "/", "images/downloads/", recursive=True)
+    s3.put(str(tmp_path / "shards") + "/", "images/shards/", recursive=True)
+
+    results = images.hash_tars("s3://images/downloads", "s3://images/sidecars", workers=2, progress=lambda _: None)
+    settings = Settings(shards="s3://images/shards", work=str(tmp_path / "work"))
+    written = images.write_sidecars(settings, "s3://images/sidecars", progress=lambda _: None)
+
+    assert [r.images for r in results] == [5, 5, 2] and written == {"s": 12}
+    with s3.open("images/sidecars/s.parquet", "rb") as handle:
+        sidecar = pq.read_table(handle).to_pylist()
+    assert [r["key"] for r in sidecar] == [f"r{i}" for i in range(12)]
+    assert [r["sha256"] for r in sidecar] == [hashlib.sha256(f).hexdigest() for f in files]
+    assert not [p for p in s3.find("images/sidecars") if ".tmp" in p], "nothing temporary left in the bucket"
