@@ -5,8 +5,8 @@ img2dataset writes, per output shard, `<n>.tar` (webdataset: `<key>.jpg` beside 
 and `<n>.parquet` (key, url, status, ... one row per sample it tried). Its shards do not line up with the
 metadata shards, so hashes are joined back by URL: img2dataset records each row's URL as it read it.
 
-1. Per tar, in parallel over all cores: `<out>/.images/<tar>.parquet` holding url, md5, sha1, sha256, pdq and
-   pdq_quality of every image, and `<tar>.json` with the counts (images, corrupt, failed downloads). A tar
+1. Per tar, in parallel over all cores: `<out>/.images/<tar>.parquet` holding the sha256 of the URL (never
+   the URL itself: some of these rows will be removed), md5, sha1, sha256, pdq and pdq_quality of every image, and `<tar>.json` with the counts (images, corrupt, failed downloads). A tar
    whose result is there for the same input is not hashed again.
 2. Per metadata shard: one DuckDB join on the URL writes `<out>/<shard>.parquet`, keyed by the shard's row key,
    atomically. An image that cannot be decoded keeps its byte hashes and has no PDQ hash; it is counted.
@@ -41,7 +41,7 @@ HASHES_DIR = ".images"
 HASHES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),  # img2dataset's sample key
-        ("url", pa.string()),
+        ("url_sha256", pa.string()),  # of the URL as UTF-8: what the join with the shard's rows uses
         ("md5", pa.string()),
         ("sha1", pa.string()),
         ("sha256", pa.string()),
@@ -49,7 +49,7 @@ HASHES_SCHEMA = pa.schema(
         ("pdq_quality", pa.int16()),
     ]
 )
-SIDECAR_SCHEMA = ["key", "md5", "sha1", "sha256", "pdq", "pdq_quality"]
+SIDECAR_COLUMNS = ["key", "md5", "sha1", "sha256", "pdq", "pdq_quality"]
 
 
 class ImagesError(ValueError):
@@ -59,11 +59,14 @@ class ImagesError(ValueError):
 def pdq_of(image) -> tuple[str, int]:
     """PDQ hash (ThreatExchange hex) and quality (0-100) of a PIL image."""
     import pdqhash
+    from PIL import Image
 
-    picture = image.convert("RGB")
-    if max(picture.size) > PDQ_MAX_SIDE:
-        picture.thumbnail((PDQ_MAX_SIDE, PDQ_MAX_SIDE))
-    bits, quality = pdqhash.compute(np.asarray(picture))
+    picture = image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGB")  # palettes resize badly
+    if max(picture.size) > PDQ_MAX_SIDE:  # scaled before converting: full-size pixels are never copied
+        scale = PDQ_MAX_SIDE / max(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    bits, quality = pdqhash.compute(np.asarray(picture.convert("RGB")))
     return pdq.hex_of_bits(bits), int(quality)
 
 
@@ -169,7 +172,8 @@ def hash_tar(tar: str, out: str) -> TarResult:
                 hashes = hash_image(image)
                 result.images += 1
                 result.corrupt += hashes["pdq"] is None
-                for name, value in (("key", sample), ("url", url), *hashes.items()):
+                url_digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+                for name, value in (("key", sample), ("url_sha256", url_digest), *hashes.items()):
                     rows[name].append(value)
     except ImagesError as error:
         raise ImagesError(f"{tar}: {error}") from None
@@ -237,10 +241,13 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
 
 
 def _by_url(files: list[str]) -> str:
-    """SQL: one row of hashes per URL of the given hash files (the first sample by key when a URL repeats)."""
+    """SQL: one row of hashes per URL digest of the given hash files; when a URL repeats, the whole row of its
+    first sample by key (never a mix of two samples' hashes)."""
     listed = "[" + ", ".join(sql_string(p) for p in files) + "]"
-    picks = ", ".join(f"arg_min({c}, key) AS {c}" for c in SIDECAR_SCHEMA[1:])
-    return f"SELECT url, {picks} FROM read_parquet({listed}) GROUP BY url"
+    row = ", ".join(f"{c} := {c}" for c in SIDECAR_COLUMNS[1:])
+    return (
+        f"SELECT url_sha256, unnest(arg_min(struct_pack({row}), key)) FROM read_parquet({listed}) GROUP BY url_sha256"
+    )
 
 
 def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None] = print) -> dict[str, int]:
@@ -269,10 +276,10 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
                 images = "relaion_images"
             roles = shards.roles(shard)
             query = f"""
-                SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_SCHEMA[1:])}
+                SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
                 FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
                       FROM read_parquet({sql_string(shard.path)}, file_row_number = true)) s
-                JOIN {images} i ON i.url = s.url
+                JOIN {images} i ON i.url_sha256 = sha256(s.url)
                 ORDER BY s.file_row_number"""
             final = storage.join(out, shard.file_name)
             written[shard.name] = _copy_atomic(con, query, final)

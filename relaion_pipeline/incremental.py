@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 
 import duckdb
+import numpy as np
 
-from relaion_pipeline import blocklists, index, matching, pdq, shard_lock, shards, storage
+from relaion_pipeline import blocklists, index, matching, near_matching, pdq, shard_lock, shards, storage
+from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.pipeline import (
     RESEARCH,
     RESEARCH_SAFE,
@@ -40,7 +42,6 @@ def stale_shards(settings: Settings, names: list[str]) -> list[str]:
 
 
 URL_DERIVED_KINDS = ("url_sha256", "url_md5", "domain")
-IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256")
 
 
 def _delta_sql(old_path: str, new_path: str) -> str:
@@ -64,7 +65,7 @@ def _has_kind(con, list_path: str, kind: str) -> bool:
 
 def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str]) -> str:
     """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot."""
-    unknown = kinds - set(URL_DERIVED_KINDS) - set(IMAGE_KINDS) - {"pdq"}
+    unknown = kinds - set(URL_DERIVED_KINDS) - set(blocklists.IMAGE_KINDS) - {"pdq"}
     if unknown:
         return f"the change has entries of kind {', '.join(sorted(unknown))}"
     if kinds & set(URL_DERIVED_KINDS):
@@ -85,16 +86,12 @@ def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str
         if hits:
             return "an image hash of its sidecar is a changed entry"
     if sidecar_path and "pdq" in kinds and "pdq" in columns:
-        quality = f"coalesce(pdq_quality >= {pdq.MIN_QUALITY}, true)" if "pdq_quality" in columns else "true"
-        queries = (
-            f"SELECT row_number() OVER () AS qid, lower(CAST(pdq AS VARCHAR)) AS pdq "
-            f"FROM read_parquet({matching.sql_string(sidecar_path)}) "
-            f"WHERE regexp_full_match(lower(CAST(pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND {quality}"
+        entries = con.execute(f"SELECT value, distance FROM {delta} WHERE kind = 'pdq'").fetchall()
+        changed = PdqIndex.build(
+            [v for v, _ in entries], np.array([pdq.DEFAULT_DISTANCE if d is None else d for _, d in entries])
         )
-        entries = f"SELECT row_number() OVER () AS eid, value AS pdq, distance FROM {delta} WHERE kind = 'pdq'"
-        (reach,) = con.execute(f"SELECT max(distance) FROM {delta} WHERE kind = 'pdq'").fetchall()[0]
-        near = pdq.near_matches_sql(queries, entries, int(reach))
-        if con.execute(f"SELECT count(*) FROM ({near})").fetchall()[0][0]:
+        inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), "", sidecar_path, columns)
+        if any(changed.search(words)[0].size for _, words in near_matching.batches(con, inputs)):
             return "a PDQ hash of its sidecar is near a changed entry"
     return ""
 

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import index, matching, pdq, pipeline, shards, storage
+from relaion_pipeline import index, matching, near_matching, pdq, pipeline, shards, storage
 from relaion_pipeline.pipeline import StageError, Work
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -122,7 +122,7 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
             for column in image_kinds
         )
         matched += con.execute(joins).fetchall()
-    near, near_audited = _pdq_audit(con, name, sidecar_path, columns, blocklist_path)
+    near, near_audited = _pdq_audit(con, name, shard, sidecar_path, columns, blocklist_path)
     matched += near
     leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles)
     # 4. The keyword rule, on the research file itself.
@@ -154,31 +154,30 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
 PDQ_AUDIT_PAIRS = 100_000_000  # sidecar rows x pdq entries compared by brute force per shard (~1.5 s)
 
 
-def _pdq_audit(con, name: str, sidecar_path: str | None, columns: tuple, blocklist_path: str):
-    """PDQ near matches of a seeded sample of the sidecar's hashes, found by comparing each with every pdq
-    entry (numpy, not the matching query's multi-index join): (row key, kind, source, category) of each."""
+def _pdq_audit(con, name: str, shard: shards.Shard, sidecar_path: str | None, columns: tuple, blocklist_path: str):
+    """PDQ near matches of a seeded sample of the shard's matchable sidecar hashes (the rows matching reads),
+    found by comparing each with every pdq entry in numpy, not with the multi-index: (row key, kind, source,
+    category) of each, and how many hashes were sampled."""
     if not sidecar_path or "pdq" not in columns:
         return [], 0
+    if "distance" not in shards.open_parquet(blocklist_path).schema_arrow.names:
+        return [], 0  # a list file from before pdq entries existed
     entries = con.execute(
         f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
         "WHERE kind = 'pdq' ORDER BY value, source, category"
     ).fetchall()
     if not entries:
         return [], 0
-    quality = f"coalesce(pdq_quality >= {pdq.MIN_QUALITY}, true)" if "pdq_quality" in columns else "true"
     size = max(16, min(5_000, PDQ_AUDIT_PAIRS // len(entries)))
-    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-    rows = con.execute(
-        f"SELECT * FROM (SELECT CAST(key AS VARCHAR), lower(CAST(pdq AS VARCHAR)) AS pdq "
-        f"FROM read_parquet({sql_string(sidecar_path)}) "
-        f"WHERE regexp_full_match(lower(CAST(pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND {quality}) "
-        f"USING SAMPLE reservoir({size} ROWS) REPEATABLE ({seed % 2**31})"
-    ).fetchall()
-    if not rows:
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 2**31
+    inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), blocklist_path, sidecar_path, columns)
+    sample = con.sql(near_matching.sidecar_hashes_sql(inputs, sample=size, seed=seed)).to_arrow_table()
+    if not sample.num_rows:
         return [], 0
     found = pdq.brute_force(
-        pdq.to_words([h for _, h in rows]),
+        near_matching.words_of(sample),
         pdq.to_words([e[0] for e in entries]),
         np.array([e[3] for e in entries], dtype=np.int32),
     )
-    return [(rows[q][0], "pdq", entries[e][1], entries[e][2]) for q, e, _ in found], len(rows)
+    keys = sample.column("row_key").to_pylist()
+    return [(keys[q], "pdq", entries[e][1], entries[e][2]) for q, e, _ in found], sample.num_rows

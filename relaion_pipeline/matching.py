@@ -307,12 +307,11 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
         JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
     image_kinds = [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds]
     near = "pdq" in kinds and "pdq" in inputs.sidecar_columns
-    if inputs.sidecar_path and (image_kinds or near):
-        hashes = [c for c in inputs.sidecar_columns if c != "pdq_quality"]
+    hashes = [c for c in inputs.sidecar_columns if c in ("md5", "sha1", "sha256")]
+    if inputs.sidecar_path and image_kinds and hashes:
         parts.append(
             f"""sidecar AS (
-        SELECT s.row_number, s.row_key, {", ".join(f"lower(CAST(c.{col} AS VARCHAR)) AS {col}" for col in hashes)},
-               {"c.pdq_quality" if "pdq_quality" in inputs.sidecar_columns else "NULL"} AS pdq_quality
+        SELECT s.row_number, s.row_key, {", ".join(f"lower(CAST(c.{col} AS VARCHAR)) AS {col}" for col in hashes)}
         FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
     )"""
         )

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from relaion_pipeline import pdq, storage
+from relaion_pipeline import pdq
 from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.schemas import sql_string
 
@@ -24,26 +24,52 @@ BATCH_ROWS = 262_144
 log = logging.getLogger(__name__)
 
 
-_last: dict[tuple, tuple[PdqIndex, pa.Table]] = {}  # the index of the list file matched last
+_last: dict[str, tuple[PdqIndex, pa.Table]] = {}  # the index of the list file matched last
 
 
 def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[PdqIndex, pa.Table]:
     """The multi-index of a merged list's pdq entries, and those entries (value, source, category, distance).
-    The last one built is kept, so the shards of one run share it (rebuilt if the file is not the same)."""
-    fs, path = storage.filesystem(blocklist_path)
-    info = fs.info(path)
-    key = (blocklist_path, info.get("size"), str(info.get("mtime") or info.get("LastModified")))
-    if key not in _last:
+    The last one built is kept, so the shards of one run share it: a list file is named by its content's
+    digest (`blocklist-<version>.parquet`), so its path says what it holds."""
+    if blocklist_path not in _last:
         entries = con.sql(
             f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
             "WHERE kind = 'pdq' ORDER BY value, source, category"
         ).to_arrow_table()
         _last.clear()
-        _last[key] = (
+        _last[blocklist_path] = (
             PdqIndex.build(entries.column("value").to_pylist(), entries.column("distance").to_numpy()),
             entries,
         )
-    return _last[key]
+    return _last[blocklist_path]
+
+
+def sidecar_hashes_sql(inputs, sample: int | None = None, seed: int = 0) -> str:
+    """SQL: row_number, row_key and words h0..h3 of every PDQ hash of the shard's sidecar that can match: its
+    key is a row key of the shard, it is 64 hex digits, its quality is 50 or more or unknown. With `sample`,
+    a repeatable sample of that many. The one rule for matching, list changes and the research audit."""
+    quality = f"c.pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
+    rows = f"""
+        SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
+        FROM read_parquet({sql_string(inputs.sidecar_path)}) c
+        JOIN (SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key
+              FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)) s
+          ON CAST(c.key AS VARCHAR) = s.row_key
+        WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, true)"""
+    if sample is not None:
+        rows = f"SELECT * FROM ({rows}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
+    return f"SELECT row_number, row_key, {pdq.words_sql('pdq')} FROM ({rows})"
+
+
+def words_of(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """The (n, 4) uint64 words of a batch of `sidecar_hashes_sql`."""
+    return np.stack([np.asarray(batch.column(f"h{w}"), dtype=np.uint64) for w in range(4)], axis=1)
+
+
+def batches(con: duckdb.DuckDBPyConnection, inputs):
+    """The shard's matchable sidecar PDQ hashes, a batch of up to BATCH_ROWS at a time: (batch, words)."""
+    for batch in con.sql(sidecar_hashes_sql(inputs)).arrow(BATCH_ROWS):
+        yield batch, words_of(batch)
 
 
 def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
@@ -52,21 +78,8 @@ def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
     started = time.perf_counter()
     index, entries = list_index(con, inputs.blocklist_path)
     searched = 0
-    quality = f"c.pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
-    reader = con.sql(
-        f"""WITH src AS (
-            SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key
-            FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
-        )
-        SELECT row_number, row_key, {pdq.words_sql("pdq")} FROM (
-            SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
-            FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
-            WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, true)
-        )"""
-    ).arrow(BATCH_ROWS)
     found = []
-    for batch in reader:
-        words = np.stack([batch.column(f"h{w}").to_numpy() for w in range(4)], axis=1)
+    for batch, words in batches(con, inputs):
         rows, hits, distances = index.search(words)
         searched += len(words)
         if rows.size:

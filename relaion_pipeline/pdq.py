@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 BITS = 256
-HEX_DIGITS = BITS // 4
 SLOTS = 16
 SLOT_BITS = BITS // SLOTS
 DEFAULT_DISTANCE = 31  # ThreatExchange's default PDQ match distance

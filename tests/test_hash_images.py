@@ -66,6 +66,9 @@ def test_sidecars_hold_every_downloaded_image_keyed_by_row_key(downloads):
     assert by_key["a-7"]["md5"] == hashlib.md5(files[urls[7]]).hexdigest() and by_key["a-7"]["pdq"] is None
     assert by_key["a-0"]["pdq"] == images.hash_image(image)["pdq"] and by_key["a-0"]["pdq_quality"] >= 50
 
+    cached = [row for p in (root / "sidecars" / ".images").glob("*.parquet") for row in pq.read_table(p).to_pylist()]
+    assert len(cached) == 59 and not any(url in str(row) for row in cached for url in urls), "URLs are not kept"
+
     again = relaion("hash-images", "--images", root / "downloads", "--out", root / "sidecars",
                     "--shards", root / "in" / "shards")  # fmt: skip
     assert again.returncode == 0 and again.stdout.count("already hashed") == 4
@@ -127,3 +130,16 @@ def test_downloads_in_one_folder_per_shard_are_joined_with_their_own_shard_only(
     a = {r["key"]: r for r in pq.read_table(root / "sidecars" / "a.parquet").to_pylist()}
     assert a["a-0"]["md5"] == hashlib.md5(files[reused]).hexdigest() != hashlib.md5(other).hexdigest()
     assert pq.read_table(root / "sidecars" / "b.parquet").num_rows == ROWS
+
+
+def test_a_url_downloaded_twice_takes_one_whole_sample_never_a_mix(downloads):
+    root, urls, files = downloads
+    twice = root / "twice"
+    corrupt, good = b"not an image at all", demo_images.encode(demo_images.picture(77))
+    demo_images.write_downloads(twice, [(urls[0], corrupt), (urls[0], good)], per_tar=1)
+
+    done = relaion("hash-images", "--images", twice, "--out", root / "sidecars", "--shards", root / "in" / "shards")
+
+    assert done.returncode == 0, done.stderr
+    (row,) = pq.read_table(root / "sidecars" / "a.parquet").to_pylist()
+    assert (row["md5"], row["pdq"], row["pdq_quality"]) == (hashlib.md5(corrupt).hexdigest(), None, None)
