@@ -102,8 +102,8 @@ def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOu
     """A shard's row counts as its stats files give them (zeros for the stages that did not finish)."""
     outcome = ShardOutcome(name=name, ok=ok, seconds=seconds)
     try:
-        outcome.rows_in = pipeline.read_stats(settings, "removals", name)["rows_in"]
-        outcome.rows_removed = pipeline.read_stats(settings, "removals", name)["rows_removed"]
+        removals = pipeline.read_stats(settings, "removals", name)
+        outcome.rows_in, outcome.rows_removed = removals["rows_in"], removals["rows_removed"]
         outcome.rows_research = pipeline.read_stats(settings, pipeline.RESEARCH, name)["rows_out"]
         outcome.rows_safe = pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"]
     except pipeline.StageError:

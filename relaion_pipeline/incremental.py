@@ -63,8 +63,11 @@ def _has_kind(con, list_path: str, kind: str) -> bool:
     return bool(con.execute(query).fetchall())
 
 
-def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str]) -> str:
-    """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot."""
+def _touches(
+    con, settings: Settings, shard: shards.Shard, name: str, delta: str, kinds: set[str], near: dict[str, PdqIndex]
+) -> str:
+    """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot.
+    `near` keeps the multi-index of each delta's pdq entries, built for the first shard and shared."""
     unknown = kinds - set(URL_DERIVED_KINDS) - set(blocklists.IMAGE_KINDS) - {"pdq"}
     if unknown:
         return f"the change has entries of kind {', '.join(sorted(unknown))}"
@@ -86,10 +89,12 @@ def _touches(con, settings: Settings, shard: shards.Shard, name: str, delta: str
         if hits:
             return "an image hash of its sidecar is a changed entry"
     if sidecar_path and "pdq" in kinds and "pdq" in columns:
-        entries = con.execute(f"SELECT value, distance FROM {delta} WHERE kind = 'pdq'").fetchall()
-        changed = PdqIndex.build(
-            [v for v, _ in entries], np.array([pdq.DEFAULT_DISTANCE if d is None else d for _, d in entries])
-        )
+        if delta not in near:
+            entries = con.execute(f"SELECT value, distance FROM {delta} WHERE kind = 'pdq'").fetchall()
+            near[delta] = PdqIndex.build(
+                [v for v, _ in entries], np.array([pdq.DEFAULT_DISTANCE if d is None else d for _, d in entries])
+            )
+        changed = near[delta]
         inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), "", sidecar_path, columns)
         if any(changed.search(words)[0].size for _, words in near_matching.batches(con, inputs)):
             return "a PDQ hash of its sidecar is near a changed entry"
@@ -111,6 +116,7 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
     touched: dict[str, str] = {}
     verified: list[str] = []
     deltas: dict[str, tuple[str, set[str]]] = {}
+    near: dict[str, PdqIndex] = {}  # delta table -> index of its pdq entries
     con = matching.connect(settings)
     try:
         for name in names:
@@ -143,7 +149,7 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
                     kinds = {k for (k,) in con.execute(f"SELECT DISTINCT kind FROM {table}").fetchall()}
                     deltas[old] = (table, kinds)
                 table, kinds = deltas[old]
-                why = _touches(con, settings, shard, name, table, kinds)
+                why = _touches(con, settings, shard, name, table, kinds, near)
                 if why:
                     touched[name] = why
                     continue

@@ -1,9 +1,9 @@
 """Matching a shard against the merged blocklist, set-oriented in DuckDB.
 
 One query per shard: canonicalize every URL, expand it to its lookup expressions, hash them, and join the hashes
-with the list; domains join on every suffix of the host, image hashes through the shard's sidecar (PDQ hashes
-within the source's distance, see `relaion_pipeline.near_matching`), and the research keyword rule is a filter on score
-and caption. The result is the removals table: row number, row key, kind, source, category, the matching hash
+with the list; domains join on every suffix of the host, image hashes through the shard's sidecar (PDQ
+hashes within the source's distance, see `relaion_pipeline.near_matching`), and the research keyword rule is a
+filter on score and caption. The result is the removals table: row number, row key, kind, source, category, the matching hash
 (the list value), the scope it hit (`url`, `path`, `host`, `image`, `image-near` or `caption`) and, for PDQ,
 the distance. It never holds a URL, an expression's text or a caption.
 
@@ -306,7 +306,6 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
               FROM canonical) c
         JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
     image_kinds = [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds]
-    near = "pdq" in kinds and "pdq" in inputs.sidecar_columns
     hashes = [c for c in inputs.sidecar_columns if c in ("md5", "sha1", "sha256")]
     if inputs.sidecar_path and image_kinds and hashes:
         parts.append(
@@ -321,7 +320,7 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
             selects.append(f"""
         SELECT s.row_number, s.row_key, b.kind, b.source, b.category, b.value AS hash, 'image' AS match, NULL::SMALLINT
         FROM sidecar s JOIN bl b ON b.kind = '{kind}' AND b.value = s.{column}""")
-    if inputs.sidecar_path and near:  # found by the compiled multi-index (near_matching), registered beforehand
+    if _near(inputs, kinds):  # found by the compiled multi-index (near_matching), registered beforehand by _run
         selects.append(f"""
         SELECT row_number, row_key, kind, source, category, hash, match, distance FROM {PDQ_MATCHES}""")
     pattern = keyword_pattern(settings.keywords)
@@ -344,9 +343,14 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
     ORDER BY ALL"""
 
 
+def _near(inputs: MatchInputs, kinds: set[str]) -> bool:
+    """Whether the removals query reads PDQ near matches: the list has pdq entries and the sidecar PDQ hashes."""
+    return "pdq" in kinds and inputs.sidecar_path is not None and "pdq" in inputs.sidecar_columns
+
+
 def _run(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], sql: str) -> pa.Table:
     """Run a removals query, with the shard's PDQ near matches registered first when the list has pdq entries."""
-    near = "pdq" in kinds and inputs.sidecar_path is not None and "pdq" in inputs.sidecar_columns
+    near = _near(inputs, kinds)
     if near:
         from relaion_pipeline import near_matching
 
