@@ -101,7 +101,7 @@ def _hash_images(args) -> int:
     progress = functools.partial(print, flush=True)
     results = images.hash_tars(args.images, args.out, workers=args.workers, progress=progress)
     written = images.write_sidecars(settings, args.out, progress=progress)
-    failed = [r for r in results if r.errors]
+    failed = [r for r in results if r.error]
     totals = {k: sum(getattr(r, k) for r in results) for k in ("images", "corrupt", "failed_downloads", "without_url")}
     print(
         f"{totals['images']:,} images hashed ({totals['corrupt']:,} corrupt: byte hashes only,"
@@ -109,7 +109,7 @@ def _hash_images(args) -> int:
         f" {len(written)} sidecars, {sum(written.values()):,} rows under {args.out}"
     )
     for result in failed:
-        print(f"error: {result.errors[0]}", file=sys.stderr)
+        print(f"error: {result.error}", file=sys.stderr)
     return 1 if failed else 0
 
 

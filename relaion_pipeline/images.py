@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -98,7 +98,7 @@ class TarResult:
     failed_downloads: int = 0  # samples img2dataset tried and could not fetch (status other than success)
     seconds: float = 0.0
     reused: bool = False
-    errors: list[str] = field(default_factory=list)
+    error: str | None = None  # why the tar could not be read (it is then not hashed at all)
 
 
 def _samples(handle):
@@ -120,8 +120,6 @@ def _samples(handle):
                 key = sample
                 files[extension.lower()] = archive.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as error:
-        if key is not None:
-            yield key, files
         raise ImagesError(f"not a readable tar file ({error})") from None
     if key is not None:
         yield key, files
@@ -132,7 +130,7 @@ def _download_table(tar: str) -> dict[str, tuple[str | None, str | None]]:
     path = tar[: -len(".tar")] + ".parquet"
     if not storage.exists(path):
         return {}
-    table = pq.read_table(storage.filesystem(path)[1], filesystem=storage.filesystem(path)[0])
+    table = storage.read_table(path)
     if "key" not in table.column_names:
         return {}
     keys = table.column("key").cast(pa.string()).to_pylist()
@@ -209,8 +207,8 @@ def _hash_one(images: str, out: str, relative: str) -> TarResult:
     try:
         result = hash_tar(tar, target)
     except ImagesError as error:  # a damaged tar fails alone; the others are still hashed
-        return TarResult(tar=tar, errors=[str(error)])
-    counts = {k: v for k, v in result.__dict__.items() if k not in ("reused", "errors")}
+        return TarResult(tar=tar, error=str(error))
+    counts = {k: v for k, v in result.__dict__.items() if k not in ("reused", "error")}
     storage.write_json_atomic({"input": source, "counts": counts}, record)
     return result
 
@@ -226,8 +224,8 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
             results.append(result)
-            if result.errors:
-                progress(f"[{done}/{len(tars)}] {futures[future]}: FAILED: {result.errors[0]}")
+            if result.error:
+                progress(f"[{done}/{len(tars)}] {futures[future]}: FAILED: {result.error}")
                 continue
             rate = result.images / result.seconds if result.seconds else 0
             how = "already hashed" if result.reused else f"{result.seconds:.1f} s, {rate:,.0f} images/s"

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from relaion_pipeline import pdq
+from relaion_pipeline.matching import REMOVALS_SCHEMA
 from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.schemas import sql_string
 
@@ -98,7 +99,7 @@ def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
         f" in {time.perf_counter() - started:.1f} s"
     )
     if not found:
-        return _empty()
+        return REMOVALS_SCHEMA.empty_table()
     matched = pa.concat_tables(found)
     entry = pa.array(matched.column("entry"))
     return pa.table(
@@ -111,20 +112,5 @@ def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
             "hash": pc.take(entries.column("value"), entry),
             "match": pa.array(["image-near"] * matched.num_rows, pa.string()),
             "distance": matched.column("distance"),
-        }
-    )
-
-
-def _empty() -> pa.Table:
-    return pa.table(
-        {
-            "row_number": pa.array([], pa.int64()),
-            "row_key": pa.array([], pa.string()),
-            "kind": pa.array([], pa.string()),
-            "source": pa.array([], pa.string()),
-            "category": pa.array([], pa.string()),
-            "hash": pa.array([], pa.string()),
-            "match": pa.array([], pa.string()),
-            "distance": pa.array([], pa.int16()),
         }
     )
