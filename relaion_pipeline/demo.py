@@ -7,12 +7,13 @@ entry removes in every shard (row keys only, never a URL or caption). Every host
 (example.com/.org/.net, *.example, *.test) or a documentation IP (192.0.2/24, 198.51.100/24, 203.0.113/24);
 captions are neutral phrases; the keyword rule uses the placeholder keyword list shipped with the package.
 
-Every shard gets planted rows for each kind (images, PDQ and keywords not in the `minimal` family, which has
-no sidecar and no score) plus decoys that must survive: a near-miss folder, keywords with a low score, high
-scores without a keyword, a keyword inside a longer word, a PDQ entry 34 bits away, a listed PDQ hash of too low
-a quality. The sidecars' PDQ hashes are digests of the synthetic image bytes standing in for perceptual hashes
-(real ones come from `relaion hash-images`); PDQ entries are those hashes with some bits flipped. Up to ORACLE_MAX_ROWS rows in all, planted.json is a brute
-force over every row; beyond, planted rows sit on dedicated hosts, folders or file names, so only they can match.
+Every shard gets planted rows for each kind (images, PDQ and keywords not in the `minimal` family, which has no
+sidecar and no score) plus decoys that must survive: a near-miss folder, keywords with a low score, high scores
+without a keyword, a keyword inside a longer word, a PDQ entry 34 bits away, a listed PDQ hash of too low a
+quality. The sidecars' PDQ hashes are digests of the synthetic image bytes standing in for perceptual hashes
+(real ones come from `relaion hash-images`); PDQ entries are those hashes with some bits flipped. Up to
+ORACLE_MAX_ROWS rows in all, planted.json is a brute force over every row; beyond, planted rows sit on dedicated
+hosts, folders or file names, so only they can match.
 """
 
 from __future__ import annotations
