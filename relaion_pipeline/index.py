@@ -24,12 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline import matching, storage, urls
+from relaion_pipeline import lookup_hashes, matching, storage, urls
 from relaion_pipeline.schemas import sql_string
 
 FORMAT = 1  # bump when what the index holds changes: older indexes are rebuilt, not misread
 SCOPES = ("url", "path", "host", "domain", "none")
 URL, PATH, HOST, DOMAIN, NONE = range(len(SCOPES))
+BATCH_ROWS = 262_144  # URLs per batch of the compiled build: ~30 MB of URLs, ~4M entries
 SCHEMA = pa.schema([("row_number", pa.uint32()), ("scope", pa.uint8()), ("sha", pa.uint64()), ("md5", pa.uint64())])
 
 
@@ -66,6 +67,54 @@ def build_sql(inputs: matching.MatchInputs, md5: bool = True) -> str:
     WHERE trim(s.url) <> ''"""
 
 
+def _write_sql(con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, target: str) -> None:
+    options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000, USE_TMP_FILE false"
+    con.execute(f"COPY ({build_sql(inputs, md5)}) TO {sql_string(target)} ({options})")
+
+
+def _general_sql(relation: str) -> str:
+    """SQL: row_number, host, path, query of the URLs of `relation` (row_number, url), the parts null for a
+    non-blank URL with no canonical form; blank URLs have no row."""
+    return f"""
+    WITH src AS (SELECT row_number, NULL::VARCHAR AS row_key, url FROM {relation}), {matching.canonical_parts_sql("src")}
+    SELECT s.row_number, c.host, c.path, c.query
+    FROM classified s LEFT JOIN canonical c ON c.row_number = s.row_number
+    WHERE c.row_number IS NOT NULL OR trim(s.url) <> ''"""
+
+
+def _write_compiled(con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, target: str) -> None:
+    """Stream the shard's URLs, BATCH_ROWS at a time, through the compiled lookup hashes into `target`; what
+    is not a regular URL is canonicalized by DuckDB on a second connection."""
+    source = (
+        f"SELECT file_row_number AS row_number, {matching.quote(inputs.roles.url)} AS url "
+        f"FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)"
+    )
+    cursor = con.cursor()
+
+    def general(table: pa.Table) -> pa.Table:
+        cursor.register("relaion_urls", table)
+        try:
+            return cursor.sql(_general_sql("relaion_urls")).to_arrow_table()
+        finally:
+            cursor.unregister("relaion_urls")
+
+    try:
+        # random hash prefixes do not compress: only row numbers and scopes are (1.2 s instead of 2.6 s to write
+        # 30M entries, 10% larger, read 3x as fast)
+        options = {"compression": {"row_number": "zstd", "scope": "zstd", "sha": "none", "md5": "none"}}
+        with pq.ParquetWriter(target, SCHEMA, use_dictionary=False, **options) as writer:
+            for batch in con.sql(source).arrow(BATCH_ROWS):
+                table, unusable = lookup_hashes.entries(batch.column(0), batch.column(1), general, md5)
+                writer.write_table(table.cast(SCHEMA), row_group_size=1_000_000)
+                if unusable.size:
+                    none = pa.nulls(unusable.size, pa.uint64())
+                    scope = pa.array(np.full(unusable.size, NONE, np.uint8))
+                    row = pa.array(unusable.astype(np.uint32))
+                    writer.write_table(pa.table([row, scope, none, none], schema=SCHEMA))
+    finally:
+        cursor.close()
+
+
 def paths(work: str, name: str) -> tuple[str, str]:
     """The index file of a shard and the JSON that says which input it was built from."""
     base = storage.join(work, "index", name)
@@ -93,26 +142,24 @@ def build(
     input_fingerprint: dict,
     counts: dict,
     md5: bool = True,
+    compiled: bool = True,
 ) -> dict:
-    """Write the index of one shard (streaming, in DuckDB's memory limit) and return its description, which
-    also keeps the shard's row `counts` (they hold as long as the input does)."""
+    """Write the index of one shard (streaming, in bounded memory) and return its description, which also
+    keeps the shard's row `counts` (they hold as long as the input does). The compiled lookup hashes write it
+    when OpenSSL is there (`compiled=False`: the SQL of `build_sql`, the reference they are tested against)."""
     started = time.perf_counter()
     path, meta_path = paths(work, inputs.shard_name)
     storage.remove(meta_path)  # the description goes last: an index without one is never used
-    query = build_sql(inputs, md5)
-
-    def copy(target: str) -> str:
-        options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000, USE_TMP_FILE false"
-        return f"COPY ({query}) TO {sql_string(target)} ({options})"
-
+    compiled = compiled and lookup_hashes.available()
+    write = _write_compiled if compiled else _write_sql
     if storage.is_local(path):
         with storage.AtomicPath(path) as local:
-            con.execute(copy(local))
+            write(con, inputs, md5, local)
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
     else:
         with tempfile.TemporaryDirectory(prefix="relaion-index-") as scratch:
             local = os.path.join(scratch, "index.parquet")
-            con.execute(copy(local))
+            write(con, inputs, md5, local)
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
             storage.copy(local, path)
     meta = {
@@ -120,6 +167,7 @@ def build(
         "input": input_fingerprint,
         "counts": counts,
         "md5": md5,
+        "built_by": "compiled" if compiled else "sql",
         "entries": entries,
         "bytes": size,
         "seconds": round(time.perf_counter() - started, 3),

@@ -14,34 +14,17 @@ Memory: 352 bytes per entry (352 MB for 1M entries), plus ~300 bytes per query o
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
 from relaion_pipeline import pdq
-
-# numba's own thread pool, not OpenMP: a process that ran the kernel can still fork (hash-images' workers, a
-# Celery prefork pool) and the children can run it too. It allows one parallel launch at a time: hence the lock.
-numba.config.THREADING_LAYER = "workqueue"
-_LAUNCH = threading.Lock()
+from relaion_pipeline.compiled import LAUNCH, popcount
 
 MASKS_BY_RADIUS = {
     r: np.array([m for m in range(1 << pdq.SLOT_BITS) if m.bit_count() <= r], dtype=np.int64) for r in range(4)
 }
-
-
-@intrinsic
-def _popcount(typingctx, value):
-    """The CPU's population count of a uint64 (LLVM's ctpop)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.call(builder.module.declare_intrinsic("llvm.ctpop", [args[0].type]), args)
-
-    return types.uint64(types.uint64), codegen
 
 
 @numba.njit(parallel=True, cache=True)
@@ -63,11 +46,11 @@ def _search(queries, query_order, query_slots, head, order, offsets, words, limi
             probe = query_slots[s, q] ^ mask
             q0, q1 = queries[q, 0], queries[q, 1]
             for j in range(offsets[s, probe], offsets[s, probe + 1]):
-                d = _popcount(q0 ^ head[s, j, 0]) + _popcount(q1 ^ head[s, j, 1])
+                d = popcount(q0 ^ head[s, j, 0]) + popcount(q1 ^ head[s, j, 1])
                 if d > reach:
                     continue
                 e = order[s, j]
-                d += _popcount(queries[q, 2] ^ words[e, 2]) + _popcount(queries[q, 3] ^ words[e, 3])
+                d += popcount(queries[q, 2] ^ words[e, 2]) + popcount(queries[q, 3] ^ words[e, 3])
                 if d <= np.uint64(limits[e]):
                     if count < capacity:
                         found_q[task, count] = q
@@ -114,7 +97,7 @@ class PdqIndex:
         query_order = np.argsort(slots, axis=1, kind="stable")
         capacity = 4096  # matches one (slot, mask) task may hold; 272 tasks x 4096 x 18 bytes = 20 MB
         while True:
-            with _LAUNCH:
+            with LAUNCH:
                 fq, fe, fd, counts = _search(
                     queries, query_order, slots, self.head, self.order, self.offsets, self.words, self.limits,
                     masks, np.uint64(reach), capacity,

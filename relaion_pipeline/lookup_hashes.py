@@ -1,0 +1,524 @@
+"""The lookup-hash index entries of a batch of URLs, compiled: canonical parts in, (row, scope, sha, md5) out.
+
+What `index.build_sql` computes in DuckDB (every lookup expression's sha256 and md5 prefix, every host
+suffix's sha256 prefix for domain lists), at a fraction of its cost: the expressions are never built as
+strings, each one is fed piece by piece (host suffix, path prefix, `?`, query) to OpenSSL's SHA-256 and MD5,
+the libcrypto that Python's own hashlib uses (SHA-NI where the CPU has it), called from a numba kernel on
+both cores. Regular URLs (`FAST_URL` of `matching`, checked byte by byte here) are split without DuckDB;
+every other URL is canonicalized by `matching.canonical_parts_sql`, so both give exactly the reference parts.
+
+`available()` says whether libcrypto was found and hashes correctly; without it the index is built by SQL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from relaion_pipeline import matching
+from relaion_pipeline.compiled import LAUNCH, call1, call2, call3
+
+URL, PATH, HOST, DOMAIN = 0, 1, 2, 3  # index.SCOPES
+SHA, MD5 = 0, 3  # offsets of the two hashes' Init, Update, Final in the address table
+_NAMES = ("SHA256_Init", "SHA256_Update", "SHA256_Final", "MD5_Init", "MD5_Update", "MD5_Final")
+_SEPARATORS = np.frombuffer(b"/?", np.uint8)  # pieces of expressions that are not in the URL's bytes
+_DOTTED_QUAD = f"^(?:{matching.DOTTED_QUAD})$"
+_functions: np.ndarray | None = None
+
+
+@numba.njit(inline="always")
+def _prefix(functions, base, context, digest, p1, n1, p2, n2, p3, n3, p4, n4):
+    """The first 64 bits, big-endian, of the hash (`base` SHA or MD5) of up to four pieces (address, length)."""
+    call1(functions[base], context)
+    call3(functions[base + 1], context, p1, n1)
+    if n2 > 0:
+        call3(functions[base + 1], context, p2, n2)
+    if n3 > 0:
+        call3(functions[base + 1], context, p3, n3)
+    if n4 > 0:
+        call3(functions[base + 1], context, p4, n4)
+    digest_address = digest.ctypes.data
+    call2(functions[base + 2], digest_address, context)
+    value = np.uint64(0)
+    for b in range(8):
+        value = (value << np.uint64(8)) | np.uint64(digest[b])
+    return value
+
+
+@numba.njit(inline="always")
+def _put(
+    at,
+    write,
+    out_row,
+    out_scope,
+    out_sha,
+    out_md5,
+    out_has_md5,
+    row,
+    scope,
+    functions,
+    with_md5,
+    ctx,
+    digest,
+    p1,
+    n1,
+    p2,
+    n2,
+    p3,
+    n3,
+    p4,
+    n4,
+):
+    """Write entry `at` (when `write`; counting otherwise) and return the next position."""
+    if write:
+        out_row[at] = row
+        out_scope[at] = scope
+        out_sha[at] = _prefix(functions, SHA, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
+        if with_md5 and scope != DOMAIN:
+            out_md5[at] = _prefix(functions, MD5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
+            out_has_md5[at] = True
+    return at + 1
+
+
+@numba.njit(inline="always")
+def _row(
+    buf,
+    seps,
+    row,
+    h0,
+    h1,
+    p0,
+    p1,
+    q0,
+    q1,
+    ip,
+    at,
+    write,
+    out_row,
+    out_scope,
+    out_sha,
+    out_md5,
+    out_has_md5,
+    functions,
+    with_md5,
+    dots,
+    ends,
+    ctx,
+    digest,
+):
+    """The entries of one row (see `_entries`), written from `at` on; returns the position after them.
+
+    Domain entries: the host and its suffixes after every dot but the last (no IPv6 literal). Lookup hosts:
+    the host and (not for IPs) the suffixes after dots max(n - 5, 0) .. n - 2 of its n dots. Paths: the exact
+    path with the query, without it, then '/' and up to 3 directory prefixes, never the exact path twice."""
+    base = buf.ctypes.data
+    slash, question = seps.ctypes.data, seps.ctypes.data + 1
+    n_dots = 0
+    for i in range(h0, h1):
+        if buf[i] == 46:  # '.'
+            dots[n_dots] = i
+            n_dots += 1
+    n_ends = 1
+    ends[0] = p0 + 1  # directory prefix k is '/' + buf[p0 + 1:ends[k]]
+    for i in range(p0 + 1, p1):
+        if n_ends == 4:
+            break
+        if buf[i] == 47:  # '/'
+            ends[n_ends] = i + 1
+            n_ends += 1
+    if n_dots > 0 and not (h1 > h0 and buf[h0] == 91):  # '[': an IPv6 literal
+        for j in range(-1, n_dots - 1):
+            start = h0 if j < 0 else dots[j] + 1
+            at = _put(
+                at,
+                write,
+                out_row,
+                out_scope,
+                out_sha,
+                out_md5,
+                out_has_md5,
+                row,
+                DOMAIN,
+                functions,
+                with_md5,
+                ctx,
+                digest,
+                base + start,
+                h1 - start,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+    first = n_dots if ip else max(n_dots - 5, 0)
+    root = p1 - p0 == 1 and buf[p0] == 47
+    for j in range(-1, max(n_dots - 1, 0)):
+        if j >= 0 and j < first:
+            continue
+        exact = j < 0
+        start = h0 if exact else dots[j] + 1
+        host, n_host = base + start, h1 - start
+        if q0 >= 0:
+            scope = URL if exact else PATH
+            at = _put(
+                at,
+                write,
+                out_row,
+                out_scope,
+                out_sha,
+                out_md5,
+                out_has_md5,
+                row,
+                scope,
+                functions,
+                with_md5,
+                ctx,
+                digest,
+                host,
+                n_host,
+                base + p0,
+                p1 - p0,
+                question,
+                1,
+                base + q0,
+                q1 - q0,
+            )
+        scope = URL if exact else (HOST if root else PATH)
+        at = _put(
+            at,
+            write,
+            out_row,
+            out_scope,
+            out_sha,
+            out_md5,
+            out_has_md5,
+            row,
+            scope,
+            functions,
+            with_md5,
+            ctx,
+            digest,
+            host,
+            n_host,
+            base + p0,
+            p1 - p0,
+            0,
+            0,
+            0,
+            0,
+        )
+        for k in range(n_ends):
+            end = ends[k]
+            if buf[p0] == 47 and end == p1:
+                continue  # this prefix is the exact path
+            scope = HOST if k == 0 else PATH
+            at = _put(
+                at,
+                write,
+                out_row,
+                out_scope,
+                out_sha,
+                out_md5,
+                out_has_md5,
+                row,
+                scope,
+                functions,
+                with_md5,
+                ctx,
+                digest,
+                host,
+                n_host,
+                slash,
+                1,
+                base + p0 + 1,
+                end - p0 - 1,
+                0,
+                0,
+            )
+    return at
+
+
+CHUNKS = 64  # tasks per batch for the two threads: rows of very different lengths still spread evenly
+
+
+@numba.njit(parallel=True, cache=True)
+def _entries(buf, seps, rows, hs, he, ps, pe, qs, qe, is_ip, functions, with_md5, longest_host):
+    """Index entries of rows with canonical parts at buf[hs:he] (host), buf[ps:pe] (path) and buf[qs:qe]
+    (query; qs < 0: none): row, scope, sha prefix, md5 prefix and whether it has one."""
+    n = rows.shape[0]
+    # per-task scratch, allocated here: numba hoists an np.empty out of a prange loop, sharing it between threads
+    all_dots, all_ends = np.empty((CHUNKS, longest_host + 1), np.int64), np.empty((CHUNKS, 4), np.int64)
+    contexts = np.empty((CHUNKS, 320), np.uint8)  # an OpenSSL context (SHA256_CTX: 112 bytes) and a digest
+    counts = np.zeros(n + 1, np.int64)
+    no_rows, no_scopes, no_hashes, no_flags = (
+        rows[:0],
+        np.empty(0, np.uint8),
+        np.empty(0, np.uint64),
+        np.empty(0, np.bool_),
+    )
+    for c in numba.prange(CHUNKS):
+        dots, ends = all_dots[c], all_ends[c]
+        for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
+            counts[r + 1] = _row(
+                buf,
+                seps,
+                rows[r],
+                hs[r],
+                he[r],
+                ps[r],
+                pe[r],
+                qs[r],
+                qe[r],
+                is_ip[r],
+                0,
+                False,
+                no_rows,
+                no_scopes,
+                no_hashes,
+                no_hashes,
+                no_flags,
+                functions,
+                with_md5,
+                dots,
+                ends,
+                0,
+                contexts[c],
+            )
+    starts = np.cumsum(counts)
+    total = starts[n]
+    out_row, out_scope = np.empty(total, np.uint32), np.empty(total, np.uint8)
+    out_sha, out_md5, out_has_md5 = np.empty(total, np.uint64), np.zeros(total, np.uint64), np.zeros(total, np.bool_)
+    written = np.zeros(n, np.int64)  # used, so that numba does not drop the loop as free of effects
+    for c in numba.prange(CHUNKS):
+        dots, ends, context = all_dots[c], all_ends[c], contexts[c]
+        digest = context[256:]
+        ctx = context.ctypes.data
+        for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
+            written[r] = _row(
+                buf,
+                seps,
+                rows[r],
+                hs[r],
+                he[r],
+                ps[r],
+                pe[r],
+                qs[r],
+                qe[r],
+                is_ip[r],
+                starts[r],
+                True,
+                out_row,
+                out_scope,
+                out_sha,
+                out_md5,
+                out_has_md5,
+                functions,
+                with_md5,
+                dots,
+                ends,
+                ctx,
+                digest,
+            )
+    if n and written[n - 1] != total:
+        raise AssertionError("lookup hashes: entries written do not add up")
+    return out_row, out_scope, out_sha, out_md5, out_has_md5
+
+
+@numba.njit(inline="always")
+def _host_byte(c):
+    """0: not a host byte; 1: a letter g-w, y, z (no IP has one); 2: a digit or a letter an IP can hold."""
+    if c == 45 or 103 <= (c | 32) <= 122 and (c | 32) != 120:  # '-', g-z but x
+        return 1
+    if 48 <= c <= 57 or 97 <= (c | 32) <= 102 or (c | 32) == 120:  # 0-9, a-f, x
+        return 2
+    return 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _split_regular(data, offsets, valid, lowered, hs, he, ps, pe, qs, qe):
+    """For each URL data[offsets[i]:offsets[i + 1]] that `matching.FAST_URL` accepts with nothing to resolve,
+    its canonical parts as positions in `lowered` (a copy of data; the host is lower-cased there); hs = -1
+    for every other row. Stricter than the SQL's fast tier (hosts of hex digits and dots are left to it)."""
+    for r in numba.prange(offsets.shape[0] - 1):
+        hs[r] = -1
+        if not valid[r]:
+            continue
+        i, end = offsets[r], offsets[r + 1]
+        if end - i < 8 or data[i] != 104 or data[i + 1] != 116 or data[i + 2] != 116 or data[i + 3] != 112:
+            continue  # not 'http'
+        i += 4
+        if data[i] == 115:  # 's'
+            i += 1
+        if i + 3 > end or data[i] != 58 or data[i + 1] != 47 or data[i + 2] != 47:  # '://'
+            continue
+        i += 3
+        host = i
+        after_dot, ip_like = True, True
+        while i < end:
+            c = data[i]
+            if c == 46:
+                if after_dot:
+                    break  # an empty label
+                after_dot = True
+            else:
+                kind = _host_byte(c)
+                if kind == 0:
+                    break
+                after_dot = False
+                ip_like = ip_like and kind == 2
+            i += 1
+        if after_dot or ip_like or (i < end and data[i] != 47 and data[i] != 35):
+            continue  # empty host or label, a possible IP, or a port, query, user info, ... after the host
+        host_end = i
+        path, query, rest_end, regular = i, -1, i, True
+        slash_run, dot_run = 0, -1  # dot_run: dots since the last '/' (-1: a segment not only of dots)
+        while rest_end < end and data[rest_end] != 35:  # '#': the fragment is dropped
+            c = data[rest_end]
+            if c < 33 or c > 126 or c == 37:  # control, space, non-ASCII, '%'
+                regular = False
+                break
+            if query < 0:
+                if c == 63:  # '?'
+                    query = rest_end + 1
+                elif c == 47:
+                    if slash_run > 0 and dot_run == 0 or dot_run == 1 or dot_run == 2:
+                        regular = False  # '//' or a dot segment
+                        break
+                    slash_run, dot_run = 1, 0
+                elif c == 46 and dot_run >= 0:
+                    dot_run += 1
+                else:
+                    dot_run = -1
+            rest_end += 1
+        if not regular:
+            continue
+        path_end = query - 1 if query >= 0 else rest_end
+        if path_end > path and (dot_run == 1 or dot_run == 2):
+            continue  # a path ending in a dot segment
+        for k in range(host, host_end):
+            c = data[k]
+            lowered[k] = c | 32 if 65 <= c <= 90 else c
+        hs[r], he[r] = host, host_end
+        if path_end == path:
+            ps[r], pe[r] = host - 1, host  # an empty path is '/': the last '/' of '://'
+        else:
+            ps[r], pe[r] = path, path_end
+        qs[r], qe[r] = query, (rest_end if query >= 0 else -1)
+
+
+def _crypto() -> np.ndarray | None:
+    """Addresses of OpenSSL's SHA-256 and MD5 functions in the libcrypto of Python's hashlib, once checked to
+    hash like hashlib; None when there is none (a Python built without OpenSSL)."""
+    try:
+        import _hashlib
+
+        library = ctypes.CDLL(_hashlib.__file__)  # its symbols include those of the libcrypto it links
+        functions = np.array([ctypes.cast(getattr(library, n), ctypes.c_void_p).value for n in _NAMES], np.int64)
+    except (ImportError, OSError, AttributeError):
+        return None
+    probe = b"a.b.example/1/2.html?q=%20"
+    table = _entries(
+        np.frombuffer(probe, np.uint8).copy(), _SEPARATORS, np.zeros(1, np.uint32), *(np.array([v]) for v in (0, 9, 9, 20, 21, 26)),
+        np.zeros(1, np.bool_), functions, True, 9,
+    )  # fmt: skip
+    expected = hashlib.sha256(probe).digest()[:8], hashlib.md5(probe).digest()[:8]
+    scopes, sha, md5 = table[1], table[2], table[3]
+    url = np.flatnonzero(scopes == URL)[0]
+    if (int(sha[url]).to_bytes(8, "big"), int(md5[url]).to_bytes(8, "big")) != expected:
+        return None
+    return functions
+
+
+def available() -> bool:
+    """Whether the compiled path can be used (OpenSSL found and checked); the first call compiles the kernels
+    or loads them from numba's cache."""
+    global _functions
+    if _functions is None:
+        _functions = _crypto()
+        if _functions is None:
+            _functions = np.zeros(0, np.int64)
+    return _functions.size > 0
+
+
+def _strings(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets int64, bytes uint8, valid bool) of a string array."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    array = pa.concat_arrays([array.cast(pa.large_string())])  # offset 0, 64-bit offsets
+    _, offsets, data = array.buffers()
+    n = len(array)
+    offsets = np.frombuffer(offsets, np.int64, n + 1) if offsets is not None else np.zeros(n + 1, np.int64)
+    data = np.frombuffer(data, np.uint8) if data is not None and offsets[-1] else np.zeros(1, np.uint8)
+    valid = np.asarray(array.is_valid())
+    return offsets, data, valid
+
+
+def _table(out, with_md5: bool) -> pa.Table:
+    rows, scopes, sha, md5, has_md5 = out
+    md5_array = pa.array(md5, pa.uint64(), mask=~has_md5) if with_md5 else pa.nulls(len(rows), pa.uint64())
+    return pa.table({"row_number": rows, "scope": scopes, "sha": sha, "md5": md5_array})
+
+
+def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[pa.Table, np.ndarray]:
+    """The index entries of a batch of URLs with their row numbers, and the row numbers of URLs that have no
+    canonical form. `general(table of row_number, url)` canonicalizes what is not regular: it returns
+    row_number, host, path, query, the parts null for a URL with none (`matching.canonical_parts_sql`)."""
+    if not available():
+        raise RuntimeError("the compiled lookup hashes need OpenSSL's libcrypto, which this Python does not have")
+    rows = np.asarray(rows, dtype=np.uint32)
+    offsets, data, valid = _strings(urls)
+    lowered = data.copy()
+    n = len(rows)
+    hs, he, ps, pe, qs, qe = (np.empty(n, np.int64) for _ in range(6))
+    with LAUNCH:
+        _split_regular(data, offsets, valid, lowered, hs, he, ps, pe, qs, qe)
+    regular = hs >= 0
+    longest = int((he - hs)[regular].max()) if regular.any() else 0
+    with LAUNCH:
+        out = _entries(
+            lowered, _SEPARATORS, rows[regular], hs[regular], he[regular], ps[regular], pe[regular], qs[regular],
+            qe[regular], np.zeros(int(regular.sum()), np.bool_), _functions, with_md5, longest,
+        )  # fmt: skip
+    tables = [_table(out, with_md5)]
+    rest = np.flatnonzero(valid & ~regular)
+    unusable = np.zeros(0, np.int64)
+    if rest.size:
+        parts = general(pa.table({"row_number": pa.array(rows[rest], pa.int64()), "url": urls.take(pa.array(rest))}))
+        none = parts.column("host").is_null()
+        unusable = np.asarray(pc.filter(parts.column("row_number"), none), dtype=np.int64)
+        parts = parts.filter(pc.invert(none))
+        if parts.num_rows:
+            tables.append(_parts_entries(parts, with_md5))
+    return pa.concat_tables(tables), unusable
+
+
+def _parts_entries(parts: pa.Table, with_md5: bool) -> pa.Table:
+    """Index entries of canonical parts (row_number, host, path, query)."""
+    buffers, starts, ends = [], [], []
+    base = 0
+    for name in ("host", "path", "query"):
+        offsets, data, valid = _strings(parts.column(name))
+        buffers.append(data)
+        start, end = offsets[:-1] + base, offsets[1:] + base
+        if name == "query":
+            start, end = np.where(valid, start, -1), np.where(valid, end, -1)
+        starts.append(start)
+        ends.append(end)
+        base += len(data)
+    host = parts.column("host")
+    is_ip = pc.or_(pc.match_substring_regex(host, _DOTTED_QUAD), pc.starts_with(host, "["))
+    longest = int(pc.max(pc.binary_length(host)).as_py())
+    with LAUNCH:
+        out = _entries(
+            np.concatenate(buffers), _SEPARATORS, np.asarray(parts.column("row_number"), dtype=np.uint32),
+            starts[0], ends[0], starts[1], ends[1], starts[2], ends[2], np.asarray(is_ip, dtype=np.bool_),
+            _functions, with_md5, longest,
+        )  # fmt: skip
+    return _table(out, with_md5)
