@@ -708,7 +708,13 @@ def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, 
     entries the reference derives in Python; the compiled build streams batches (here of 1,000 URLs)."""
     monkeypatch.setattr(index, "BATCH_ROWS", 1000)
     values = [*generated, None, "", "   ", "http://", "/only/a/path", "http://[::1]:8080/x", "http://a.b.c.d.e.f.g/h"]
-    values += ["http://localhost", "http://q.example?x", "http://q.example/p?", "http://face.cafe/", "http://a.example#f"]
+    values += [
+        "http://localhost",
+        "http://q.example?x",
+        "http://q.example/p?",
+        "http://face.cafe/",
+        "http://a.example#f",
+    ]
     shard = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": pa.array(values, pa.string()), "caption": [""] * len(values)}), shard)
     inputs = matching.MatchInputs("urls", str(shard), schemas.detect(pq.read_schema(shard), str(shard)), "", None)
