@@ -7,6 +7,7 @@ the safe threshold. Both stream the parquet file batch by batch, so memory does 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +46,17 @@ def filter_shard(
     rows_in = rows_out = 0
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
-    with storage.AtomicPath(destination) as tmp:
+    with storage.AtomicPath(destination) as tmp, ThreadPoolExecutor(max_workers=1) as encoder:
         fs, inner = storage.filesystem(tmp)
         with pq.ParquetWriter(inner, schema, filesystem=fs, compression=storage.PARQUET_COMPRESSION) as writer:
+            writing = None  # a row group being encoded (pyarrow frees the GIL) while the next one is read
+
+            def write(batches: list[pa.RecordBatch]) -> None:
+                nonlocal writing
+                if writing is not None:
+                    writing.result()
+                writing = encoder.submit(writer.write_table, pa.Table.from_batches(batches, schema=schema))
+
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
                 mask = keep(batch, rows_in)
                 if dropped is not None:
@@ -58,12 +67,14 @@ def filter_shard(
                     pending.append(kept)
                     pending_rows += kept.num_rows
                 if pending_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                    write(pending)
                     rows_out += pending_rows
                     pending, pending_rows = [], 0
             if pending:
-                writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                write(pending)
                 rows_out += pending_rows
+            if writing is not None:
+                writing.result()
     size, digest = storage.size_and_sha256(destination)
     return VariantStats(rows_in=rows_in, rows_out=rows_out, bytes=size, sha256=digest)
 

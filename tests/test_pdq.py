@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import blocklists, checks, demo_images, images, incremental, pdq, pipeline
+from relaion_pipeline import blocklists, checks, demo_images, images, incremental, pdq, pdq_index, pipeline
 from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.settings import Settings
 
@@ -47,6 +47,8 @@ def test_both_near_matchers_equal_brute_force_on_20k_by_20k_hashes():
 
     assert found == expected, "the DuckDB join"
     assert set(zip(rows.tolist(), hits.tolist(), bits.tolist(), strict=True)) == expected, "the compiled index"
+    audit = pdq_index.brute_force(pdq.to_words(queries[:4_000]), pdq.to_words(entries), distances)
+    assert audit == {pair for pair in expected if pair[0] < 4_000}, "the research check's compiled brute force"
     within = {d for _, _, d in found}
     assert len(found) > 1_000 and max(within) == 40 and 0 in within, "every distance up to the largest limit"
 
