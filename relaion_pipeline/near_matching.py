@@ -48,17 +48,21 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
 def sidecar_hashes_sql(inputs, sample: int | None = None, seed: int = 0) -> str:
     """SQL: row_number, row_key and words h0..h3 of every PDQ hash of the shard's sidecar that can match: its
     key is a row key of the shard, it is 64 hex digits, its quality is 50 or more or unknown. With `sample`,
-    a repeatable sample of that many. The one rule for matching, list changes and the research audit."""
+    a repeatable sample of up to that many (drawn from twice as many sidecar rows before the rule, so that
+    only those are joined with the shard). The one rule for matching, list changes and the research audit."""
     quality = f"c.pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
+    sidecar = f"read_parquet({sql_string(inputs.sidecar_path)})"
+    if sample is not None:
+        sidecar = f"(SELECT * FROM {sidecar} USING SAMPLE reservoir({2 * int(sample)} ROWS) REPEATABLE ({int(seed)}))"
     rows = f"""
         SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
-        FROM read_parquet({sql_string(inputs.sidecar_path)}) c
+        FROM {sidecar} c
         JOIN (SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key
               FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)) s
           ON CAST(c.key AS VARCHAR) = s.row_key
         WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, true)"""
     if sample is not None:
-        rows = f"SELECT * FROM ({rows}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
+        rows = f"SELECT * FROM ({rows}) ORDER BY row_number LIMIT {int(sample)}"
     return f"SELECT row_number, row_key, {pdq.words_sql('pdq')} FROM ({rows})"
 
 
