@@ -4,8 +4,9 @@ What `index.build_sql` computes in DuckDB (every lookup expression's sha256 and 
 suffix's sha256 prefix for domain lists), at a fraction of its cost: the expressions are never built as
 strings, each one is fed piece by piece (host suffix, path prefix, `?`, query) to OpenSSL's SHA-256 and MD5,
 the libcrypto that Python's own hashlib uses (SHA-NI where the CPU has it), called from a numba kernel on
-both cores. Regular URLs (`FAST_URL` of `matching`, checked byte by byte here) are split without DuckDB;
-every other URL is canonicalized by `matching.canonical_parts_sql`, so both give exactly the reference parts.
+both cores. URLs are canonicalized by the compiled reference (`canonical_kernel`), but for what it leaves to
+DuckDB's `matching.canonical_parts_sql` (possible IP hosts, IPv6, URLs without a canonical form): both give
+exactly the reference parts.
 
 `available()` says whether libcrypto was found and hashes correctly; without it the index is built by SQL.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from relaion_pipeline import matching
+from relaion_pipeline import canonical_kernel, matching
 from relaion_pipeline.compiled import LAUNCH, call1, call2, call3
 
 URL, PATH, HOST, DOMAIN = 0, 1, 2, 3  # index.SCOPES
@@ -331,88 +332,6 @@ def _entries(buf, seps, rows, hs, he, ps, pe, qs, qe, is_ip, functions, with_md5
     return out_row, out_scope, out_sha, out_md5, out_has_md5
 
 
-@numba.njit(inline="always")
-def _host_byte(c):
-    """0: not a host byte; 1: a letter g-w, y, z (no IP has one); 2: a digit or a letter an IP can hold."""
-    if c == 45 or 103 <= (c | 32) <= 122 and (c | 32) != 120:  # '-', g-z but x
-        return 1
-    if 48 <= c <= 57 or 97 <= (c | 32) <= 102 or (c | 32) == 120:  # 0-9, a-f, x
-        return 2
-    return 0
-
-
-@numba.njit(parallel=True, cache=True)
-def _split_regular(data, offsets, valid, lowered, hs, he, ps, pe, qs, qe):
-    """For each URL data[offsets[i]:offsets[i + 1]] that `matching.FAST_URL` accepts with nothing to resolve,
-    its canonical parts as positions in `lowered` (a copy of data; the host is lower-cased there); hs = -1
-    for every other row. Stricter than the SQL's fast tier (hosts of hex digits and dots are left to it)."""
-    for r in numba.prange(offsets.shape[0] - 1):
-        hs[r] = -1
-        if not valid[r]:
-            continue
-        i, end = offsets[r], offsets[r + 1]
-        if end - i < 8 or data[i] != 104 or data[i + 1] != 116 or data[i + 2] != 116 or data[i + 3] != 112:
-            continue  # not 'http'
-        i += 4
-        if data[i] == 115:  # 's'
-            i += 1
-        if i + 3 > end or data[i] != 58 or data[i + 1] != 47 or data[i + 2] != 47:  # '://'
-            continue
-        i += 3
-        host = i
-        after_dot, ip_like = True, True
-        while i < end:
-            c = data[i]
-            if c == 46:
-                if after_dot:
-                    break  # an empty label
-                after_dot = True
-            else:
-                kind = _host_byte(c)
-                if kind == 0:
-                    break
-                after_dot = False
-                ip_like = ip_like and kind == 2
-            i += 1
-        if after_dot or ip_like or (i < end and data[i] != 47 and data[i] != 35):
-            continue  # empty host or label, a possible IP, or a port, query, user info, ... after the host
-        host_end = i
-        path, query, rest_end, regular = i, -1, i, True
-        slash_run, dot_run = 0, -1  # dot_run: dots since the last '/' (-1: a segment not only of dots)
-        while rest_end < end and data[rest_end] != 35:  # '#': the fragment is dropped
-            c = data[rest_end]
-            if c < 33 or c > 126 or c == 37:  # control, space, non-ASCII, '%'
-                regular = False
-                break
-            if query < 0:
-                if c == 63:  # '?'
-                    query = rest_end + 1
-                elif c == 47:
-                    if slash_run > 0 and dot_run == 0 or dot_run == 1 or dot_run == 2:
-                        regular = False  # '//' or a dot segment
-                        break
-                    slash_run, dot_run = 1, 0
-                elif c == 46 and dot_run >= 0:
-                    dot_run += 1
-                else:
-                    dot_run = -1
-            rest_end += 1
-        if not regular:
-            continue
-        path_end = query - 1 if query >= 0 else rest_end
-        if path_end > path and (dot_run == 1 or dot_run == 2):
-            continue  # a path ending in a dot segment
-        for k in range(host, host_end):
-            c = data[k]
-            lowered[k] = c | 32 if 65 <= c <= 90 else c
-        hs[r], he[r] = host, host_end
-        if path_end == path:
-            ps[r], pe[r] = host - 1, host  # an empty path is '/': the last '/' of '://'
-        else:
-            ps[r], pe[r] = path, path_end
-        qs[r], qe[r] = query, (rest_end if query >= 0 else -1)
-
-
 def _crypto() -> np.ndarray | None:
     """Addresses of OpenSSL's SHA-256 and MD5 functions in the libcrypto of Python's hashlib, once checked to
     hash like hashlib; None when there is none (a Python built without OpenSSL)."""
@@ -468,26 +387,24 @@ def _table(out, with_md5: bool) -> pa.Table:
 
 def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[pa.Table, np.ndarray]:
     """The index entries of a batch of URLs with their row numbers, and the row numbers of URLs that have no
-    canonical form. `general(table of row_number, url)` canonicalizes what is not regular: it returns
+    canonical form. `general(table of row_number, url)` canonicalizes what the kernel leaves: it returns
     row_number, host, path, query, the parts null for a URL with none (`matching.canonical_parts_sql`)."""
     if not available():
         raise RuntimeError("the compiled lookup hashes need OpenSSL's libcrypto, which this Python does not have")
     rows = np.asarray(rows, dtype=np.uint32)
     offsets, data, valid = _strings(urls)
-    lowered = data.copy()
-    n = len(rows)
-    hs, he, ps, pe, qs, qe = (np.empty(n, np.int64) for _ in range(6))
     with LAUNCH:
-        _split_regular(data, offsets, valid, lowered, hs, he, ps, pe, qs, qe)
-    regular = hs >= 0
-    longest = int((he - hs)[regular].max()) if regular.any() else 0
+        buf, parts = canonical_kernel.canonicalize(data, offsets, valid, canonical_kernel.HEX_DIGITS)
+    decided = parts[:, 0] >= 0
+    hs, he, ps, pe, qs, qe = (np.ascontiguousarray(parts[decided, k]) for k in range(6))
+    longest = int((he - hs).max()) if hs.size else 0
     with LAUNCH:
         out = _entries(
-            lowered, _SEPARATORS, rows[regular], hs[regular], he[regular], ps[regular], pe[regular], qs[regular],
-            qe[regular], np.zeros(int(regular.sum()), np.bool_), _functions, with_md5, longest,
+            buf, _SEPARATORS, rows[decided], hs, he, ps, pe, qs, qe, parts[decided, 6] == 1, _functions,
+            with_md5, longest,
         )  # fmt: skip
     tables = [_table(out, with_md5)]
-    rest = np.flatnonzero(valid & ~regular)
+    rest = np.flatnonzero(valid & ~decided)
     unusable = np.zeros(0, np.int64)
     if rest.size:
         parts = general(pa.table({"row_number": pa.array(rows[rest], pa.int64()), "url": urls.take(pa.array(rest))}))

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import index, matching, schemas, urls
+from relaion_pipeline import canonical_kernel, index, matching, schemas, urls
 
 # --------------------------------------------------------------------------------------------------------------
 # 1. Canonicalization vectors from Google's Safe Browsing "URLs and Hashing" document.
@@ -727,3 +727,61 @@ def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, 
     assert meta["entries"] == pq.ParquetFile(path).metadata.num_rows > 10 * len(generated)
     assert entries[len(generated) + 3] == {(index.NONE, None, None)}, "a URL without a host is marked, not dropped"
     assert entries[len(generated)] == set() and entries[len(generated) + 2] == set(), "no URL, no entries"
+
+
+def _fuzzed_urls(rng: random.Random, n: int) -> list[str]:
+    """URLs assembled from the pieces canonicalization has rules for, in random combinations."""
+    schemes = [
+        "http://",
+        "https://",
+        "HTTPS://",
+        "hTtP://",
+        "ftp://",
+        "",
+        "a+b.c-d://",
+        "1http://",
+        "http:/",
+        " http://",
+    ]
+    users = ["", "", "user@", "u:p@", "a@b@", "%40@"]
+    labels = ["www", "Example", "a-b", "x", "CAFE", "face", "0x1f", "12", "%41bc", "%2E", "ü", "%C3%BC", "xn--9a", ""]
+    ports = ["", "", ":80", ":", ":8x", "::1"]
+    segments = ["a", "B", ".", "..", "", "%2e", "%2E%2e", "%252F", "c d", "\t", "é", "%", "%zz", "%25", ";x=1", "~"]
+    queries = ["", "?", "?a=1", "?a=%20b&c", "?q=a/../b", "??x", "?%23"]
+    tails = ["", "", "#frag", "#", "#%41", " ", "\t", "\n"]
+    out = []
+    for _ in range(n):
+        host = ".".join(rng.choice(labels) for _ in range(rng.randint(1, 7)))
+        if rng.random() < 0.2:
+            host = rng.choice([".", ".."]) + host + rng.choice(["", ".", ".."])
+        path = "".join("/" + rng.choice(segments) for _ in range(rng.randint(0, 6))) + rng.choice(["", "/"])
+        url = rng.choice(schemes) + rng.choice(users) + host + rng.choice(ports) + path + rng.choice(queries)
+        out.append(url + rng.choice(tails))
+    return out
+
+
+def test_compiled_canonicalization_is_the_reference(generated):
+    """Every URL the compiled canonicalizer decides gets exactly the reference's host, path and query; it leaves
+    to DuckDB only what may be an IP address in another form than a dotted quad, IPv6 literals and URLs without
+    a canonical form."""
+    fuzzed = _fuzzed_urls(random.Random(5), 20_000)
+    values = [*generated, *fuzzed, None, "", "   ", "\t", "http://", "http://a.b/%2525252541"]
+    decided = 0
+    for url, got in zip(values, canonical_kernel.parts_of(values), strict=True):
+        if got is None:
+            continue
+        decided += 1
+        canonical = urls.parse(url)
+        assert got == (canonical.host, canonical.path, canonical.query), url
+    left = [u for u, got in zip(generated, canonical_kernel.parts_of(generated), strict=True) if got is None]
+    assert decided > 0.8 * len(values), decided
+    assert [u for u in left if _never_an_ip(u)] == [], "left to DuckDB though its host cannot be an IP address"
+
+
+def _never_an_ip(url: str | None) -> bool:
+    """Whether a URL has a canonical host with a character no IPv4 address in any encoding has."""
+    try:
+        host = urls.parse(url).host
+    except ValueError:
+        return False
+    return not host.startswith("[") and re.fullmatch(r"[0-9a-fx.]+", host) is None
