@@ -51,72 +51,26 @@ def _prefix(functions, base, context, digest, p1, n1, p2, n2, p3, n3, p4, n4):
     return value
 
 
-@numba.njit(inline="always")
-def _put(
-    at,
-    write,
-    out_row,
-    out_scope,
-    out_sha,
-    out_md5,
-    out_has_md5,
-    row,
-    scope,
-    functions,
-    with_md5,
-    ctx,
-    digest,
-    p1,
-    n1,
-    p2,
-    n2,
-    p3,
-    n3,
-    p4,
-    n4,
-):
-    """Write entry `at` (when `write`; counting otherwise) and return the next position."""
+@numba.njit
+def _put(out, at, write, row, scope, functions, with_md5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4):
+    """Write entry `at` (row, scope, sha prefix, md5 prefix) when `write` (else only count it); the next `at`."""
     if write:
-        out_row[at] = row
-        out_scope[at] = scope
-        out_sha[at] = _prefix(functions, SHA, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
+        out[0, at], out[1, at] = row, scope
+        out[2, at] = _prefix(functions, SHA, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
         if with_md5 and scope != DOMAIN:
-            out_md5[at] = _prefix(functions, MD5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
-            out_has_md5[at] = True
+            out[3, at] = _prefix(functions, MD5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
     return at + 1
 
 
 @numba.njit(inline="always")
-def _row(
-    buf,
-    seps,
-    row,
-    h0,
-    h1,
-    p0,
-    p1,
-    q0,
-    q1,
-    ip,
-    at,
-    write,
-    out_row,
-    out_scope,
-    out_sha,
-    out_md5,
-    out_has_md5,
-    functions,
-    with_md5,
-    dots,
-    ends,
-    ctx,
-    digest,
-):
-    """The entries of one row (see `_entries`), written from `at` on; returns the position after them.
+def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, dots, ends, ctx, digest):
+    """The entries of row r, whose parts are buf[parts[r, 0]:parts[r, 1]] (host), [2:3] (path), [4:5]
+    (query; -1: none) and parts[r, 6] (1: an IP host), written from `at` on; returns the position after them.
 
     Domain entries: the host and its suffixes after every dot but the last (no IPv6 literal). Lookup hosts:
     the host and (not for IPs) the suffixes after dots max(n - 5, 0) .. n - 2 of its n dots. Paths: the exact
     path with the query, without it, then '/' and up to 3 directory prefixes, never the exact path twice."""
+    h0, h1, p0, p1, q0, q1 = parts[r, 0], parts[r, 1], parts[r, 2], parts[r, 3], parts[r, 4], parts[r, 5]
     base = buf.ctypes.data
     slash, question = seps.ctypes.data, seps.ctypes.data + 1
     n_dots = 0
@@ -135,30 +89,9 @@ def _row(
     if n_dots > 0 and not (h1 > h0 and buf[h0] == 91):  # '[': an IPv6 literal
         for j in range(-1, n_dots - 1):
             start = h0 if j < 0 else dots[j] + 1
-            at = _put(
-                at,
-                write,
-                out_row,
-                out_scope,
-                out_sha,
-                out_md5,
-                out_has_md5,
-                row,
-                DOMAIN,
-                functions,
-                with_md5,
-                ctx,
-                digest,
-                base + start,
-                h1 - start,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            )
-    first = n_dots if ip else max(n_dots - 5, 0)
+            piece = (base + start, h1 - start, 0, 0, 0, 0, 0, 0)
+            at = _put(out, at, write, row, DOMAIN, functions, with_md5, ctx, digest, *piece)
+    first = n_dots if parts[r, 6] == 1 else max(n_dots - 5, 0)
     root = p1 - p0 == 1 and buf[p0] == 47
     for j in range(-1, max(n_dots - 1, 0)):
         if j >= 0 and j < first:
@@ -167,82 +100,16 @@ def _row(
         start = h0 if exact else dots[j] + 1
         host, n_host = base + start, h1 - start
         if q0 >= 0:
-            scope = URL if exact else PATH
-            at = _put(
-                at,
-                write,
-                out_row,
-                out_scope,
-                out_sha,
-                out_md5,
-                out_has_md5,
-                row,
-                scope,
-                functions,
-                with_md5,
-                ctx,
-                digest,
-                host,
-                n_host,
-                base + p0,
-                p1 - p0,
-                question,
-                1,
-                base + q0,
-                q1 - q0,
-            )
+            piece = (host, n_host, base + p0, p1 - p0, question, 1, base + q0, q1 - q0)
+            at = _put(out, at, write, row, URL if exact else PATH, functions, with_md5, ctx, digest, *piece)
         scope = URL if exact else (HOST if root else PATH)
-        at = _put(
-            at,
-            write,
-            out_row,
-            out_scope,
-            out_sha,
-            out_md5,
-            out_has_md5,
-            row,
-            scope,
-            functions,
-            with_md5,
-            ctx,
-            digest,
-            host,
-            n_host,
-            base + p0,
-            p1 - p0,
-            0,
-            0,
-            0,
-            0,
-        )
+        piece = (host, n_host, base + p0, p1 - p0, 0, 0, 0, 0)
+        at = _put(out, at, write, row, scope, functions, with_md5, ctx, digest, *piece)
         for k in range(n_ends):
-            end = ends[k]
-            if buf[p0] == 47 and end == p1:
+            if buf[p0] == 47 and ends[k] == p1:
                 continue  # this prefix is the exact path
-            scope = HOST if k == 0 else PATH
-            at = _put(
-                at,
-                write,
-                out_row,
-                out_scope,
-                out_sha,
-                out_md5,
-                out_has_md5,
-                row,
-                scope,
-                functions,
-                with_md5,
-                ctx,
-                digest,
-                host,
-                n_host,
-                slash,
-                1,
-                base + p0 + 1,
-                end - p0 - 1,
-                0,
-                0,
-            )
+            piece = (host, n_host, slash, 1, base + p0 + 1, ends[k] - p0 - 1, 0, 0)
+            at = _put(out, at, write, row, HOST if k == 0 else PATH, functions, with_md5, ctx, digest, *piece)
     return at
 
 
@@ -250,86 +117,32 @@ CHUNKS = 64  # tasks per batch for the two threads: rows of very different lengt
 
 
 @numba.njit(parallel=True, cache=True)
-def _entries(buf, seps, rows, hs, he, ps, pe, qs, qe, is_ip, functions, with_md5, longest_host):
-    """Index entries of rows with canonical parts at buf[hs:he] (host), buf[ps:pe] (path) and buf[qs:qe]
-    (query; qs < 0: none): row, scope, sha prefix, md5 prefix and whether it has one."""
+def _entries(buf, seps, rows, parts, functions, with_md5, longest_host):
+    """Index entries (rows of the result: row, scope, sha prefix, md5 prefix; a column each) of the rows
+    whose canonical parts `parts` locates in `buf` (see `_row`): counted first, then written in place."""
     n = rows.shape[0]
     # per-task scratch, allocated here: numba hoists an np.empty out of a prange loop, sharing it between threads
     all_dots, all_ends = np.empty((CHUNKS, longest_host + 1), np.int64), np.empty((CHUNKS, 4), np.int64)
     contexts = np.empty((CHUNKS, 320), np.uint8)  # an OpenSSL context (SHA256_CTX: 112 bytes) and a digest
     counts = np.zeros(n + 1, np.int64)
-    no_rows, no_scopes, no_hashes, no_flags = (
-        rows[:0],
-        np.empty(0, np.uint8),
-        np.empty(0, np.uint64),
-        np.empty(0, np.bool_),
-    )
+    nothing = np.empty((4, 0), np.uint64)
     for c in numba.prange(CHUNKS):
-        dots, ends = all_dots[c], all_ends[c]
+        dots, ends, context = all_dots[c], all_ends[c], contexts[c]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            counts[r + 1] = _row(
-                buf,
-                seps,
-                rows[r],
-                hs[r],
-                he[r],
-                ps[r],
-                pe[r],
-                qs[r],
-                qe[r],
-                is_ip[r],
-                0,
-                False,
-                no_rows,
-                no_scopes,
-                no_hashes,
-                no_hashes,
-                no_flags,
-                functions,
-                with_md5,
-                dots,
-                ends,
-                0,
-                contexts[c],
-            )
+            end = _row(buf, seps, parts, r, rows[r], nothing, 0, False, functions, with_md5, dots, ends, 0, context)
+            counts[r + 1] = end
     starts = np.cumsum(counts)
-    total = starts[n]
-    out_row, out_scope = np.empty(total, np.uint32), np.empty(total, np.uint8)
-    out_sha, out_md5, out_has_md5 = np.empty(total, np.uint64), np.zeros(total, np.uint64), np.zeros(total, np.bool_)
+    out = np.zeros((4, starts[n]), np.uint64)
     written = np.zeros(n, np.int64)  # used, so that numba does not drop the loop as free of effects
     for c in numba.prange(CHUNKS):
         dots, ends, context = all_dots[c], all_ends[c], contexts[c]
-        digest = context[256:]
-        ctx = context.ctypes.data
+        ctx, digest = context.ctypes.data, context[256:]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            written[r] = _row(
-                buf,
-                seps,
-                rows[r],
-                hs[r],
-                he[r],
-                ps[r],
-                pe[r],
-                qs[r],
-                qe[r],
-                is_ip[r],
-                starts[r],
-                True,
-                out_row,
-                out_scope,
-                out_sha,
-                out_md5,
-                out_has_md5,
-                functions,
-                with_md5,
-                dots,
-                ends,
-                ctx,
-                digest,
-            )
-    if n and written[n - 1] != total:
+            end = _row(buf, seps, parts, r, rows[r], out, starts[r], True, functions, with_md5, dots, ends, ctx, digest)
+            written[r] = end
+    if n and written[n - 1] != starts[n]:
         raise AssertionError("lookup hashes: entries written do not add up")
-    return out_row, out_scope, out_sha, out_md5, out_has_md5
+    return out
 
 
 def _crypto() -> np.ndarray | None:
@@ -343,16 +156,13 @@ def _crypto() -> np.ndarray | None:
     except (ImportError, OSError, AttributeError):
         return None
     probe = b"a.b.example/1/2.html?q=%20"
-    table = _entries(
-        np.frombuffer(probe, np.uint8).copy(), _SEPARATORS, np.zeros(1, np.uint32), *(np.array([v]) for v in (0, 9, 9, 20, 21, 26)),
-        np.zeros(1, np.bool_), functions, True, 9,
-    )  # fmt: skip
+    parts = np.array([[0, 9, 9, 20, 21, 26, 0]], np.int64)
+    out = _entries(
+        np.frombuffer(probe, np.uint8).copy(), _SEPARATORS, np.zeros(1, np.uint32), parts, functions, True, 9
+    )
+    url = out[:, out[1] == URL][:, 0]
     expected = hashlib.sha256(probe).digest()[:8], hashlib.md5(probe).digest()[:8]
-    scopes, sha, md5 = table[1], table[2], table[3]
-    url = np.flatnonzero(scopes == URL)[0]
-    if (int(sha[url]).to_bytes(8, "big"), int(md5[url]).to_bytes(8, "big")) != expected:
-        return None
-    return functions
+    return functions if (int(url[2]).to_bytes(8, "big"), int(url[3]).to_bytes(8, "big")) == expected else None
 
 
 def available() -> bool:
@@ -379,10 +189,11 @@ def _strings(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return offsets, data, valid
 
 
-def _table(out, with_md5: bool) -> pa.Table:
-    rows, scopes, sha, md5, has_md5 = out
-    md5_array = pa.array(md5, pa.uint64(), mask=~has_md5) if with_md5 else pa.nulls(len(rows), pa.uint64())
-    return pa.table({"row_number": rows, "scope": scopes, "sha": sha, "md5": md5_array})
+def _table(out: np.ndarray, with_md5: bool) -> pa.Table:
+    """The index's columns of `_entries`' result (md5 null for domain entries and without `with_md5`)."""
+    scopes = out[1].astype(np.uint8)
+    md5 = pa.array(out[3], pa.uint64(), mask=scopes == DOMAIN) if with_md5 else pa.nulls(out.shape[1], pa.uint64())
+    return pa.table({"row_number": out[0].astype(np.uint32), "scope": scopes, "sha": out[2], "md5": md5})
 
 
 def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[pa.Table, np.ndarray]:
@@ -396,46 +207,39 @@ def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[
     with LAUNCH:
         buf, parts = canonical_kernel.canonicalize(data, offsets, valid, canonical_kernel.HEX_DIGITS)
     decided = parts[:, 0] >= 0
-    hs, he, ps, pe, qs, qe = (np.ascontiguousarray(parts[decided, k]) for k in range(6))
-    longest = int((he - hs).max()) if hs.size else 0
+    parts = parts[decided]
+    longest = int((parts[:, 1] - parts[:, 0]).max()) if len(parts) else 0
     with LAUNCH:
-        out = _entries(
-            buf, _SEPARATORS, rows[decided], hs, he, ps, pe, qs, qe, parts[decided, 6] == 1, _functions,
-            with_md5, longest,
-        )  # fmt: skip
+        out = _entries(buf, _SEPARATORS, rows[decided], parts, _functions, with_md5, longest)
     tables = [_table(out, with_md5)]
     rest = np.flatnonzero(valid & ~decided)
     unusable = np.zeros(0, np.int64)
     if rest.size:
-        parts = general(pa.table({"row_number": pa.array(rows[rest], pa.int64()), "url": urls.take(pa.array(rest))}))
-        none = parts.column("host").is_null()
-        unusable = np.asarray(pc.filter(parts.column("row_number"), none), dtype=np.int64)
-        parts = parts.filter(pc.invert(none))
-        if parts.num_rows:
-            tables.append(_parts_entries(parts, with_md5))
+        canonical = general(
+            pa.table({"row_number": pa.array(rows[rest], pa.int64()), "url": urls.take(pa.array(rest))})
+        )
+        none = canonical.column("host").is_null()
+        unusable = np.asarray(pc.filter(canonical.column("row_number"), none), dtype=np.int64)
+        canonical = canonical.filter(pc.invert(none))
+        if canonical.num_rows:
+            tables.append(_parts_entries(canonical, with_md5))
     return pa.concat_tables(tables), unusable
 
 
-def _parts_entries(parts: pa.Table, with_md5: bool) -> pa.Table:
-    """Index entries of canonical parts (row_number, host, path, query)."""
-    buffers, starts, ends = [], [], []
+def _parts_entries(canonical: pa.Table, with_md5: bool) -> pa.Table:
+    """Index entries of canonical parts (row_number, host, path, query), as DuckDB derived them."""
+    buffers, columns = [], []
     base = 0
     for name in ("host", "path", "query"):
-        offsets, data, valid = _strings(parts.column(name))
+        offsets, data, valid = _strings(canonical.column(name))
         buffers.append(data)
-        start, end = offsets[:-1] + base, offsets[1:] + base
-        if name == "query":
-            start, end = np.where(valid, start, -1), np.where(valid, end, -1)
-        starts.append(start)
-        ends.append(end)
+        columns += [np.where(valid, offsets[:-1] + base, -1), np.where(valid, offsets[1:] + base, -1)]
         base += len(data)
-    host = parts.column("host")
+    host = canonical.column("host")
     is_ip = pc.or_(pc.match_substring_regex(host, _DOTTED_QUAD), pc.starts_with(host, "["))
+    parts = np.stack([*columns, np.asarray(is_ip, dtype=np.int64)], axis=1)
     longest = int(pc.max(pc.binary_length(host)).as_py())
+    rows = np.asarray(canonical.column("row_number"), dtype=np.uint32)
     with LAUNCH:
-        out = _entries(
-            np.concatenate(buffers), _SEPARATORS, np.asarray(parts.column("row_number"), dtype=np.uint32),
-            starts[0], ends[0], starts[1], ends[1], starts[2], ends[2], np.asarray(is_ip, dtype=np.bool_),
-            _functions, with_md5, longest,
-        )  # fmt: skip
+        out = _entries(np.concatenate(buffers), _SEPARATORS, rows, parts, _functions, with_md5, longest)
     return _table(out, with_md5)
