@@ -171,11 +171,13 @@ def _pdq_audit(con, name: str, shard: shards.Shard, sidecar_path: str | None, co
     size = max(16, min(5_000, PDQ_AUDIT_PAIRS // len(entries)))
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 2**31
     inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), blocklist_path, sidecar_path, columns)
-    sample = con.sql(near_matching.sidecar_hashes_sql(inputs, sample=size, seed=seed)).to_arrow_table()
+    sample, words = near_matching.matchable(
+        con.sql(near_matching.sidecar_hashes_sql(inputs, sample=size, seed=seed)).to_arrow_table()
+    )
     if not sample.num_rows:
         return [], 0
     found = pdq_index.brute_force(
-        near_matching.words_of(sample),
+        words,
         pdq.to_words([e[0] for e in entries]),
         np.array([e[3] for e in entries], dtype=np.int32),
     )

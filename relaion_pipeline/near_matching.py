@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from relaion_pipeline import pdq
 from relaion_pipeline.matching import REMOVALS_SCHEMA
-from relaion_pipeline.pdq_index import PdqIndex
+from relaion_pipeline.pdq_index import PdqIndex, hex_words
 from relaion_pipeline.schemas import sql_string
 
 BATCH_ROWS = 262_144
@@ -46,35 +46,41 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
 
 
 def sidecar_hashes_sql(inputs, sample: int | None = None, seed: int = 0) -> str:
-    """SQL: row_number, row_key and words h0..h3 of every PDQ hash of the shard's sidecar that can match: its
-    key is a row key of the shard, it is 64 hex digits, its quality is 50 or more or unknown. With `sample`,
-    a repeatable sample of up to that many (drawn from twice as many sidecar rows before the rule, so that
-    only those are joined with the shard). The one rule for matching, list changes and the research audit."""
+    """SQL: row_number, row_key and pdq of every PDQ hash of the shard's sidecar that can match: its key is a
+    row key of the shard, it has 64 characters, its quality is 50 or more or unknown; `matchable` keeps those
+    that are hex digits. With `sample`, a repeatable sample of up to that many (drawn from twice as many
+    sidecar rows before the rule, so that only those are joined with the shard). Together, the one rule for
+    matching, list changes and the research audit."""
     quality = f"c.pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
     sidecar = f"read_parquet({sql_string(inputs.sidecar_path)})"
     if sample is not None:
         sidecar = f"(SELECT * FROM {sidecar} USING SAMPLE reservoir({2 * int(sample)} ROWS) REPEATABLE ({int(seed)}))"
     rows = f"""
-        SELECT s.row_number, s.row_key, lower(CAST(c.pdq AS VARCHAR)) AS pdq
+        SELECT s.row_number, s.row_key, CAST(c.pdq AS VARCHAR) AS pdq
         FROM {sidecar} c
         JOIN (SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key
               FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)) s
           ON CAST(c.key AS VARCHAR) = s.row_key
-        WHERE regexp_full_match(lower(CAST(c.pdq AS VARCHAR)), '[0-9a-f]{{64}}') AND coalesce({quality}, true)"""
+        WHERE length(CAST(c.pdq AS VARCHAR)) = 64 AND coalesce({quality}, true)"""
     if sample is not None:
         rows = f"SELECT * FROM ({rows}) ORDER BY row_number LIMIT {int(sample)}"
-    return f"SELECT row_number, row_key, {pdq.words_sql('pdq')} FROM ({rows})"
+    return rows
 
 
-def words_of(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-    """The (n, 4) uint64 words of a batch of `sidecar_hashes_sql`."""
-    return np.stack([np.asarray(batch.column(f"h{w}"), dtype=np.uint64) for w in range(4)], axis=1)
+def matchable(batch: pa.RecordBatch | pa.Table) -> tuple[pa.RecordBatch | pa.Table, np.ndarray]:
+    """The rows of a batch of `sidecar_hashes_sql` whose hash is 64 hex digits, and their (n, 4) words: the
+    rest of the rule, applied by a compiled parser rather than a regular expression in SQL (0.7 s less on
+    1.5M hashes)."""
+    words, valid = hex_words(batch.column("pdq"))
+    if valid.all():
+        return batch, words
+    return batch.filter(pa.array(valid)), words[valid]
 
 
 def batches(con: duckdb.DuckDBPyConnection, inputs):
     """The shard's matchable sidecar PDQ hashes, a batch of up to BATCH_ROWS at a time: (batch, words)."""
     for batch in con.sql(sidecar_hashes_sql(inputs)).arrow(BATCH_ROWS):
-        yield batch, words_of(batch)
+        yield matchable(batch)
 
 
 def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:

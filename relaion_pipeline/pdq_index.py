@@ -202,3 +202,50 @@ def brute_force(queries: np.ndarray, entries: np.ndarray, limits: np.ndarray) ->
             np.asarray(limits, np.uint64),
         )  # fmt: skip
     return set(map(tuple, found.tolist()))
+
+
+@numba.njit(parallel=True, cache=True)
+def _hex_words(data, offsets):
+    """Words of each string data[offsets[i]:offsets[i + 1]] that is 64 hex digits (either case), and which are."""
+    n = offsets.shape[0] - 1
+    words = np.zeros((n, 4), np.uint64)
+    valid = np.zeros(n, np.bool_)
+    for i in numba.prange(n):
+        start = offsets[i]
+        if offsets[i + 1] - start != 64:
+            continue
+        ok = True
+        for w in range(4):
+            value = np.uint64(0)
+            for k in range(16):
+                c = data[start + 16 * w + k]
+                if 48 <= c <= 57:
+                    digit = c - 48
+                elif 97 <= (c | 32) <= 102:
+                    digit = (c | 32) - 87
+                else:
+                    ok = False
+                    break
+                value = (value << np.uint64(4)) | np.uint64(digit)
+            if not ok:
+                break
+            words[i, w] = value
+        valid[i] = ok
+    return words, valid
+
+
+def hex_words(strings) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) uint64 words of PDQ hashes written as 64 hex digits (the words of `pdq.to_words`), and a mask
+    of the strings that are (null, another length or another character: False, their words zero)."""
+    import pyarrow as pa
+
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    strings = pa.concat_arrays([strings.cast(pa.large_string())])
+    _, offsets, data = strings.buffers()
+    n = len(strings)
+    offsets = np.frombuffer(offsets, np.int64, n + 1) if offsets is not None else np.zeros(n + 1, np.int64)
+    data = np.frombuffer(data, np.uint8) if data is not None and offsets[-1] else np.zeros(1, np.uint8)
+    with LAUNCH:
+        words, valid = _hex_words(data, offsets)
+    return words, valid & np.asarray(strings.is_valid())

@@ -222,23 +222,28 @@ def test_a_new_pdq_entry_touches_only_the_shard_with_an_image_near_it(pdq_shard)
 
 
 def test_a_hash_of_unknown_quality_is_matched_and_one_of_low_quality_is_not(tmp_path):
+    """Quality and form decide which sidecar hashes can match: unknown or 50+ quality, 64 hex digits of either
+    case; a hash that is not hex digits, too short or missing is left alone, without failing the shard."""
     rng = np.random.default_rng(4)
     entry = _hashes(rng, 1)[0]
     near = _flip(entry, 5, rng)
     (tmp_path / "in" / "shards").mkdir(parents=True)
     (tmp_path / "in" / "sidecars").mkdir()
-    keys = ["unknown", "low", "good"]
+    keys = ["unknown", "low", "good", "upper-case", "not-hex", "short", "none"]
     pq.write_table(
         pa.table({"key": keys, "url": [f"http://{k}.example.com/a.jpg" for k in keys], "caption": keys}),
         tmp_path / "in" / "shards" / "s.parquet",
     )
-    sidecar = pa.table({"key": keys, "pdq": [near] * 3, "pdq_quality": pa.array([None, 10, 80], pa.int16())})
+    hashes = [near, near, near, near.upper(), near[:-1] + "g", near[:-2], None]
+    sidecar = pa.table(
+        {"key": keys, "pdq": hashes, "pdq_quality": pa.array([None, 10, 80, 80, 80, 80, 80], pa.int16())}
+    )
     pq.write_table(sidecar, tmp_path / "in" / "sidecars" / "s.parquet")
     _write_list(tmp_path / "in" / "blocklists", "partner", [entry])
     settings = Settings.layout(tmp_path / "in", tmp_path / "out")
     pipeline.build_blocklist(settings)
     stats = pipeline.compute_removals(settings, "s")
     removed = pq.read_table(pipeline.Work(settings.work).removals("s")).column("row_key").to_pylist()
-    assert removed == ["unknown", "good"] and stats["pdq_low_quality_rows"] == 1
+    assert removed == ["unknown", "good", "upper-case"] and stats["pdq_low_quality_rows"] == 1
     pipeline.write_research(settings, "s")
     assert all(o.success for o in checks.check_research(settings, "s")), "the audit applies the same rule"
