@@ -50,15 +50,16 @@ INPUT_RULES = [
 ]
 
 
-def _record(settings: Settings, outcome: quality.Outcome, validated: str) -> quality.Outcome:
-    size, digest = storage.size_and_sha256(validated)
-    payload = outcome.as_dict() | {
-        "why": WHY[outcome.suite],
-        "validated_sha256": digest,
-        "validated_bytes": size,
-        "validated_fingerprint": pipeline.fingerprint(validated),
-    }
-    _write(settings, outcome, payload)
+def _validated(path: str) -> dict:
+    """Which bytes a check validated: sha256, size and fingerprint of the file (read once per check)."""
+    size, digest = storage.size_and_sha256(path)
+    return {"validated_sha256": digest, "validated_bytes": size, "validated_fingerprint": pipeline.fingerprint(path)}
+
+
+def _record(settings: Settings, outcome: quality.Outcome, validated: str | dict) -> quality.Outcome:
+    """Write the outcome of a suite on a file (its path, or `_validated` of it) as the partition's record."""
+    described = _validated(validated) if isinstance(validated, str) else validated
+    _write(settings, outcome, outcome.as_dict() | {"why": WHY[outcome.suite]} | described)
     return outcome
 
 
@@ -244,7 +245,8 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
             ),
         ],
     )
-    return [_record(settings, no_match, research_path), _record(settings, rows_add_up, research_path)]
+    validated = _validated(research_path)
+    return [_record(settings, no_match, validated), _record(settings, rows_add_up, validated)]
 
 
 @pipeline.locked
@@ -331,7 +333,8 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             ),
         ],
     )
-    return [_record(settings, below, safe_path), _record(settings, adds_up, safe_path)]
+    validated = _validated(safe_path)
+    return [_record(settings, below, validated), _record(settings, adds_up, validated)]
 
 
 def passed(settings: Settings, name: str) -> tuple[bool, str]:
