@@ -217,7 +217,7 @@ def reference(url: str | None) -> tuple[set[tuple[int, int | None, int | None]],
         return set(), []
     try:
         canonical = urls.parse(url)
-        scoped = urls.scoped_expressions(url)
+        scoped = urls.scoped_expressions(url, canonical)
     except ValueError:
         return {(NONE, None, None)}, []
     entries, keys = set(), []

@@ -22,20 +22,25 @@ from relaion_pipeline.settings import Settings
 AUDIT_ROWS = 5_000  # input rows per shard whose index entries the research check re-derives in Python
 
 
-def _sample_urls(con, shard: shards.Shard, name: str, rows_in: int) -> list[tuple[int, str, str | None]]:
-    """(row number, row key, URL) of a deterministic random sample of the shard's rows (seeded by its name)."""
+def _sample_rows(name: str, rows_in: int) -> np.ndarray:
+    """Row numbers (sorted) of a deterministic random sample of the shard's rows, seeded by its name."""
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:16], 16)
-    sample = np.random.default_rng(seed).choice(rows_in, size=min(AUDIT_ROWS, rows_in), replace=False)
-    con.register("relaion_sample", pa.table({"row_number": pa.array(np.sort(sample), pa.int64())}))
+    return np.sort(np.random.default_rng(seed).choice(rows_in, size=min(AUDIT_ROWS, rows_in), replace=False))
+
+
+def _urls_of(con, shard: shards.Shard, name: str, rows: np.ndarray) -> dict[int, tuple[str, str | None]]:
+    """(row key, URL) of the given row numbers of the shard, in one pass over it."""
+    con.register("relaion_rows", pa.table({"row_number": pa.array(rows, pa.int64())}))
     try:
         roles = shards.roles(shard)
-        return con.execute(
+        found = con.execute(
             f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
             f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
-            "SEMI JOIN relaion_sample s ON s.row_number = file_row_number ORDER BY file_row_number"
+            "SEMI JOIN relaion_rows s ON s.row_number = file_row_number"
         ).fetchall()
     finally:
-        con.unregister("relaion_sample")
+        con.unregister("relaion_rows")
+    return {row: (key, url) for row, key, url in found}
 
 
 def _reference_matches(con, blocklist_path: str, derived: list[tuple[str, list[tuple[str, str]]]]) -> list[tuple]:
@@ -87,23 +92,17 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
     listed = f"SELECT * FROM read_parquet({sql_string(blocklist_path)})"
     # 1. Every row the index ties to a URL or domain entry, confirmed by the reference implementation.
     candidates = index.candidates(con, index_path, listed)
-    con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
-    try:
-        rows = con.execute(
-            f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
-            f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
-            "SEMI JOIN relaion_candidates s ON s.row_number = file_row_number"
-        ).fetchall()
-    finally:
-        con.unregister("relaion_candidates")
-    derived = [(key, index.reference(url)[1]) for _, key, url in rows]
     # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
     #    matched against the list directly as well.
-    sample = _sample_urls(con, shard, name, rows_in) if rows_in else []
-    entries = index.entries_of(con, index_path, np.array([r for r, _, _ in sample], dtype=np.int64))
+    sample = _sample_rows(name, rows_in) if rows_in else np.zeros(0, np.int64)
+    rows = _urls_of(con, shard, name, np.union1d(candidates, sample))
+    derived_of = {row: index.reference(url) for row, (_, url) in rows.items()}
+    derived = [(rows[row][0], derived_of[row][1]) for row in candidates.tolist()]
+    entries = index.entries_of(con, index_path, sample)
     mismatched = []
-    for row, key, url in sample:
-        expected, pairs = index.reference(url)
+    for row in sample.tolist():
+        key = rows[row][0]
+        expected, pairs = derived_of[row]
         if not meta.get("md5"):  # built for lists without url_md5 entries
             expected = {(scope, sha, None) for scope, sha, _ in expected}
         if expected != entries[row]:

@@ -195,9 +195,10 @@ def path_prefixes(path: str, query: str | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def scoped_expressions(url: str) -> list[tuple[str, str]]:
-    """Lookup expressions of `url` with the scope each one covers: `url`, `path` or `host`."""
-    canonical = parse(url)
+def scoped_expressions(url: str, canonical: CanonicalURL | None = None) -> list[tuple[str, str]]:
+    """Lookup expressions of `url` (or of its `canonical` parts, when given) with the scope each one covers:
+    `url`, `path` or `host`."""
+    canonical = canonical or parse(url)
     exact_paths = {canonical.path} | ({f"{canonical.path}?{canonical.query}"} if canonical.query is not None else set())
     out: dict[str, str] = {}
     for i, host in enumerate(host_suffixes(canonical.host)):
