@@ -114,7 +114,8 @@ def _same_job_settings(root: Path, list_path: Path, urls: list[str]) -> Settings
 
         lists.mkdir(parents=True)
         planted = urls[:: max(1, len(urls) // 1000)][:1000]
-        values = [hashlib.sha256(canonical.lookup_expressions(u)[0].encode()).hexdigest() for u in planted]
+        expressions = [canonical.lookup_expressions(u) for u in planted]
+        values = [hashlib.sha256(e[0].encode()).hexdigest() for e in expressions if e]
         values += pq.read_table(list_path).column("value").to_pylist()[len(planted) :]
         kinds = pa.array(["url_sha256"] * len(values))
         pq.write_table(pa.table({"kind": kinds, "value": values}), lists / "url_sha256.parquet")
