@@ -96,7 +96,7 @@ def _touches(
             )
         changed = near[delta]
         inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), "", sidecar_path, columns)
-        if any(changed.search(words)[0].size for _, words in near_matching.batches(con, inputs)):
+        if near_matching.near(con, inputs, changed)[0].num_rows:
             return "a PDQ hash of its sidecar is near a changed entry"
     return ""
 

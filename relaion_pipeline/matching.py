@@ -245,6 +245,7 @@ def keyword_pattern(path: str) -> str | None:
 
 
 PDQ_MATCHES = "relaion_pdq_matches"  # the near matches of `near_matching.shard_matches`, registered by name
+IMAGE_HITS = "relaion_image_hits"  # the exact image hash matches of `image_hits`, registered by name
 
 
 @dataclass(frozen=True)
@@ -276,13 +277,13 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
     are canonicalized and matched only on those rows; image hashes and the keyword rule still cover every row.
     """
     roles = inputs.roles
-    parts = [
-        f"""src AS (
+    parts = [  # never materialized: DuckDB would keep every URL of the shard, every list entry, for their readers
+        f"""src AS NOT MATERIALIZED (
         SELECT file_row_number AS row_number, {roles.key_sql(inputs.shard_name)} AS row_key,
                {quote(roles.url)} AS url
         FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
     )""",
-        f"bl AS (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}))",
+        f"bl AS NOT MATERIALIZED (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}))",  # read per kind
     ]
     selects = []
     if kinds & {"url_sha256", "url_md5", "domain"}:
@@ -305,21 +306,10 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
                     lambda i: array_to_string(string_split(host, '.')[i:], '.')) END) AS suffix
               FROM canonical) c
         JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
-    image_kinds = [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds]
-    hashes = [c for c in inputs.sidecar_columns if c in ("md5", "sha1", "sha256")]
-    if inputs.sidecar_path and image_kinds and hashes:
-        parts.append(
-            f"""sidecar AS (
-        SELECT s.row_number, s.row_key, {", ".join(f"lower(CAST(c.{col} AS VARCHAR)) AS {col}" for col in hashes)}
-        FROM read_parquet({sql_string(inputs.sidecar_path)}) c JOIN src s ON CAST(c.key AS VARCHAR) = s.row_key
-    )"""
-        )
-    for kind in image_kinds if inputs.sidecar_path else ():
-        column = kind.removeprefix("image_")
-        if column in inputs.sidecar_columns:
-            selects.append(f"""
-        SELECT s.row_number, s.row_key, b.kind, b.source, b.category, b.value AS hash, 'image' AS match, NULL::SMALLINT
-        FROM sidecar s JOIN bl b ON b.kind = '{kind}' AND b.value = s.{column}""")
+    if _image_kinds(inputs, kinds):  # exact image hash matches, found beforehand by `image_hits` (few rows)
+        selects.append(f"""
+        SELECT s.row_number, s.row_key, h.kind, h.source, h.category, h.hash, 'image' AS match, NULL::SMALLINT
+        FROM {IMAGE_HITS} h JOIN src s ON s.row_key = h.key""")
     if _near(inputs, kinds):  # found by the compiled multi-index (near_matching), registered beforehand by _run
         selects.append(f"""
         SELECT row_number, row_key, kind, source, category, hash, match, distance FROM {PDQ_MATCHES}""")
@@ -343,23 +333,49 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
     ORDER BY ALL"""
 
 
+def _image_kinds(inputs: MatchInputs, kinds: set[str]) -> list[str]:
+    """The image-hash kinds of the list that the shard's sidecar has a column for."""
+    if not inputs.sidecar_path:
+        return []
+    return [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds and k[6:] in inputs.sidecar_columns]
+
+
+def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str]) -> pa.Table:
+    """(key, kind, source, category, hash) of every sidecar row whose image hash a list entry has: the sidecar
+    joined with the list alone, so that only these few rows meet the shard's row keys (joining every sidecar
+    row with the shard would hold a hash table of all its keys)."""
+    selects = [
+        f"""SELECT CAST(c.key AS VARCHAR) AS key, b.kind, b.source, b.category, b.value AS hash
+        FROM read_parquet({sql_string(inputs.sidecar_path)}) c
+        JOIN (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}) WHERE kind = '{kind}') b
+          ON b.value = lower(CAST(c.{kind.removeprefix("image_")} AS VARCHAR))"""
+        for kind in _image_kinds(inputs, kinds)
+    ]
+    return con.sql(" UNION ALL ".join(selects)).to_arrow_table()
+
+
 def _near(inputs: MatchInputs, kinds: set[str]) -> bool:
     """Whether the removals query reads PDQ near matches: the list has pdq entries and the sidecar PDQ hashes."""
     return "pdq" in kinds and inputs.sidecar_path is not None and "pdq" in inputs.sidecar_columns
 
 
 def _run(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], sql: str) -> pa.Table:
-    """Run a removals query, with the shard's PDQ near matches registered first when the list has pdq entries."""
-    near = _near(inputs, kinds)
-    if near:
-        from relaion_pipeline import near_matching
-
-        con.register(PDQ_MATCHES, near_matching.shard_matches(con, inputs))
+    """Run a removals query, with the shard's exact image hash matches and PDQ near matches registered first
+    when the list has such entries."""
+    registered = []
     try:
+        if _image_kinds(inputs, kinds):
+            con.register(IMAGE_HITS, image_hits(con, inputs, kinds))
+            registered.append(IMAGE_HITS)
+        if _near(inputs, kinds):
+            from relaion_pipeline import near_matching
+
+            con.register(PDQ_MATCHES, near_matching.shard_matches(con, inputs))
+            registered.append(PDQ_MATCHES)
         table = con.sql(sql).to_arrow_table()
     finally:
-        if near:
-            con.unregister(PDQ_MATCHES)
+        for name in registered:
+            con.unregister(name)
     return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
 
 

@@ -1,8 +1,8 @@
 """PDQ near matches of one shard: its sidecar's PDQ hashes against the list's pdq entries.
 
-DuckDB streams the sidecar rows that belong to the shard (with a well-formed hash whose quality is 50 or more,
-or unknown: no quality column or a null one) in batches; the compiled multi-index (`pdq_index`) finds every
-entry within its source's distance. The result has the removals table's columns, one row per (row, entry),
+DuckDB streams the sidecar's hashes (64 characters, quality 50 or more or unknown: no quality column or a
+null one) in batches; a compiled parser keeps those of hex digits, the compiled multi-index (`pdq_index`)
+finds every entry within its source's distance, and the hits whose key is a row key of the shard are kept. The result has the removals table's columns, one row per (row, entry),
 with the Hamming distance; never a URL or caption. Memory: the list's index (352 bytes an entry) plus a batch.
 """
 
@@ -22,6 +22,9 @@ from relaion_pipeline.pdq_index import PdqIndex, hex_words
 from relaion_pipeline.schemas import sql_string
 
 BATCH_ROWS = 262_144
+NEAR_SCHEMA = pa.schema(
+    [("row_number", pa.int64()), ("row_key", pa.string()), ("entry", pa.int64()), ("distance", pa.int16())]
+)
 log = logging.getLogger(__name__)
 
 
@@ -45,42 +48,69 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
     return _last[blocklist_path]
 
 
-def sidecar_hashes_sql(inputs, sample: int | None = None, seed: int = 0) -> str:
-    """SQL: row_number, row_key and pdq of every PDQ hash of the shard's sidecar that can match: its key is a
-    row key of the shard, it has 64 characters, its quality is 50 or more or unknown; `matchable` keeps those
-    that are hex digits. With `sample`, a repeatable sample of up to that many (drawn from twice as many
-    sidecar rows before the rule, so that only those are joined with the shard). Together, the one rule for
-    matching, list changes and the research audit."""
-    quality = f"c.pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
-    sidecar = f"read_parquet({sql_string(inputs.sidecar_path)})"
-    if sample is not None:
-        sidecar = f"(SELECT * FROM {sidecar} USING SAMPLE reservoir({2 * int(sample)} ROWS) REPEATABLE ({int(seed)}))"
-    rows = f"""
-        SELECT s.row_number, s.row_key, CAST(c.pdq AS VARCHAR) AS pdq
-        FROM {sidecar} c
-        JOIN (SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key
-              FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)) s
-          ON CAST(c.key AS VARCHAR) = s.row_key
-        WHERE length(CAST(c.pdq AS VARCHAR)) = 64 AND coalesce({quality}, true)"""
-    if sample is not None:
-        rows = f"SELECT * FROM ({rows}) ORDER BY row_number LIMIT {int(sample)}"
-    return rows
+def _sidecar_sql(inputs) -> str:
+    """SQL: row_key and pdq of the sidecar's hashes that have 64 characters and a quality of 50 or more, or
+    an unknown one (no quality column, or null)."""
+    quality = f"pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
+    return f"""
+        SELECT CAST(key AS VARCHAR) AS row_key, CAST(pdq AS VARCHAR) AS pdq
+        FROM read_parquet({sql_string(inputs.sidecar_path)})
+        WHERE length(CAST(pdq AS VARCHAR)) = 64 AND coalesce({quality}, true)"""
+
+
+def _shard_keys_sql(inputs) -> str:
+    return (
+        f"SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key "
+        f"FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)"
+    )
+
+
+def sidecar_hashes_sql(inputs, sample: int, seed: int = 0) -> str:
+    """SQL: row_number, row_key and pdq of a repeatable sample of up to `sample` of the shard's PDQ hashes that
+    can match (`_sidecar_sql`, and their key a row key of the shard; `matchable` keeps those of hex digits),
+    drawn from twice as many sidecar rows, so that only those are joined with the shard: the research audit's."""
+    sidecar = f"(SELECT * FROM ({_sidecar_sql(inputs)}) USING SAMPLE reservoir({2 * int(sample)} ROWS) REPEATABLE ({int(seed)}))"
+    return f"""
+        SELECT s.row_number, s.row_key, c.pdq FROM {sidecar} c JOIN ({_shard_keys_sql(inputs)}) s ON c.row_key = s.row_key
+        ORDER BY s.row_number LIMIT {int(sample)}"""
 
 
 def matchable(batch: pa.RecordBatch | pa.Table) -> tuple[pa.RecordBatch | pa.Table, np.ndarray]:
-    """The rows of a batch of `sidecar_hashes_sql` whose hash is 64 hex digits, and their (n, 4) words: the
-    rest of the rule, applied by a compiled parser rather than a regular expression in SQL (0.7 s less on
-    1.5M hashes)."""
+    """The rows of a batch of sidecar hashes whose hash is 64 hex digits, and their (n, 4) words: the rest of
+    the rule, applied by a compiled parser rather than a regular expression in SQL (0.7 s less on 1.5M)."""
     words, valid = hex_words(batch.column("pdq"))
     if valid.all():
         return batch, words
     return batch.filter(pa.array(valid)), words[valid]
 
 
-def batches(con: duckdb.DuckDBPyConnection, inputs):
-    """The shard's matchable sidecar PDQ hashes, a batch of up to BATCH_ROWS at a time: (batch, words)."""
-    for batch in con.sql(sidecar_hashes_sql(inputs)).arrow(BATCH_ROWS):
-        yield matchable(batch)
+def near(con: duckdb.DuckDBPyConnection, inputs, index: PdqIndex) -> tuple[pa.Table, int]:
+    """Every (row_number, row_key, entry, distance) of a sidecar hash of the shard within an entry's distance,
+    and how many hashes were compared. The rule for which hashes can match, shared by matching, list changes
+    and (on a sample) the audit: quality 50+ or unknown, 64 hex digits, the key a row key of the shard.
+
+    The sidecar alone is streamed (no join: memory stays flat however large the shard); only the hits are
+    joined with the shard's row keys, one row for each row that has the key."""
+    searched = 0
+    found = []
+    for batch in con.sql(_sidecar_sql(inputs)).arrow(BATCH_ROWS):
+        batch, words = matchable(batch)
+        rows, hits, distances = index.search(words)
+        searched += len(words)
+        if rows.size:
+            keys = pc.take(batch.column("row_key"), pa.array(rows))
+            found.append(pa.table({"row_key": keys, "entry": hits, "distance": pa.array(distances, pa.int16())}))
+    if not found:
+        return NEAR_SCHEMA.empty_table(), searched
+    con.register("relaion_near", pa.concat_tables(found))
+    try:
+        matched = con.sql(
+            f"SELECT s.row_number, h.row_key, h.entry, h.distance FROM relaion_near h "
+            f"JOIN ({_shard_keys_sql(inputs)}) s ON s.row_key = h.row_key ORDER BY s.row_number, h.entry"
+        ).to_arrow_table()
+    finally:
+        con.unregister("relaion_near")
+    return matched, searched
 
 
 def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
@@ -88,29 +118,13 @@ def shard_matches(con: duckdb.DuckDBPyConnection, inputs) -> pa.Table:
     near matches; `inputs` is the shard's `matching.MatchInputs`."""
     started = time.perf_counter()
     index, entries = list_index(con, inputs.blocklist_path)
-    searched = 0
-    found = []
-    for batch, words in batches(con, inputs):
-        rows, hits, distances = index.search(words)
-        searched += len(words)
-        if rows.size:
-            found.append(
-                pa.table(
-                    {
-                        "row_number": pc.take(batch.column("row_number"), pa.array(rows)),
-                        "row_key": pc.take(batch.column("row_key"), pa.array(rows)),
-                        "entry": pa.array(hits, pa.int64()),
-                        "distance": pa.array(distances, pa.int16()),
-                    }
-                )
-            )
+    matched, searched = near(con, inputs, index)
     log.info(
         f"{inputs.shard_name}: {searched:,} PDQ hashes near-matched against {len(entries):,} entries"
         f" in {time.perf_counter() - started:.1f} s"
     )
-    if not found:
+    if not matched.num_rows:
         return REMOVALS_SCHEMA.empty_table()
-    matched = pa.concat_tables(found)
     entry = pa.array(matched.column("entry"))
     return pa.table(
         {
