@@ -6,8 +6,9 @@ md5; rows whose URL has no canonical form get one entry of scope `none`. It neve
 expression's text or a caption: only row numbers, scopes and hash prefixes.
 
 The removals stage builds it once per input file (`<work>/index/<shard>.parquet`, described by
-`<shard>.json`) and reuses it while the input is unchanged, so a new list version costs one join of the index
-with the list instead of canonicalizing and hashing the shard again. A prefix hit only names a candidate row:
+`<shard>.json`) with the compiled kernels of `lookup_hashes` (without OpenSSL: the SQL of `build_sql`, which
+the tests hold the kernels to) and reuses it while the input is unchanged, so a new list version costs one
+join of the index with the list instead of canonicalizing and hashing the shard again. A prefix hit only names a candidate row:
 removals are confirmed on the candidates' full hashes by the matching query, and the research check confirms
 its own candidates with the reference implementation in Python.
 """
