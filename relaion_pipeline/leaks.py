@@ -1,10 +1,11 @@
 """Leaks: rows of a research file that a list entry or the keyword rule matches, found without the matching
 query, for the `research_has_no_blocklist_match` check.
 
-URL and domain entries: every row the lookup-hash index ties to an entry is re-derived by the Python reference
-(`urls` + hashlib), and a seeded sample of rows re-derives the index itself. Exact image hashes are re-joined
-with the sidecar; a sample of the sidecar's PDQ hashes is compared with every pdq entry by brute force; the
-keyword rule runs on the research file itself; no removed row key may be left. Row keys only, never a URL.
+URL and domain entries: every published row the lookup-hash index ties to an entry is re-derived by the
+Python reference (`urls` + hashlib), and a seeded sample of rows re-derives the index itself. Exact image
+hashes are re-joined with the sidecar; a sample of the sidecar's PDQ hashes is compared with every pdq entry
+by brute force; the keyword rule runs on the research file itself; no removed row key may be left. Row keys
+only, never a URL.
 """
 
 from __future__ import annotations
@@ -90,14 +91,18 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         raise StageError(f"shard {name!r}: its lookup-hash index is missing or older than the input: rerun removals")
     index_path = index.paths(settings.work, name)[0]
     listed = f"SELECT * FROM read_parquet({sql_string(blocklist_path)})"
-    # 1. Every row the index ties to a URL or domain entry, confirmed by the reference implementation.
+    # 1. Every published row the index ties to a URL or domain entry, confirmed by the reference implementation
+    #    (research is the input minus the rows of the removals table: check 5 and the counts check hold it to
+    #    that, so a removed candidate cannot leak and is not derived again).
     candidates = index.candidates(con, index_path, listed)
+    removed = storage.read_table(removals, columns=["row_number"]).column("row_number").to_numpy()
+    published = np.setdiff1d(candidates, removed)
     # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
     #    matched against the list directly as well.
     sample = _sample_rows(name, rows_in) if rows_in else np.zeros(0, np.int64)
-    rows = _urls_of(con, shard, name, np.union1d(candidates, sample))
+    rows = _urls_of(con, shard, name, np.union1d(published, sample))
     derived_of = {row: index.reference(url) for row, (_, url) in rows.items()}
-    derived = [(rows[row][0], derived_of[row][1]) for row in candidates.tolist()]
+    derived = [(rows[row][0], derived_of[row][1]) for row in published.tolist()]
     entries = index.entries_of(con, index_path, sample)
     mismatched = []
     for row in sample.tolist():
