@@ -254,11 +254,10 @@ def parts_of(values: list[str | None]) -> list[tuple[str, str, str | None] | Non
     """(host, path, query) per URL as this kernel canonicalizes it, None where it leaves the URL to DuckDB."""
     import pyarrow as pa
 
-    array = pa.array(values, pa.large_string())
-    _, offsets, data = array.buffers()
-    offsets = np.frombuffer(offsets, np.int64, len(values) + 1)
-    data = np.frombuffer(data, np.uint8).copy() if data is not None and offsets[-1] else np.zeros(1, np.uint8)
-    out, parts = canonicalize(data, offsets, np.asarray(array.is_valid()), HEX_DIGITS)
+    from relaion_pipeline.compiled import string_buffers
+
+    offsets, data, valid = string_buffers(pa.array(values, pa.large_string()))
+    out, parts = canonicalize(data, offsets, valid, HEX_DIGITS)
     text = out.tobytes()
     result = []
     for h0, h1, p0, p1, q0, q1, _ in parts.tolist():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 
 import numba
+import numpy as np
+import pyarrow as pa
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -58,3 +60,16 @@ def call2(typingctx, address, a, b):
 def call3(typingctx, address, a, b, c):
     """`address(a, b, c)`."""
     return _c_function(3)
+
+
+def string_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a kernel reads of a string array: offsets (int64, n + 1), the bytes (uint8, never empty) and a
+    validity mask (bool); no copy of the bytes when the array already has 64-bit offsets."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    array = pa.concat_arrays([array.cast(pa.large_string())])  # offset 0, 64-bit offsets
+    _, offsets, data = array.buffers()
+    n = len(array)
+    offsets = np.frombuffer(offsets, np.int64, n + 1) if offsets is not None else np.zeros(n + 1, np.int64)
+    data = np.frombuffer(data, np.uint8) if data is not None and offsets[-1] else np.zeros(1, np.uint8)
+    return offsets, data, np.asarray(array.is_valid())

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from relaion_pipeline import canonical_kernel, matching
-from relaion_pipeline.compiled import LAUNCH, call1, call2, call3
+from relaion_pipeline.compiled import LAUNCH, call1, call2, call3, string_buffers
 
 URL, PATH, HOST, DOMAIN = 0, 1, 2, 3  # index.SCOPES
 SHA, MD5 = 0, 3  # offsets of the two hashes' Init, Update, Final in the address table
@@ -176,19 +176,6 @@ def available() -> bool:
     return _functions.size > 0
 
 
-def _strings(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(offsets int64, bytes uint8, valid bool) of a string array."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    array = pa.concat_arrays([array.cast(pa.large_string())])  # offset 0, 64-bit offsets
-    _, offsets, data = array.buffers()
-    n = len(array)
-    offsets = np.frombuffer(offsets, np.int64, n + 1) if offsets is not None else np.zeros(n + 1, np.int64)
-    data = np.frombuffer(data, np.uint8) if data is not None and offsets[-1] else np.zeros(1, np.uint8)
-    valid = np.asarray(array.is_valid())
-    return offsets, data, valid
-
-
 def _table(out: np.ndarray, with_md5: bool) -> pa.Table:
     """The index's columns of `_entries`' result (md5 null for domain entries and without `with_md5`)."""
     scopes = out[1].astype(np.uint8)
@@ -203,7 +190,7 @@ def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[
     if not available():
         raise RuntimeError("the compiled lookup hashes need OpenSSL's libcrypto, which this Python does not have")
     rows = np.asarray(rows, dtype=np.uint32)
-    offsets, data, valid = _strings(urls)
+    offsets, data, valid = string_buffers(urls)
     with LAUNCH:
         buf, parts = canonical_kernel.canonicalize(data, offsets, valid, canonical_kernel.HEX_DIGITS)
     decided = parts[:, 0] >= 0
@@ -231,7 +218,7 @@ def _parts_entries(canonical: pa.Table, with_md5: bool) -> pa.Table:
     buffers, columns = [], []
     base = 0
     for name in ("host", "path", "query"):
-        offsets, data, valid = _strings(canonical.column(name))
+        offsets, data, valid = string_buffers(canonical.column(name))
         buffers.append(data)
         columns += [np.where(valid, offsets[:-1] + base, -1), np.where(valid, offsets[1:] + base, -1)]
         base += len(data)

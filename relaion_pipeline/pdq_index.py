@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from relaion_pipeline import pdq
-from relaion_pipeline.compiled import LAUNCH, popcount
+from relaion_pipeline.compiled import LAUNCH, popcount, string_buffers
 
 MASKS_BY_RADIUS = {
     r: np.array([m for m in range(1 << pdq.SLOT_BITS) if m.bit_count() <= r], dtype=np.int64) for r in range(4)
@@ -237,15 +237,7 @@ def _hex_words(data, offsets):
 def hex_words(strings) -> tuple[np.ndarray, np.ndarray]:
     """(n, 4) uint64 words of PDQ hashes written as 64 hex digits (the words of `pdq.to_words`), and a mask
     of the strings that are (null, another length or another character: False, their words zero)."""
-    import pyarrow as pa
-
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
-    strings = pa.concat_arrays([strings.cast(pa.large_string())])
-    _, offsets, data = strings.buffers()
-    n = len(strings)
-    offsets = np.frombuffer(offsets, np.int64, n + 1) if offsets is not None else np.zeros(n + 1, np.int64)
-    data = np.frombuffer(data, np.uint8) if data is not None and offsets[-1] else np.zeros(1, np.uint8)
+    offsets, data, valid = string_buffers(strings)
     with LAUNCH:
-        words, valid = _hex_words(data, offsets)
-    return words, valid & np.asarray(strings.is_valid())
+        words, ok = _hex_words(data, offsets)
+    return words, valid & ok
