@@ -223,6 +223,7 @@ def _one(data, start, end, work, other, segments, out, at, hex_digits):
 
 
 CHUNKS = 64
+LONGEST = 16_384  # bytes: longer URLs are left to DuckDB, so that each task's scratch space stays small
 
 
 @numba.njit(parallel=True, cache=True)
@@ -233,14 +234,15 @@ def canonicalize(data, offsets, valid, hex_digits):
     n = offsets.shape[0] - 1
     longest = 1
     for r in range(n):
-        longest = max(longest, offsets[r + 1] - offsets[r])
+        if offsets[r + 1] - offsets[r] <= LONGEST:
+            longest = max(longest, offsets[r + 1] - offsets[r])
     out = np.empty(3 * (offsets[n] - offsets[0]) + n + 1, np.uint8)
     parts = np.full((n, 7), -1, np.int64)
     works = np.empty((CHUNKS, 2, longest), np.uint8)
     segments = np.empty((CHUNKS, longest + 1, 2), np.int64)
     for c in numba.prange(CHUNKS):
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            if not valid[r]:
+            if not valid[r] or offsets[r + 1] - offsets[r] > LONGEST:
                 continue
             at = 3 * (offsets[r] - offsets[0]) + r
             result = _one(data, offsets[r], offsets[r + 1], works[c, 0], works[c, 1], segments[c], out, at, hex_digits)

@@ -62,21 +62,43 @@ def _put(out, at, write, row, scope, functions, with_md5, ctx, digest, p1, n1, p
     return at + 1
 
 
+@numba.njit
+def _host_expressions(
+    buf, seps, start, h1, exact, p0, p1, q0, q1, ends, n_ends, row, out, at, write, functions, with_md5, ctx, digest
+):
+    """The lookup expressions of the host suffix buf[start:h1] (`exact`: the whole host) with every path
+    prefix, written from `at` on; returns the position after them."""
+    base = buf.ctypes.data
+    slash, question = seps.ctypes.data, seps.ctypes.data + 1
+    host, n_host = base + start, h1 - start
+    if q0 >= 0:
+        piece = (host, n_host, base + p0, p1 - p0, question, 1, base + q0, q1 - q0)
+        at = _put(out, at, write, row, URL if exact else PATH, functions, with_md5, ctx, digest, *piece)
+    root = p1 - p0 == 1 and buf[p0] == 47
+    scope = URL if exact else (HOST if root else PATH)
+    piece = (host, n_host, base + p0, p1 - p0, 0, 0, 0, 0)
+    at = _put(out, at, write, row, scope, functions, with_md5, ctx, digest, *piece)
+    for k in range(n_ends):
+        if buf[p0] == 47 and ends[k] == p1:
+            continue  # this prefix is the exact path
+        piece = (host, n_host, slash, 1, base + p0 + 1, ends[k] - p0 - 1, 0, 0)
+        at = _put(out, at, write, row, HOST if k == 0 else PATH, functions, with_md5, ctx, digest, *piece)
+    return at
+
+
 @numba.njit(inline="always")
-def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, dots, ends, ctx, digest):
+def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, ends, ctx, digest):
     """The entries of row r, whose parts are buf[parts[r, 0]:parts[r, 1]] (host), [2:3] (path), [4:5]
     (query; -1: none) and parts[r, 6] (1: an IP host), written from `at` on; returns the position after them.
 
     Domain entries: the host and its suffixes after every dot but the last (no IPv6 literal). Lookup hosts:
     the host and (not for IPs) the suffixes after dots max(n - 5, 0) .. n - 2 of its n dots. Paths: the exact
-    path with the query, without it, then '/' and up to 3 directory prefixes, never the exact path twice."""
+    path with the query, without it, then '/' and up to 3 directory prefixes, never the exact path twice.
+    No scratch space grows with the host: its dots are counted, then visited in one more pass."""
     h0, h1, p0, p1, q0, q1 = parts[r, 0], parts[r, 1], parts[r, 2], parts[r, 3], parts[r, 4], parts[r, 5]
-    base = buf.ctypes.data
-    slash, question = seps.ctypes.data, seps.ctypes.data + 1
     n_dots = 0
     for i in range(h0, h1):
         if buf[i] == 46:  # '.'
-            dots[n_dots] = i
             n_dots += 1
     n_ends = 1
     ends[0] = p0 + 1  # directory prefix k is '/' + buf[p0 + 1:ends[k]]
@@ -86,30 +108,25 @@ def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, dots, en
         if buf[i] == 47:  # '/'
             ends[n_ends] = i + 1
             n_ends += 1
-    if n_dots > 0 and not (h1 > h0 and buf[h0] == 91):  # '[': an IPv6 literal
-        for j in range(-1, n_dots - 1):
-            start = h0 if j < 0 else dots[j] + 1
-            piece = (base + start, h1 - start, 0, 0, 0, 0, 0, 0)
-            at = _put(out, at, write, row, DOMAIN, functions, with_md5, ctx, digest, *piece)
+    domains = n_dots > 0 and not (h1 > h0 and buf[h0] == 91)  # '[': an IPv6 literal
     first = n_dots if parts[r, 6] == 1 else max(n_dots - 5, 0)
-    root = p1 - p0 == 1 and buf[p0] == 47
-    for j in range(-1, max(n_dots - 1, 0)):
-        if j >= 0 and j < first:
+    base = buf.ctypes.data
+    if domains:
+        at = _put(out, at, write, row, DOMAIN, functions, with_md5, ctx, digest, base + h0, h1 - h0, 0, 0, 0, 0, 0, 0)
+    args = (p0, p1, q0, q1, ends, n_ends, row, out)
+    at = _host_expressions(buf, seps, h0, h1, True, *args, at, write, functions, with_md5, ctx, digest)
+    dot = -1
+    for i in range(h0, h1):
+        if buf[i] != 46:
             continue
-        exact = j < 0
-        start = h0 if exact else dots[j] + 1
-        host, n_host = base + start, h1 - start
-        if q0 >= 0:
-            piece = (host, n_host, base + p0, p1 - p0, question, 1, base + q0, q1 - q0)
-            at = _put(out, at, write, row, URL if exact else PATH, functions, with_md5, ctx, digest, *piece)
-        scope = URL if exact else (HOST if root else PATH)
-        piece = (host, n_host, base + p0, p1 - p0, 0, 0, 0, 0)
-        at = _put(out, at, write, row, scope, functions, with_md5, ctx, digest, *piece)
-        for k in range(n_ends):
-            if buf[p0] == 47 and ends[k] == p1:
-                continue  # this prefix is the exact path
-            piece = (host, n_host, slash, 1, base + p0 + 1, ends[k] - p0 - 1, 0, 0)
-            at = _put(out, at, write, row, HOST if k == 0 else PATH, functions, with_md5, ctx, digest, *piece)
+        dot += 1
+        if dot > n_dots - 2:
+            break
+        if domains:
+            piece = (base + i + 1, h1 - i - 1, 0, 0, 0, 0, 0, 0)
+            at = _put(out, at, write, row, DOMAIN, functions, with_md5, ctx, digest, *piece)
+        if dot >= first:
+            at = _host_expressions(buf, seps, i + 1, h1, False, *args, at, write, functions, with_md5, ctx, digest)
     return at
 
 
@@ -117,28 +134,28 @@ CHUNKS = 64  # tasks per batch for the two threads: rows of very different lengt
 
 
 @numba.njit(parallel=True, cache=True)
-def _entries(buf, seps, rows, parts, functions, with_md5, longest_host):
+def _entries(buf, seps, rows, parts, functions, with_md5):
     """Index entries (rows of the result: row, scope, sha prefix, md5 prefix; a column each) of the rows
     whose canonical parts `parts` locates in `buf` (see `_row`): counted first, then written in place."""
     n = rows.shape[0]
     # per-task scratch, allocated here: numba hoists an np.empty out of a prange loop, sharing it between threads
-    all_dots, all_ends = np.empty((CHUNKS, longest_host + 1), np.int64), np.empty((CHUNKS, 4), np.int64)
+    all_ends = np.empty((CHUNKS, 4), np.int64)
     contexts = np.empty((CHUNKS, 320), np.uint8)  # an OpenSSL context (SHA256_CTX: 112 bytes) and a digest
     counts = np.zeros(n + 1, np.int64)
     nothing = np.empty((4, 0), np.uint64)
     for c in numba.prange(CHUNKS):
-        dots, ends, context = all_dots[c], all_ends[c], contexts[c]
+        ends, context = all_ends[c], contexts[c]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            end = _row(buf, seps, parts, r, rows[r], nothing, 0, False, functions, with_md5, dots, ends, 0, context)
+            end = _row(buf, seps, parts, r, rows[r], nothing, 0, False, functions, with_md5, ends, 0, context)
             counts[r + 1] = end
     starts = np.cumsum(counts)
     out = np.zeros((4, starts[n]), np.uint64)
     written = np.zeros(n, np.int64)  # used, so that numba does not drop the loop as free of effects
     for c in numba.prange(CHUNKS):
-        dots, ends, context = all_dots[c], all_ends[c], contexts[c]
+        ends, context = all_ends[c], contexts[c]
         ctx, digest = context.ctypes.data, context[256:]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            end = _row(buf, seps, parts, r, rows[r], out, starts[r], True, functions, with_md5, dots, ends, ctx, digest)
+            end = _row(buf, seps, parts, r, rows[r], out, starts[r], True, functions, with_md5, ends, ctx, digest)
             written[r] = end
     if n and written[n - 1] != starts[n]:
         raise AssertionError("lookup hashes: entries written do not add up")
@@ -157,9 +174,7 @@ def _crypto() -> np.ndarray | None:
         return None
     probe = b"a.b.example/1/2.html?q=%20"
     parts = np.array([[0, 9, 9, 20, 21, 26, 0]], np.int64)
-    out = _entries(
-        np.frombuffer(probe, np.uint8).copy(), _SEPARATORS, np.zeros(1, np.uint32), parts, functions, True, 9
-    )
+    out = _entries(np.frombuffer(probe, np.uint8).copy(), _SEPARATORS, np.zeros(1, np.uint32), parts, functions, True)
     url = out[:, out[1] == URL][:, 0]
     expected = hashlib.sha256(probe).digest()[:8], hashlib.md5(probe).digest()[:8]
     return functions if (int(url[2]).to_bytes(8, "big"), int(url[3]).to_bytes(8, "big")) == expected else None
@@ -195,9 +210,8 @@ def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[
         buf, parts = canonical_kernel.canonicalize(data, offsets, valid, canonical_kernel.HEX_DIGITS)
     decided = parts[:, 0] >= 0
     parts = parts[decided]
-    longest = int((parts[:, 1] - parts[:, 0]).max()) if len(parts) else 0
     with LAUNCH:
-        out = _entries(buf, _SEPARATORS, rows[decided], parts, _functions, with_md5, longest)
+        out = _entries(buf, _SEPARATORS, rows[decided], parts, _functions, with_md5)
     tables = [_table(out, with_md5)]
     rest = np.flatnonzero(valid & ~decided)
     unusable = np.zeros(0, np.int64)
@@ -225,8 +239,7 @@ def _parts_entries(canonical: pa.Table, with_md5: bool) -> pa.Table:
     host = canonical.column("host")
     is_ip = pc.or_(pc.match_substring_regex(host, _DOTTED_QUAD), pc.starts_with(host, "["))
     parts = np.stack([*columns, np.asarray(is_ip, dtype=np.int64)], axis=1)
-    longest = int(pc.max(pc.binary_length(host)).as_py())
     rows = np.asarray(canonical.column("row_number"), dtype=np.uint32)
     with LAUNCH:
-        out = _entries(np.concatenate(buffers), _SEPARATORS, rows, parts, _functions, with_md5, longest)
+        out = _entries(np.concatenate(buffers), _SEPARATORS, rows, parts, _functions, with_md5)
     return _table(out, with_md5)

@@ -714,6 +714,8 @@ def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, 
         "http://q.example/p?",
         "http://face.cafe/",
         "http://a.example#f",
+        "http://" + "a." * 2000 + "example/x",  # 2,000 dots
+        "http://a.example/" + "x" * 20_000,  # longer than the compiled canonicalization takes
     ]
     shard = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": pa.array(values, pa.string()), "caption": [""] * len(values)}), shard)
