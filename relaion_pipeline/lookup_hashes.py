@@ -62,7 +62,7 @@ def _put(out, at, write, row, scope, functions, with_md5, ctx, digest, p1, n1, p
     return at + 1
 
 
-@numba.njit
+@numba.njit(inline="always")
 def _host_expressions(
     buf, seps, start, h1, exact, p0, p1, q0, q1, ends, n_ends, row, out, at, write, functions, with_md5, ctx, digest
 ):
@@ -113,8 +113,9 @@ def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, ends, ct
     base = buf.ctypes.data
     if domains:
         at = _put(out, at, write, row, DOMAIN, functions, with_md5, ctx, digest, base + h0, h1 - h0, 0, 0, 0, 0, 0, 0)
-    args = (p0, p1, q0, q1, ends, n_ends, row, out)
-    at = _host_expressions(buf, seps, h0, h1, True, *args, at, write, functions, with_md5, ctx, digest)
+    at = _host_expressions(
+        buf, seps, h0, h1, True, p0, p1, q0, q1, ends, n_ends, row, out, at, write, functions, with_md5, ctx, digest
+    )
     dot = -1
     for i in range(h0, h1):
         if buf[i] != 46:
@@ -126,7 +127,10 @@ def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, ends, ct
             piece = (base + i + 1, h1 - i - 1, 0, 0, 0, 0, 0, 0)
             at = _put(out, at, write, row, DOMAIN, functions, with_md5, ctx, digest, *piece)
         if dot >= first:
-            at = _host_expressions(buf, seps, i + 1, h1, False, *args, at, write, functions, with_md5, ctx, digest)
+            at = _host_expressions(
+                buf, seps, i + 1, h1, False, p0, p1, q0, q1, ends, n_ends, row, out, at, write, functions, with_md5,
+                ctx, digest,
+            )  # fmt: skip
     return at
 
 
