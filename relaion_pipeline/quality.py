@@ -9,6 +9,7 @@ GX is imported inside the functions: importing it takes seconds, which the Dagst
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -124,9 +125,16 @@ def validate(suite: str, partition: str, frame: pd.DataFrame, expectation_list: 
 def render(result) -> str:
     """A validation result as the static HTML page GX Data Docs shows for it."""
     from great_expectations.render.renderer import ValidationResultsPageRenderer
+
+    return _page_view().render(ValidationResultsPageRenderer().render(result))
+
+
+@functools.cache
+def _page_view():
+    """One GX page view per process: its Jinja environment keeps the parsed templates (~0.1 s a page)."""
     from great_expectations.render.view import DefaultJinjaPageView
 
-    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    return DefaultJinjaPageView()
 
 
 def _plain(value):
