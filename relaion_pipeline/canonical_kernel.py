@@ -59,18 +59,22 @@ def _dotted_quad(out, start, end):
 
 
 @numba.njit(inline="always")
+def _put_escaped(c, out, at, hex_digits):
+    """Write byte c to out[at:] as `urls._escape` does (bytes <= 0x20, >= 0x7f, '#', '%' as %XX); the next at."""
+    if c <= 32 or c >= 127 or c == 35 or c == 37:
+        out[at] = 37
+        out[at + 1] = hex_digits[c >> 4]
+        out[at + 2] = hex_digits[c & 15]
+        return at + 3
+    out[at] = c
+    return at + 1
+
+
+@numba.njit(inline="always")
 def _escape_into(src, start, end, out, at, hex_digits):
-    """Copy src[start:end] to out[at:], escaping as `urls._escape` does; returns the end position."""
+    """Copy src[start:end] to out[at:], escaped; returns the end position."""
     for i in range(start, end):
-        c = src[i]
-        if c <= 32 or c >= 127 or c == 35 or c == 37:
-            out[at] = 37
-            out[at + 1] = hex_digits[c >> 4]
-            out[at + 2] = hex_digits[c & 15]
-            at += 3
-        else:
-            out[at] = c
-            at += 1
+        at = _put_escaped(src[i], out, at, hex_digits)
     return at
 
 
@@ -167,16 +171,7 @@ def _one(data, start, end, work, other, segments, out, at, hex_digits):
             continue  # a leading or repeated dot
         if not (c == 46 or 48 <= c <= 57 or 97 <= (c | 32) <= 102 or (c | 32) == 120):
             ip_like = False
-        if 65 <= c <= 90:
-            c |= 32
-        if c <= 32 or c >= 127 or c == 35 or c == 37:
-            out[at] = 37
-            out[at + 1] = hex_digits[c >> 4]
-            out[at + 2] = hex_digits[c & 15]
-            at += 3
-        else:
-            out[at] = c
-            at += 1
+        at = _put_escaped(c | 32 if 65 <= c <= 90 else c, out, at, hex_digits)
     while at > host_start and out[at - 1] == 46:
         at -= 1  # a trailing dot
     if at == host_start or out[host_start] == 91:
