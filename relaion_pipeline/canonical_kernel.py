@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pyarrow as pa
+
+from relaion_pipeline.compiled import string_buffers
 
 HEX_DIGITS = np.frombuffer(b"0123456789ABCDEF", np.uint8).copy()  # upper case, as escaping writes them
 
@@ -249,10 +252,6 @@ def canonicalize(data, offsets, valid, hex_digits):
 
 def parts_of(values: list[str | None]) -> list[tuple[str, str, str | None] | None]:
     """(host, path, query) per URL as this kernel canonicalizes it, None where it leaves the URL to DuckDB."""
-    import pyarrow as pa
-
-    from relaion_pipeline.compiled import string_buffers
-
     offsets, data, valid = string_buffers(pa.array(values, pa.large_string()))
     out, parts = canonicalize(data, offsets, valid, HEX_DIGITS)
     text = out.tobytes()

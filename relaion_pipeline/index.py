@@ -8,9 +8,9 @@ expression's text or a caption: only row numbers, scopes and hash prefixes.
 The removals stage builds it once per input file (`<work>/index/<shard>.parquet`, described by
 `<shard>.json`) with the compiled kernels of `lookup_hashes` (without OpenSSL: the SQL of `build_sql`, which
 the tests hold the kernels to) and reuses it while the input is unchanged, so a new list version costs one
-join of the index with the list instead of canonicalizing and hashing the shard again. A prefix hit only names a candidate row:
-removals are confirmed on the candidates' full hashes by the matching query, and the research check confirms
-its own candidates with the reference implementation in Python.
+join of the index with the list instead of canonicalizing and hashing the shard again. A prefix hit only
+names a candidate row: removals are confirmed on the candidates' full hashes by the matching query, and the
+research check confirms its own candidates with the reference implementation in Python.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def _general_sql(relation: str) -> str:
 
 
 def _write_compiled(con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, target: str) -> None:
-    """Stream the shard's URLs, BATCH_ROWS at a time, through the compiled lookup hashes into `target`; what
-    is not a regular URL is canonicalized by DuckDB on a second connection."""
+    """Stream the shard's URLs, BATCH_ROWS at a time, through the compiled lookup hashes into `target`; the
+    URLs the compiled canonicalization leaves are canonicalized by DuckDB on a second connection."""
     source = (
         f"SELECT file_row_number AS row_number, {matching.quote(inputs.roles.url)} AS url "
         f"FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)"

@@ -2,8 +2,9 @@
 
 DuckDB streams the sidecar's hashes (64 characters, quality 50 or more or unknown: no quality column or a
 null one) in batches; a compiled parser keeps those of hex digits, the compiled multi-index (`pdq_index`)
-finds every entry within its source's distance, and the hits whose key is a row key of the shard are kept. The result has the removals table's columns, one row per (row, entry),
-with the Hamming distance; never a URL or caption. Memory: the list's index (352 bytes an entry) plus a batch.
+finds every entry within its source's distance, and the hits whose key is a row key of the shard are kept.
+The result has the removals table's columns, one row per (row, entry), with the Hamming distance; never a URL
+or caption. Memory: the list's index (384 bytes an entry) plus a batch.
 """
 
 from __future__ import annotations
