@@ -51,7 +51,7 @@ def main() -> None:
         print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
     limit = {"duckdb_memory_limit": args.memory_limit} if args.memory_limit else {}
     settings = Settings.layout(root, root, **limit)
-    print(f"DuckDB memory limit {settings.duckdb_memory_limit}")
+    print(f"DuckDB memory limit {settings.memory_limit(settings.duckdb_threads or os.cpu_count())}")
     name = "joined/part-00000"
     for path in index.paths(settings.work, name):
         storage.remove(path)

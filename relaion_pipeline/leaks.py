@@ -70,8 +70,11 @@ def _still_published(con, matched: list[tuple], research_path: str, removals: st
     table = pa.table({c: pa.array([m[i] for m in matched], pa.string()) for i, c in enumerate(columns)})
     con.register("relaion_matched", table)
     try:
-        if roles.key is not None:
-            present = f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({sql_string(research_path)})"
+        if roles.key is not None:  # research's keys are filtered by the few matched ones before any hash table
+            present = (
+                f"SELECT k FROM (SELECT CAST({quote(roles.key)} AS VARCHAR) AS k FROM "
+                f"read_parquet({sql_string(research_path)})) SEMI JOIN relaion_matched m ON m.row_key = k"
+            )
             return con.execute(f"SELECT * FROM relaion_matched WHERE row_key IN ({present})").fetchall()
         removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
         return con.execute(f"SELECT * FROM relaion_matched WHERE row_key NOT IN ({removed})").fetchall()

@@ -82,7 +82,8 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     if settings.duckdb_threads:
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
-    con.execute(f"SET memory_limit = {sql_string(settings.duckdb_memory_limit)}")
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    con.execute(f"SET memory_limit = {sql_string(settings.memory_limit(int(threads)))}")
     con.execute("SET enable_progress_bar = false")  # it would print over the run's logs; stages report progress
     # DuckDB spills beyond its memory limit into `.tmp` of the current folder unless told otherwise
     con.execute(f"SET temp_directory = {sql_string(os.path.join(tempfile.gettempdir(), 'relaion-duckdb'))}")
@@ -426,7 +427,8 @@ def duplicate_key_sql(inputs: MatchInputs) -> str:
 
 def sidecar_counts_sql(inputs: MatchInputs) -> str:
     """Rows of the shard's sidecar, how many of their keys are not a row key of the shard, and how many of the
-    shard's PDQ hashes are of too low a quality to be matched."""
+    shard's PDQ hashes are of too low a quality to be matched. One pass: each sidecar key is marked by one
+    lookup in the shard's row keys (a single hash table, which spills beyond the memory limit)."""
     low = (
         f"pdq IS NOT NULL AND pdq_quality < {pdq.MIN_QUALITY}"
         if {"pdq", "pdq_quality"} <= set(inputs.sidecar_columns)
@@ -437,9 +439,9 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
         SELECT {inputs.roles.key_sql(inputs.shard_name)} AS row_key
         FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
     ),
-    sidecar AS (
-        SELECT CAST(key AS VARCHAR) AS key, {low} AS low_quality FROM read_parquet({sql_string(inputs.sidecar_path)})
+    marked AS (
+        SELECT coalesce(CAST(key AS VARCHAR) IN (SELECT row_key FROM src), false) AS in_shard, {low} AS low_quality
+        FROM read_parquet({sql_string(inputs.sidecar_path)})
     )
-    SELECT (SELECT count(*) FROM sidecar),
-           (SELECT count(*) FROM sidecar s ANTI JOIN src ON src.row_key = s.key),
-           (SELECT count(*) FROM sidecar s SEMI JOIN src ON src.row_key = s.key WHERE low_quality)"""
+    SELECT count(*), count(*) FILTER (WHERE NOT in_shard), count(*) FILTER (WHERE in_shard AND low_quality)
+    FROM marked"""

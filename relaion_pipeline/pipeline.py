@@ -353,9 +353,8 @@ def write_research_safe(settings: Settings, name: str) -> dict:
         work.variant(RESEARCH, name), roles, settings, work.variant(RESEARCH_SAFE, name), dropped
     )
     removed = np.unique(storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy())
-    research_rows = np.setdiff1d(np.arange(research_stats["rows_in"], dtype=np.int64), removed, assume_unique=True)
     positions = np.concatenate(dropped) if dropped else np.array([], dtype=np.int64)
-    unsafe = pa.table({"row_number": pa.array(research_rows[positions], pa.int64())})
+    unsafe = pa.table({"row_number": pa.array(variants.shard_rows(positions, removed), pa.int64())})
     storage.write_parquet_atomic(unsafe, work.unsafe_rows(name))
     stats = {
         "shard": name,

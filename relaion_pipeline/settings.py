@@ -38,7 +38,13 @@ class Settings:
     license: str = "apache-2.0"  # license named in the release's dataset card
     removal_list_max_match_share: float = 0.01  # publish the removal list only if list matches are <= this share
     duckdb_threads: int = 0  # 0: all cores
-    duckdb_memory_limit: str = "1GB"  # per process; more spills less on large shards (BENCHMARKS.md)
+    duckdb_memory_limit: str = ""  # per process; "": 128MB per DuckDB thread, at least 512MB (BENCHMARKS.md)
+
+    def memory_limit(self, threads: int) -> str:
+        """DuckDB's memory limit for a connection with `threads` threads: the setting, or by default 128MB a
+        thread and at least 512MB. DuckDB spills beyond it; the wide scans and joins of an 18M-row shard need
+        ~128MB a thread (64MB a thread fails), and a larger limit does not make them faster."""
+        return self.duckdb_memory_limit or f"{max(512, 128 * threads)}MB"
 
     def __post_init__(self):
         data = default_data_dir()

@@ -90,6 +90,15 @@ def write_research(shard_path: str, removed_row_numbers: np.ndarray, destination
     return filter_shard(shard_path, destination, keep)
 
 
+def shard_rows(positions: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The shard's row numbers of the rows at `positions` of research, given the sorted unique row numbers
+    `removed` from it. Memory grows with those two arrays, not with the shard: the row `removed[i]` has
+    `removed[i] - i` research rows before it, so position p is row p + #{i: removed[i] - i <= p}."""
+    positions = np.asarray(positions, dtype=np.int64)
+    before = removed.astype(np.int64) - np.arange(removed.size, dtype=np.int64)
+    return positions + np.searchsorted(before, positions, side="right")
+
+
 def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settings) -> pa.Array:
     """True for rows that research-safe keeps: score at or below the safe threshold (see Settings)."""
     keep_missing = settings.missing_score == "keep"

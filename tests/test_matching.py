@@ -2,6 +2,7 @@
 
 import hashlib
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -159,3 +160,23 @@ def test_wrong_url_type_is_a_clear_error():
         schemas.ShardSchemaError, match=r"y.parquet: column 'URL' \(url\) must hold strings, found int64"
     ):
         schemas.check_types(schema, roles, "y.parquet")
+
+
+@pytest.mark.parametrize(
+    ("threads", "configured", "expected_mib"),
+    [(2, "", 512), (8, "", 1024), (16, "", 2048), (8, "300MB", 300)],
+)
+def test_duckdb_gets_memory_per_thread_unless_a_limit_is_set(threads, configured, expected_mib):
+    """DuckDB's wide scans and joins need ~128MB a thread: a fixed default would fail on many-core machines
+    (512MB with 8 threads runs out on an 18M-row shard), so the default grows with the threads."""
+    con = matching.connect(Settings(duckdb_threads=threads, duckdb_memory_limit=configured))
+    try:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        threads_set = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    finally:
+        con.close()
+    reference = duckdb.connect()
+    reference.execute(f"SET memory_limit = '{expected_mib}MB'")
+    assert int(threads_set) == threads
+    assert limit == reference.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    reference.close()

@@ -84,3 +84,17 @@ def test_removing_every_row_still_writes_a_valid_empty_shard(tmp_path):
     out = pq.read_table(tmp_path / "r.parquet")
     assert out.num_rows == 0 and out.schema.equals(table.schema)
     assert stats.rows_out == 0 and len(stats.sha256) == 64
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 5_000])
+def test_positions_in_research_map_back_to_the_shards_row_numbers(rows):
+    """research-safe records its dropped rows by shard row number (the removal list hashes those rows): the
+    mapping from research positions must equal indexing the shard's surviving row numbers."""
+    rng = np.random.default_rng(rows)
+    removed = np.unique(rng.integers(0, max(rows, 1), size=rows // 3)) if rows else np.zeros(0, np.int64)
+    research = np.setdiff1d(np.arange(rows), removed)
+    positions = np.sort(rng.choice(research.size, size=research.size // 2, replace=False))
+    assert variants.shard_rows(positions, removed).tolist() == research[positions].tolist()
+    if rows:  # every row removed but the last, and none removed
+        assert variants.shard_rows(np.array([0]), np.arange(rows - 1)).tolist() == [rows - 1]
+        assert variants.shard_rows(np.arange(rows), np.zeros(0, np.int64)).tolist() == list(range(rows))
