@@ -305,10 +305,24 @@ def _source_distance(name: str, data: bytes) -> int:
     return distance
 
 
+def _lines_digest(lines: pa.Array | pa.ChunkedArray, chunk: int = 1 << 20) -> hashlib._Hash:
+    """sha256 of the lines, each followed by a newline, fed from Arrow's buffers a million lines at a time (a
+    Python string per line would take ~10x the list's size)."""
+    digest = hashlib.sha256()
+    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
+    for part in chunks:
+        for start in range(0, len(part), chunk):
+            block = pc.binary_join_element_wise(part.slice(start, chunk), "", "\n").cast(pa.large_string())
+            offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset : block.offset + len(block) + 1]
+            digest.update(memoryview(block.buffers()[2])[offsets[0] : offsets[-1]])
+    return digest
+
+
 def _merge(tables: list[pa.Table], sources: list[str]) -> Blocklist:
     """Distinct entries sorted by (kind, value, source, category); the version digests them in that order."""
     names = SCHEMA.names
     table = pa.concat_tables([t.select(names).cast(SCHEMA) for t in tables]) if tables else SCHEMA.empty_table()
+    tables.clear()  # the parsed files (the caller's list): freed once sorted, not kept beside the sorted copy
     table = table.take(pc.sort_indices(table, sort_keys=[(name, "ascending") for name in names]))
     lines = pc.binary_join_element_wise(*(table.column(n) for n in names[:4]), "\t")
     near = pc.is_valid(table.column("distance"))
@@ -319,9 +333,7 @@ def _merge(tables: list[pa.Table], sources: list[str]) -> Blocklist:
         first = np.concatenate([[True], pc.not_equal(lines[1:], lines[:-1]).to_numpy(zero_copy_only=False)])
         table, lines = table.filter(first), lines.filter(first)
     table = table.combine_chunks()
-    digest = hashlib.sha256()
-    if table.num_rows:
-        digest.update(("\n".join(lines.to_pylist()) + "\n").encode())
+    digest = _lines_digest(lines)
     counts: dict[str, dict[str, int]] = {s: {} for s in sources}
     for row in table.group_by(["source", "kind"]).aggregate([("value", "count")]).to_pylist():
         counts[row["source"]][row["kind"]] = row["value_count"]

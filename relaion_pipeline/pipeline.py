@@ -11,12 +11,12 @@ import functools
 import hashlib
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from relaion_pipeline import blocklists, index, matching, schemas, shard_lock, shards, storage, variants
 from relaion_pipeline.settings import Settings
@@ -59,6 +59,12 @@ class Work:
         return storage.join(self.root, "validation", suite, name + ".json")
 
 
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """How often each value occurs (Arrow's count: no Python string per entry)."""
+    counted = pc.value_counts(column).to_pylist() if len(column) else []
+    return {c["values"]: c["counts"] for c in counted}
+
+
 def build_blocklist(settings: Settings) -> dict:
     """Parse, validate, merge and version the partner lists; write the merged list."""
     started = time.perf_counter()
@@ -66,8 +72,8 @@ def build_blocklist(settings: Settings) -> dict:
         lists_fingerprint = blocklists.fingerprint(settings.blocklists)  # before reading: a change meanwhile reruns
     merged = blocklists.load(settings.blocklists)
     path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
-    kinds = Counter(merged.table.column("kind").to_pylist())
-    categories = Counter(merged.table.column("category").to_pylist())
+    kinds = _value_counts(merged.table.column("kind"))
+    categories = _value_counts(merged.table.column("category"))
     return {
         "version": merged.version,
         "entries": merged.entries,

@@ -143,3 +143,18 @@ def test_written_list_is_found_again_by_its_version(tmp_path):
     assert (version, current) == (merged.version, path)
     assert pq.read_table(current).equals(merged.table)
     assert not list((tmp_path / "work").glob(".tmp-*")), "no temporary file left behind"
+
+
+def test_list_version_digests_lines_chunk_by_chunk_as_one_text():
+    """The version is the sha256 of the merged lines, one per entry: fed from Arrow buffers in chunks (flat
+    memory for lists of millions of entries), it must equal the digest of the whole text, so versions of
+    existing lists stay what they were."""
+    lines = [f"url_sha256\t{i:064x}\tpartner-{i % 3}\tcsam" for i in range(2_500)] + ["pdq\tff\tp\tcsam\t31"]
+    text = ("\n".join(lines) + "\n").encode()
+    chunked = pa.chunked_array([pa.array(lines[:1_000]), pa.array(lines[1_000:])])
+    for chunk in (1, 7, 1 << 20):
+        assert blocklists._lines_digest(chunked, chunk=chunk).hexdigest() == hashlib.sha256(text).hexdigest()
+        assert blocklists._lines_digest(pa.array(lines)[3:], chunk=chunk).hexdigest() == hashlib.sha256(
+            ("\n".join(lines[3:]) + "\n").encode()
+        ).hexdigest()
+    assert blocklists._lines_digest(pa.array([], pa.string())).hexdigest() == hashlib.sha256(b"").hexdigest()
