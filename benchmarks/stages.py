@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--dir", default="/tmp/relaion-bench")
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default: the pipeline's)")
+    parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: all cores)")
     args = parser.parse_args()
     root = Path(args.dir) / f"rows-{args.rows}"
     if not (root / "shards").exists():
@@ -50,8 +51,9 @@ def main() -> None:
         demo.generate(root, shards=1, rows=args.rows, seed=0)
         print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
     limit = {"duckdb_memory_limit": args.memory_limit} if args.memory_limit else {}
-    settings = Settings.layout(root, root, **limit)
-    print(f"DuckDB memory limit {settings.memory_limit(settings.duckdb_threads or os.cpu_count())}")
+    settings = Settings.layout(root, root, duckdb_threads=args.threads, **limit)
+    threads = settings.duckdb_threads or os.cpu_count()
+    print(f"DuckDB: {threads} threads, memory limit {settings.memory_limit(threads)}")
     name = "joined/part-00000"
     for path in index.paths(settings.work, name):
         storage.remove(path)

@@ -154,7 +154,8 @@ def test_list_version_digests_lines_chunk_by_chunk_as_one_text():
     chunked = pa.chunked_array([pa.array(lines[:1_000]), pa.array(lines[1_000:])])
     for chunk in (1, 7, 1 << 20):
         assert blocklists._lines_digest(chunked, chunk=chunk).hexdigest() == hashlib.sha256(text).hexdigest()
-        assert blocklists._lines_digest(pa.array(lines)[3:], chunk=chunk).hexdigest() == hashlib.sha256(
-            ("\n".join(lines[3:]) + "\n").encode()
-        ).hexdigest()
+        assert (
+            blocklists._lines_digest(pa.array(lines)[3:], chunk=chunk).hexdigest()
+            == hashlib.sha256(("\n".join(lines[3:]) + "\n").encode()).hexdigest()
+        )
     assert blocklists._lines_digest(pa.array([], pa.string())).hexdigest() == hashlib.sha256(b"").hexdigest()

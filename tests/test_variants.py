@@ -98,3 +98,73 @@ def test_positions_in_research_map_back_to_the_shards_row_numbers(rows):
     if rows:  # every row removed but the last, and none removed
         assert variants.shard_rows(np.array([0]), np.arange(rows - 1)).tolist() == [rows - 1]
         assert variants.shard_rows(np.arange(rows), np.zeros(0, np.int64)).tolist() == list(range(rows))
+
+
+def test_row_groups_encoded_apart_join_into_the_bytes_of_one_writer(tmp_path):
+    """Variants encode row groups on several cores and join them (`parquet_parts`); the file must be exactly
+    what one pyarrow writer writes, so every reader reads it and reruns reproduce the same bytes."""
+    import datetime
+    import io
+
+    import duckdb
+
+    from relaion_pipeline import parquet_parts
+
+    rng = np.random.default_rng(3)
+    n = 70_000
+    table = pa.table(
+        {
+            "url": pa.array([None if i % 11 == 0 else f"http://h{i % 13}.example/{i}" for i in range(n)]),
+            "score": pa.array(rng.random(n), pa.float32()),
+            "tags": pa.array([[i, i + 1] if i % 3 else None for i in range(n)], pa.list_(pa.int64())),
+            "lang": pa.array(rng.choice(["en", "de"], n)).dictionary_encode(),
+            "seen": pa.array([datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)] * n, pa.timestamp("ms", "UTC")),
+        }
+    ).replace_schema_metadata({"origin": "test"})
+    groups = [table.slice(0, 1), table.slice(1, 30_000), table.slice(30_001, n)]
+
+    def one_writer(parts):
+        sink = io.BytesIO()
+        with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+            for part in parts:
+                writer.write_table(part)
+        return sink.getvalue()
+
+    joined = io.BytesIO()
+    parquet_parts.write([one_writer([g]) for g in groups], joined)
+    assert joined.getvalue() == one_writer(groups)
+    path = tmp_path / "joined.parquet"
+    path.write_bytes(joined.getvalue())
+    assert pq.read_table(path).equals(table)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    total = duckdb.sql(f"SELECT count(*), count(url), sum(len(tags)) FROM '{path}'").fetchall()[0]
+    assert total == (n, n - len(range(0, n, 11)), 2 * (n - len(range(0, n, 3))))
+    with pytest.raises(ValueError, match="not a parquet file"):
+        parquet_parts.write([b"PAR1 truncated"], io.BytesIO())
+
+
+def test_research_is_byte_for_byte_what_one_writer_writes(shard, tmp_path, monkeypatch):
+    """The row groups encoded apart (on two threads) and joined are the bytes one writer would write, given
+    the same row groups in the same order; and they hold exactly the kept rows."""
+    monkeypatch.setattr(variants, "ROW_GROUP_ROWS", 30_000)  # several row groups from this small shard
+    encoded = variants._encoded
+    groups = []
+
+    def recording(schema, table):  # the real encoder, recording which row groups it was given
+        groups.append(table)
+        return encoded(schema, table)
+
+    monkeypatch.setattr(variants, "_encoded", recording)
+    path, _ = shard
+    removed = np.arange(0, ROWS, 7)
+    variants.write_research(str(path), removed, str(tmp_path / "research.parquet"))
+    table = pq.read_table(path)
+    keep = np.ones(ROWS, dtype=bool)
+    keep[removed] = False
+    assert len(groups) > 2 and pa.concat_tables(groups).equals(table.filter(pa.array(keep)))
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+        for group in groups:
+            writer.write_table(group)
+    assert pq.ParquetFile(tmp_path / "research.parquet").metadata.num_row_groups == len(groups)
+    assert (tmp_path / "research.parquet").read_bytes() == sink.getvalue().to_pybytes()
