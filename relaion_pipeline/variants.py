@@ -84,7 +84,7 @@ def filter_shard(
         in_flight: deque = deque()
         for table in row_groups():
             in_flight.append(encoders.submit(_encoded, schema, table))
-            if len(in_flight) > ENCODERS:
+            if len(in_flight) > ENCODERS:  # one row group waits encoded or queued beside those being encoded
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
