@@ -6,8 +6,6 @@ the safe threshold. Both stream the parquet file batch by batch, so memory does 
 
 from __future__ import annotations
 
-import os
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,12 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline import parquet_parts, schemas, shards, storage
+from relaion_pipeline import schemas, shards, storage
 from relaion_pipeline.settings import Settings
 
 BATCH_ROWS = 65_536
 ROW_GROUP_ROWS = 500_000
-ENCODERS = max(1, min(4, os.cpu_count() or 1))  # row groups encoded at once, ~100 MB each (one per core)
 
 
 @dataclass(frozen=True)
@@ -31,16 +28,6 @@ class VariantStats:
     rows_out: int
     bytes: int
     sha256: str
-
-
-def _encoded(schema: pa.Schema, table: pa.Table | None) -> bytes:
-    """A whole parquet file in memory holding `table` as one row group (None: no row group), written with the
-    options of the published variants."""
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, schema, compression=storage.PARQUET_COMPRESSION) as writer:
-        if table is not None:
-            writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def filter_shard(
@@ -53,50 +40,43 @@ def filter_shard(
 
     The output has the source's arrow schema (with its metadata) and row order; it appears under its final
     name only when complete. When `dropped` is a list, the positions of the rows left out are appended to it.
-    Row groups of ROW_GROUP_ROWS kept rows are encoded on ENCODERS threads while the next are read, and
-    joined into one file (`parquet_parts`: the bytes one pyarrow writer would write).
     """
     parquet = shards.open_parquet(source, streaming=True)
     schema = parquet.schema_arrow
-    counted = {"in": 0, "out": 0}
-
-    def row_groups():
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
-            mask = keep(batch, counted["in"])
-            if dropped is not None:
-                dropped.append(np.flatnonzero(~mask.to_numpy(zero_copy_only=False)) + counted["in"])
-            kept = batch.filter(mask)
-            counted["in"] += batch.num_rows
-            if kept.num_rows:
-                pending.append(kept)
-                pending_rows += kept.num_rows
-            if pending_rows >= ROW_GROUP_ROWS:
-                yield pa.Table.from_batches(pending, schema=schema)
-                counted["out"] += pending_rows
-                pending, pending_rows = [], 0
-        if pending:
-            yield pa.Table.from_batches(pending, schema=schema)
-            counted["out"] += pending_rows
-
-    def parts(encoders: ThreadPoolExecutor):
-        in_flight: deque = deque()
-        for table in row_groups():
-            in_flight.append(encoders.submit(_encoded, schema, table))
-            if len(in_flight) > ENCODERS:  # one row group waits encoded or queued beside those being encoded
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-        if not counted["out"]:
-            yield _encoded(schema, None)  # no row kept: a valid file without row groups
-
-    with storage.AtomicPath(destination) as tmp, ThreadPoolExecutor(max_workers=ENCODERS) as encoders:
+    rows_in = rows_out = 0
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    with storage.AtomicPath(destination) as tmp, ThreadPoolExecutor(max_workers=1) as encoder:
         fs, inner = storage.filesystem(tmp)
-        with fs.open(inner, "wb") as sink:
-            parquet_parts.write(parts(encoders), sink)
+        with pq.ParquetWriter(inner, schema, filesystem=fs, compression=storage.PARQUET_COMPRESSION) as writer:
+            writing = None  # a row group being encoded (pyarrow frees the GIL) while the next one is read
+
+            def write(batches: list[pa.RecordBatch]) -> None:
+                nonlocal writing
+                if writing is not None:
+                    writing.result()
+                writing = encoder.submit(writer.write_table, pa.Table.from_batches(batches, schema=schema))
+
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
+                mask = keep(batch, rows_in)
+                if dropped is not None:
+                    dropped.append(np.flatnonzero(~mask.to_numpy(zero_copy_only=False)) + rows_in)
+                kept = batch.filter(mask)
+                rows_in += batch.num_rows
+                if kept.num_rows:
+                    pending.append(kept)
+                    pending_rows += kept.num_rows
+                if pending_rows >= ROW_GROUP_ROWS:
+                    write(pending)
+                    rows_out += pending_rows
+                    pending, pending_rows = [], 0
+            if pending:
+                write(pending)
+                rows_out += pending_rows
+            if writing is not None:
+                writing.result()
     size, digest = storage.size_and_sha256(destination)
-    return VariantStats(rows_in=counted["in"], rows_out=counted["out"], bytes=size, sha256=digest)
+    return VariantStats(rows_in=rows_in, rows_out=rows_out, bytes=size, sha256=digest)
 
 
 def write_research(shard_path: str, removed_row_numbers: np.ndarray, destination: str) -> VariantStats:
