@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -141,14 +142,30 @@ def fingerprint(location: str) -> dict:
 
 
 def locked(stage):
-    """Run `stage(settings, name)` holding the shard's lock, so two runs of one partition never interleave."""
+    """Run `stage(settings, name)` holding the shard's lock, so two runs of one partition never interleave.
+    DuckDB running out of memory is reported with the settings that decide it."""
 
     @functools.wraps(stage)
     def run(settings: Settings, name: str, *args, **kwargs):
         with shard_lock.holding(settings.work, name, waiting=log.info):
-            return stage(settings, name, *args, **kwargs)
+            try:
+                return stage(settings, name, *args, **kwargs)
+            except duckdb.OutOfMemoryException as error:
+                raise out_of_memory(settings, f"{stage.__name__} of shard {name!r}", error) from None
 
     return run
+
+
+def out_of_memory(settings: Settings, what: str, error: Exception) -> StageError:
+    """The error for DuckDB reaching its memory limit: which limit, and the two settings that change it (its
+    message is about sizes only, and its advice names SQL the user cannot run here)."""
+    threads = settings.duckdb_threads or os.cpu_count() or 1
+    detail = (str(error).strip().splitlines() or [""])[0]
+    return StageError(
+        f"{what}: DuckDB ran out of memory at its limit of {settings.memory_limit(threads)} with {threads} threads"
+        f" ({detail}); raise duckdb_memory_limit (RELAION_DUCKDB_MEMORY_LIMIT; by default 128MB a thread, at"
+        " least 512MB) or lower duckdb_threads (RELAION_DUCKDB_THREADS)"
+    )
 
 
 def _start(settings: Settings, stage: str, name: str, *outputs: str) -> None:

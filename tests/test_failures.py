@@ -158,3 +158,23 @@ def test_research_safe_with_another_schema_than_its_input_is_held_back(settings,
     assert [(f["column"], f["observed"]) for f in record["failures"]] == [("schema_differs_from_input", 1)]
     manifest = json.loads((Path(release.resolve(settings.release)) / "manifest.json").read_text())
     assert list(manifest["shards"]) == ["good-2"] and "good-1" in manifest["held_back"]
+
+
+def test_duckdb_out_of_memory_names_the_stage_the_limit_and_the_settings(tmp_path):
+    """A limit too small for the shard stops the stage with what to change, not DuckDB's advice to run SQL."""
+    from relaion_pipeline import demo, pipeline
+    from relaion_pipeline.pipeline import StageError
+    from relaion_pipeline.settings import Settings
+
+    demo.generate(tmp_path, shards=1, rows=20_000, seed=0)
+    settings = Settings.layout(tmp_path, tmp_path, duckdb_memory_limit="2MB", duckdb_threads=2)
+    pipeline.build_blocklist(settings)
+    name = next((tmp_path / "shards").rglob("*.parquet")).relative_to(tmp_path / "shards").with_suffix("")
+    with pytest.raises(StageError) as raised:
+        pipeline.compute_removals(settings, name.as_posix())
+    message = str(raised.value)
+    assert message.startswith(f"compute_removals of shard '{name.as_posix()}': DuckDB ran out of memory")
+    assert "limit of 2MB with 2 threads" in message and "RELAION_DUCKDB_MEMORY_LIMIT" in message
+    assert "SET memory_limit" not in message
+    removals = Path(pipeline.Work(settings.work).removals(name.as_posix()))
+    assert not removals.exists(), "no removals table from the failed run"
