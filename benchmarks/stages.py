@@ -52,7 +52,7 @@ def main() -> None:
         print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
     limit = {"duckdb_memory_limit": args.memory_limit} if args.memory_limit else {}
     settings = Settings.layout(root, root, duckdb_threads=args.threads, **limit)
-    threads = settings.duckdb_threads or os.cpu_count()
+    threads = settings.threads()
     print(f"DuckDB: {threads} threads, memory limit {settings.memory_limit(threads)}")
     name = "joined/part-00000"
     for path in index.paths(settings.work, name):

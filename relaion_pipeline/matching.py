@@ -80,10 +80,9 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the pipeline's UDF and resource limits."""
     settings = settings or Settings()
     con = duckdb.connect()
-    if settings.duckdb_threads:
-        con.execute(f"SET threads = {int(settings.duckdb_threads)}")
-    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    con.execute(f"SET memory_limit = {sql_string(settings.memory_limit(int(threads)))}")
+    threads = settings.threads()
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute(f"SET memory_limit = {sql_string(settings.memory_limit(threads))}")
     con.execute("SET enable_progress_bar = false")  # it would print over the run's logs; stages report progress
     # DuckDB spills beyond its memory limit into `.tmp` of the current folder unless told otherwise
     con.execute(f"SET temp_directory = {sql_string(os.path.join(tempfile.gettempdir(), 'relaion-duckdb'))}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -159,7 +158,7 @@ def locked(stage):
 def out_of_memory(settings: Settings, what: str, error: Exception) -> StageError:
     """The error for DuckDB reaching its memory limit: which limit, and the two settings that change it (its
     message is about sizes only, and its advice names SQL the user cannot run here)."""
-    threads = settings.duckdb_threads or os.cpu_count() or 1
+    threads = settings.threads()
     detail = (str(error).strip().splitlines() or [""])[0]
     return StageError(
         f"{what}: DuckDB ran out of memory at its limit of {settings.memory_limit(threads)} with {threads} threads"

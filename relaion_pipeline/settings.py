@@ -6,6 +6,7 @@ from the CLI flag of the same name; the Dagster UI reads the environment.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -18,6 +19,21 @@ def default_data_dir() -> str:
     repo = Path(__file__).resolve().parent.parent
     base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
     return str(base / "data")
+
+
+def available_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (`cpu.max`, how Kubernetes
+    applies a pod's CPU limit). DuckDB alone would start a thread per CPU of the node, and be given memory
+    for each."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open(os.path.join(cgroup, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity stands
+    return count
 
 
 @dataclass(frozen=True)
@@ -37,8 +53,12 @@ class Settings:
     missing_score: str = "keep"  # rows with neither punsafe nor NSFW tag: "keep" or "drop" from research-safe
     license: str = "apache-2.0"  # license named in the release's dataset card
     removal_list_max_match_share: float = 0.01  # publish the removal list only if list matches are <= this share
-    duckdb_threads: int = 0  # 0: all cores
+    duckdb_threads: int = 0  # 0: the CPUs this process may use (affinity, capped by a cgroup CPU quota)
     duckdb_memory_limit: str = ""  # per process; "": 128MB per DuckDB thread, at least 512MB (BENCHMARKS.md)
+
+    def threads(self) -> int:
+        """DuckDB's threads: the setting, or else the CPUs this process may use (`available_cpus`)."""
+        return self.duckdb_threads or available_cpus()
 
     def memory_limit(self, threads: int) -> str:
         """DuckDB's memory limit for a connection with `threads` threads: the setting, or by default 128MB a

@@ -180,3 +180,25 @@ def test_duckdb_gets_memory_per_thread_unless_a_limit_is_set(threads, configured
     assert int(threads_set) == threads
     assert limit == reference.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     reference.close()
+
+
+def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
+    """A pod's CPU limit is a cgroup v2 quota (`cpu.max`); DuckDB alone would start a thread per CPU of the
+    node and the default memory limit would follow them."""
+    import os
+
+    from relaion_pipeline.settings import available_cpus
+
+    mine = len(os.sched_getaffinity(0))
+    assert available_cpus(str(tmp_path)) == mine, "no cgroup file: the CPU affinity"
+    for quota, expected in [("max 100000", mine), ("150000 100000", min(mine, 2)), ("50000 100000", 1)]:
+        (tmp_path / "cpu.max").write_text(quota + "\n")
+        assert available_cpus(str(tmp_path)) == expected, quota
+    (tmp_path / "cpu.max").write_text("not a quota\n")
+    assert available_cpus(str(tmp_path)) == mine
+    con = matching.connect(Settings())
+    try:
+        threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    finally:
+        con.close()
+    assert threads == Settings().threads() == available_cpus()
