@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from relaion_pipeline import matching, pdq, pipeline, shards, storage
 from relaion_pipeline.schemas import quote, sql_string
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.settings import Settings, available_cpus
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 PDQ_MAX_SIDE = 512  # images are scaled down to at most this before PDQ, as the reference hasher advises
@@ -214,9 +214,9 @@ def _hash_one(images: str, out: str, relative: str) -> TarResult:
 
 
 def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str], None] = print) -> list[TarResult]:
-    """Step 1 over every tar, `workers` processes at once (0: one per core)."""
+    """Step 1 over every tar, `workers` processes at once (0: one per CPU the process may use)."""
     tars = discover_tars(images)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cpus()
     results = []
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=min(workers, len(tars))) as pool:
