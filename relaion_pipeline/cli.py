@@ -164,7 +164,9 @@ def parser() -> argparse.ArgumentParser:
     hashing.add_argument(
         "--shards", default=None, help=f"the metadata shards to key the sidecars by (default: {base.shards})"
     )
-    hashing.add_argument("--workers", type=int, default=0, help="processes hashing tars at once (0: one per CPU the process may use)")
+    hashing.add_argument(
+        "--workers", type=int, default=0, help="processes hashing tars at once (0: one per CPU the process may use)"
+    )
     hashing.set_defaults(handler=_hash_images)
 
     clean = commands.add_parser(
