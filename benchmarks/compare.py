@@ -90,6 +90,8 @@ def per_row_datatrove(urls: list[str]) -> float | None:
     check = URLFilter()
     check.tldextractor = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
     documents = [Document(text="", id=str(i), metadata={"url": u}) for i, u in enumerate(urls) if u]
+    if not documents:
+        return None
     check.filter(documents[0])  # extracts the integrated lists once
     started = time.perf_counter()
     for document in documents:

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--dir", default="/tmp/relaion-bench")
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default: the pipeline's)")
-    parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: the CPUs the process may use)")
     args = parser.parse_args()
     root = Path(args.dir) / f"rows-{args.rows}"
     if not (root / "shards").exists():

@@ -160,6 +160,12 @@ def out_of_memory(settings: Settings, what: str, error: Exception) -> StageError
     message is about sizes only, and its advice names SQL the user cannot run here)."""
     threads = settings.threads()
     detail = (str(error).strip().splitlines() or [""])[0]
+    if "offload" in detail:  # the same exception when the spill space is full
+        return StageError(
+            f"{what}: DuckDB could not spill beyond its memory limit of {settings.memory_limit(threads)} ({detail});"
+            " free space in the temporary folder (TMPDIR, where it spills into relaion-duckdb) or raise"
+            " duckdb_memory_limit (RELAION_DUCKDB_MEMORY_LIMIT)"
+        )
     return StageError(
         f"{what}: DuckDB ran out of memory at its limit of {settings.memory_limit(threads)} with {threads} threads"
         f" ({detail}); raise duckdb_memory_limit (RELAION_DUCKDB_MEMORY_LIMIT; by default 128MB a thread, at"

@@ -36,6 +36,18 @@ def available_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
     return count
 
 
+def memory_cap(cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Half the memory of the process's cgroup v2 limit (`memory.max`, a pod's memory limit) in MB; None when
+    there is no limit. DuckDB's default limit never exceeds it, so a pod on a node with many CPUs is not
+    given memory for threads it cannot afford."""
+    try:
+        with open(os.path.join(cgroup, "memory.max")) as f:
+            value = f.read().split()[0]
+        return None if value == "max" else max(1, int(value) // 2 // 10**6)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Locations and thresholds of a run. Locations are local paths or fsspec URLs."""
@@ -60,11 +72,15 @@ class Settings:
         """DuckDB's threads: the setting, or else the CPUs this process may use (`available_cpus`)."""
         return self.duckdb_threads or available_cpus()
 
-    def memory_limit(self, threads: int) -> str:
+    def memory_limit(self, threads: int, cgroup: str = "/sys/fs/cgroup") -> str:
         """DuckDB's memory limit for a connection with `threads` threads: the setting, or by default 128MB a
-        thread and at least 512MB. DuckDB spills beyond it; the wide scans and joins of an 18M-row shard need
-        ~128MB a thread (64MB a thread fails), and a larger limit does not make them faster."""
-        return self.duckdb_memory_limit or f"{max(512, 128 * threads)}MB"
+        thread and at least 512MB, but never more than half a cgroup memory limit (`memory_cap`). DuckDB spills
+        beyond it; the wide scans and joins of an 18M-row shard need ~128MB a thread (64MB a thread fails), and
+        a larger limit does not make them faster."""
+        if self.duckdb_memory_limit:
+            return self.duckdb_memory_limit
+        cap = memory_cap(cgroup)
+        return f"{min(max(512, 128 * threads), cap or 2**62)}MB"
 
     def __post_init__(self):
         data = default_data_dir()

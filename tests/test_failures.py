@@ -178,3 +178,23 @@ def test_duckdb_out_of_memory_names_the_stage_the_limit_and_the_settings(tmp_pat
     assert "SET memory_limit" not in message
     removals = Path(pipeline.Work(settings.work).removals(name.as_posix()))
     assert not removals.exists(), "no removals table from the failed run"
+
+
+def test_duckdb_spill_space_running_out_asks_for_space_not_memory(tmp_path):
+    """DuckDB raises the same out-of-memory error when it cannot spill; the advice is then about the
+    temporary folder."""
+    import duckdb
+
+    from relaion_pipeline import pipeline
+    from relaion_pipeline.settings import Settings
+
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory = '{tmp_path}'")
+    con.execute("SET memory_limit = '20MB'")
+    con.execute("SET max_temp_directory_size = '1MB'")
+    with pytest.raises(duckdb.OutOfMemoryException) as raised:
+        con.execute("SELECT md5(CAST(range AS VARCHAR)) AS h FROM range(3000000) ORDER BY h").fetchall()
+    con.close()
+    message = str(pipeline.out_of_memory(Settings(duckdb_threads=2), "removals of shard 's'", raised.value))
+    assert message.startswith("removals of shard 's': DuckDB could not spill beyond its memory limit of 512MB")
+    assert "free space in the temporary folder" in message

@@ -202,3 +202,18 @@ def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
     finally:
         con.close()
     assert threads == Settings().threads() == available_cpus()
+
+
+def test_default_memory_limit_stays_within_half_a_pods_memory_limit(tmp_path):
+    """On a node with many CPUs and no CPU quota, 128MB a thread could exceed a pod's memory: the default
+    never takes more than half of a cgroup v2 `memory.max`."""
+    from relaion_pipeline.settings import memory_cap
+
+    settings = Settings()
+    assert memory_cap(str(tmp_path)) is None and settings.memory_limit(64, str(tmp_path)) == "8192MB"
+    (tmp_path / "memory.max").write_text("max\n")
+    assert settings.memory_limit(64, str(tmp_path)) == "8192MB"
+    (tmp_path / "memory.max").write_text(f"{4 * 10**9}\n")  # a 4 GB pod
+    assert memory_cap(str(tmp_path)) == 2000
+    assert settings.memory_limit(64, str(tmp_path)) == "2000MB" and settings.memory_limit(2, str(tmp_path)) == "512MB"
+    assert Settings(duckdb_memory_limit="3GB").memory_limit(64, str(tmp_path)) == "3GB", "a setting is kept"
