@@ -305,16 +305,21 @@ def _source_distance(name: str, data: bytes) -> int:
     return distance
 
 
-def _lines_digest(lines: pa.Array | pa.ChunkedArray, chunk: int = 1 << 20) -> hashlib._Hash:
-    """sha256 of the lines, each followed by a newline, fed from Arrow's buffers a million lines at a time (a
-    Python string per line would take ~10x the list's size)."""
+def _lines_digest(lines: pa.Array | pa.ChunkedArray, keep: np.ndarray | None = None, chunk: int = 1 << 20):
+    """sha256 of the lines (only those where `keep` is true, when given), each followed by a newline, fed from
+    Arrow's buffers a million lines at a time (a Python string per line would take ~10x the list's size)."""
     digest = hashlib.sha256()
     chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
+    first = 0  # position of the chunk's first line among all lines
     for part in chunks:
         for start in range(0, len(part), chunk):
-            block = pc.binary_join_element_wise(part.slice(start, chunk), "", "\n").cast(pa.large_string())
+            block = part.slice(start, chunk)
+            if keep is not None:
+                block = block.filter(pa.array(keep[first + start : first + start + len(block)]))
+            block = pc.binary_join_element_wise(block, "", "\n").cast(pa.large_string())
             offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset : block.offset + len(block) + 1]
             digest.update(memoryview(block.buffers()[2])[offsets[0] : offsets[-1]])
+        first += len(part)
     return digest
 
 
@@ -324,16 +329,17 @@ def _merge(tables: list[pa.Table], sources: list[str]) -> Blocklist:
     table = pa.concat_tables([t.select(names).cast(SCHEMA) for t in tables]) if tables else SCHEMA.empty_table()
     tables.clear()  # the parsed files (the caller's list): freed once sorted, not kept beside the sorted copy
     table = table.take(pc.sort_indices(table, sort_keys=[(name, "ascending") for name in names]))
-    lines = pc.binary_join_element_wise(*(table.column(n) for n in names[:4]), "\t")
-    near = pc.is_valid(table.column("distance"))
-    if pc.any(near).as_py():  # a pdq entry's line also holds its distance; other lines are as they always were
-        with_distance = pc.binary_join_element_wise(lines, table.column("distance").cast(pa.string()), "\t")
-        lines = pc.if_else(near, with_distance, lines)
+    # a pdq entry's line also holds its distance (null elsewhere, and skipped): other lines are as they always were
+    distance = table.column("distance").cast(pa.string())
+    lines = pc.binary_join_element_wise(*(table.column(n) for n in names[:4]), distance, "\t", null_handling="skip")
+    first = None
     if table.num_rows > 1:  # duplicates are neighbours once sorted
         first = np.concatenate([[True], pc.not_equal(lines[1:], lines[:-1]).to_numpy(zero_copy_only=False)])
-        table, lines = table.filter(first), lines.filter(first)
+    digest = _lines_digest(lines, first)
+    del lines, distance  # one copy of the lines at a time: freed before the table is filtered
+    if first is not None:
+        table = table.filter(first)
     table = table.combine_chunks()
-    digest = _lines_digest(lines)
     counts: dict[str, dict[str, int]] = {s: {} for s in sources}
     for row in table.group_by(["source", "kind"]).aggregate([("value", "count")]).to_pylist():
         counts[row["source"]][row["kind"]] = row["value_count"]

@@ -2,6 +2,7 @@
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -159,3 +160,7 @@ def test_list_version_digests_lines_chunk_by_chunk_as_one_text():
             == hashlib.sha256(("\n".join(lines[3:]) + "\n").encode()).hexdigest()
         )
     assert blocklists._lines_digest(pa.array([], pa.string())).hexdigest() == hashlib.sha256(b"").hexdigest()
+    keep = np.arange(len(lines)) % 3 != 1  # the first line of each run of duplicates, as the merge keeps them
+    kept = ("\n".join(line for line, k in zip(lines, keep, strict=True) if k) + "\n").encode()
+    for chunk in (1, 7, 1 << 20):
+        assert blocklists._lines_digest(chunked, keep, chunk=chunk).hexdigest() == hashlib.sha256(kept).hexdigest()
