@@ -29,11 +29,10 @@ def available_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
     try:
         with open(os.path.join(cgroup, "cpu.max")) as f:
             quota, period = f.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota: the affinity stands
-    return count
+        limit = None if quota == "max" else math.ceil(int(quota) / int(period))
+    except (OSError, ValueError, ZeroDivisionError):
+        limit = None  # no readable cgroup v2 quota: the affinity stands
+    return count if limit is None else min(count, max(1, limit))
 
 
 def memory_cap(cgroup: str = "/sys/fs/cgroup") -> int | None:
