@@ -169,7 +169,7 @@ def out_of_memory(settings: Settings, what: str, error: Exception) -> StageError
     return StageError(
         f"{what}: DuckDB ran out of memory at its limit of {settings.memory_limit(threads)} with {threads} threads"
         f" ({detail}); raise duckdb_memory_limit (RELAION_DUCKDB_MEMORY_LIMIT; by default 128MB a thread, at"
-        " least 512MB) or lower duckdb_threads (RELAION_DUCKDB_THREADS)"
+        " least 512MB, at most half a cgroup memory limit) or lower duckdb_threads (RELAION_DUCKDB_THREADS)"
     )
 
 
