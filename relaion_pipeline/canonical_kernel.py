@@ -2,8 +2,7 @@
 
 Each URL's canonical host, path and query are written, escaped, to an output buffer; what this kernel does
 not take on is marked for DuckDB's canonicalization (`matching.canonical_parts_sql`, whose last tier is the
-reference itself): hosts that may be IP addresses in an encoding other than the dotted quad (only hex digits,
-`x` and dots), IPv6 literals, and URLs with no canonical form. The steps, as in `urls.parse`: drop the fragment, strip ASCII
+reference itself): IPv4 addresses in another encoding than the dotted quad written in fewer than 5 bytes, IPv6 literals, and URLs with no canonical form. The steps, as in `urls.parse`: drop the fragment, strip ASCII
 whitespace, remove tab/CR/LF, percent-unescape until nothing changes, split off a `scheme://`, the query at
 the first `?` and the path at the first `/`; the host loses user info, a port, repeated and outer dots, and
 is lower-cased; the path's `.`, `..` and empty segments are resolved; every part is then escaped (bytes
@@ -59,6 +58,98 @@ def _dotted_quad(out, start, end):
         else:
             return False
     return parts == 4
+
+
+@numba.njit(inline="always")
+def _is_hex(c):
+    return 48 <= c <= 57 or 97 <= c <= 102
+
+
+@numba.njit(inline="always")
+def _possible_ip(out, start, end):
+    """Whether the lower-cased host out[start:end] is one the reference tries to read as an IPv4 address: a
+    full match of `urls._POSSIBLE_IP`, `(?:0x[0-9a-f]+|[0-9.])+`. Between dots that is decimal digits, or
+    digits ending in `0` before an `x`; after each `x` at least one hex digit, and one more (the next `0`)
+    before another `x`. A hex letter anywhere else (`cafe.de`) makes the host a name."""
+    hex_run = -1  # hex digits since the last 'x' of this label; -1: no 'x' yet, decimal digits only
+    for i in range(start, end):
+        c = out[i]
+        if c == 46:  # '.'
+            if hex_run == 0:
+                return False
+            hex_run = -1
+        elif c == 120:  # 'x'
+            if i == start or out[i - 1] != 48 or hex_run == 0 or hex_run == 1:
+                return False  # no '0' before it, or it would take the previous 'x''s only hex digit
+            hex_run = 0
+        elif 48 <= c <= 57:
+            if hex_run >= 0:
+                hex_run += 1
+        elif 97 <= c <= 102 and hex_run >= 0:
+            hex_run += 1
+        else:
+            return False
+    return end > start and hex_run != 0
+
+
+@numba.njit(inline="always")
+def _ipv4(out, start, end):
+    """The IPv4 address (0 .. 2**32 - 1) that the possible IP host out[start:end] encodes as `urls._normalize_ip`
+    reads it: up to four dot-separated numbers, each 0x hex, 0-led octal or decimal, all but the last at most
+    255, the last filling the remaining bytes; -1 when it is not one (a name)."""
+    too_big = np.int64(1) << 33
+    value = np.int64(0)
+    parts = 0
+    i = start
+    while i < end:
+        j = i
+        while j < end and out[j] != 46:
+            j += 1
+        parts += 1
+        if parts > 4 or j == i:
+            return -1
+        base, k = 10, i
+        if j - i >= 2 and out[i] == 48 and out[i + 1] == 120:
+            base, k = 16, i + 2
+        elif j - i >= 2 and out[i] == 48:
+            base, k = 8, i + 1
+        number = np.int64(0)
+        for m in range(k, j):
+            digit = _hex_value(out[m])
+            if digit < 0 or digit >= base:
+                return -1  # e.g. an 'x' inside a hex number, or 8 in an octal one
+            number = min(number * base + digit, too_big)
+        last = j == end
+        if not last and number > 255:
+            return -1
+        if last:
+            room = np.int64(1) << (8 * (5 - parts))
+            if number >= room:
+                return -1
+            value = (value << (8 * (5 - parts))) + number
+        else:
+            value = (value << 8) + number
+        i = j + 1
+    return value if parts > 0 else -1
+
+
+@numba.njit(inline="always")
+def _write_dotted(out, at, value):
+    """Write the IPv4 address `value` as a dotted quad at out[at:]; returns the end position."""
+    for shift in (24, 16, 8, 0):
+        octet = (value >> shift) & 255
+        if octet >= 100:
+            out[at] = 48 + octet // 100
+            at += 1
+        if octet >= 10:
+            out[at] = 48 + (octet // 10) % 10
+            at += 1
+        out[at] = 48 + octet % 10
+        at += 1
+        if shift:
+            out[at] = 46
+            at += 1
+    return at
 
 
 @numba.njit(inline="always")
@@ -179,9 +270,15 @@ def _one(data, start, end, work, other, segments, out, at, hex_digits):
         at -= 1  # a trailing dot
     if at == host_start or out[host_start] == 91:
         return undecided  # no host, or an IPv6 literal
-    is_ip = ip_like and _dotted_quad(out, host_start, at)
-    if ip_like and not is_ip:
-        return undecided  # may be an IP address in another encoding: the reference normalizes those
+    is_ip = False
+    if ip_like and _possible_ip(out, host_start, at):
+        is_ip = _dotted_quad(out, host_start, at)
+        address = -1 if is_ip else _ipv4(out, host_start, at)
+        if address >= 0:  # an IPv4 address in another encoding, normalized to its dotted quad
+            if h1 - h0 < 5:
+                return undecided  # the quad may not fit where this row's output may go (3 bytes an input byte)
+            at = _write_dotted(out, host_start, address)
+            is_ip = True
     host_end = at
     # path: '.', '..' and empty segments resolved
     depth = 0
