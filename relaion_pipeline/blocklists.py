@@ -7,15 +7,23 @@ the default), which every `pdq` entry of the source carries in the merged list. 
 by the sha256 of its normalized, sorted content, so the same entries always give the same version whatever
 the file layout or order. Files are validated column-wise with pyarrow, so a list of millions of entries loads
 in seconds; the first bad entry fails with its file and line.
+
+Memory does not grow with the lists: each file is parsed CHUNK_LINES lines at a time and put aside as parquet
+in a scratch folder, DuckDB sorts all of them without duplicates within its memory limit (spilling beyond it),
+and the version is digested while the sorted entries are written, a batch at a time. A file's own text is
+still read whole (twice its size: bytes and text).
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from relaion_pipeline import pdq, storage
+from relaion_pipeline.schemas import sql_string
+from relaion_pipeline.settings import Settings
 
 HEX_LENGTHS = {"url_sha256": 64, "url_md5": 32, "image_md5": 32, "image_sha1": 40, "image_sha256": 64, "pdq": 64}
 KINDS = (*HEX_LENGTHS, "domain")
@@ -46,6 +56,8 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _DOMAIN_RE2 = r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)+$"  # >= 2 labels
+DIGEST_ROWS = 262_144  # merged entries digested and written at a time
+CHUNK_LINES = 262_144  # lines of a list file parsed at a time: memory follows this, not the file
 _OTHER_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() also breaks lines at these and a lone "\r"
 
 
@@ -55,16 +67,30 @@ class BlocklistError(ValueError):
 
 @dataclass
 class Blocklist:
-    """The merged list: a table of (kind, value, source, category), sorted, plus its version."""
+    """The merged list, sorted and without duplicates, in a local parquet file of its own (`path`, removed with
+    the object), plus its version and counts: its entries are never all held in memory at once."""
 
-    table: pa.Table
+    path: str
     version: str
     sources: list[str]
+    entries: int
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> kind -> entries
+    categories: dict[str, int] = field(default_factory=dict)  # category -> entries
+    _scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False, compare=False)
 
     @property
-    def entries(self) -> int:
-        return self.table.num_rows
+    def table(self) -> pa.Table:
+        """Every entry (kind, value, source, category, distance), read from the file: for small lists."""
+        return pq.read_table(self.path)
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        """Entries per kind, over all sources."""
+        totals: dict[str, int] = {}
+        for by_kind in self.counts.values():
+            for kind, n in by_kind.items():
+                totals[kind] = totals.get(kind, 0) + n
+        return dict(sorted(totals.items()))
 
 
 def normalize_value(kind: str, raw: str, where: str) -> str:
@@ -146,9 +172,34 @@ def _validated(kinds: pa.Array, values: pa.Array, categories: pa.Array | None, w
     return pa.table({"kind": kinds, "value": values, "category": categories})
 
 
-def _text_lines(text: str) -> tuple[np.ndarray, pa.Array]:
-    """Line numbers (from 1, as a text editor shows them) and contents of the non-blank lines, comments removed."""
-    if text.count("\r") != text.count("\r\n") or any(c in text for c in _OTHER_LINE_BREAKS):
+def _plain_line_ends(text: str) -> bool:
+    """Whether lines end in "\n" or "\r\n" only (else Python's splitlines() decides where they end)."""
+    return text.count("\r") == text.count("\r\n") and not any(c in text for c in _OTHER_LINE_BREAKS)
+
+
+def _text_chunks(text: str, lines: int = CHUNK_LINES):
+    """(number of the first line, text) of consecutive pieces of `text` of `lines` lines each, cut after a
+    "\n"; the whole text at once when it has other line ends."""
+    if not _plain_line_ends(text):
+        yield 1, text
+        return
+    start, first = 0, 1
+    while start < len(text):
+        end = start
+        for _ in range(lines):
+            end = text.find("\n", end) + 1
+            if end == 0:
+                end = len(text)
+                break
+        yield first, text[start:end]
+        first += lines
+        start = end
+
+
+def _text_lines(text: str, first: int = 1) -> tuple[np.ndarray, pa.Array]:
+    """Line numbers (from `first`, as a text editor shows them) and contents of the non-blank lines, comments
+    removed."""
+    if not _plain_line_ends(text):
         lines = pa.array(text.splitlines(), pa.string())
     else:  # "\n" or "\r\n" line ends (the "\r" is trimmed below): split without making a Python string per line
         lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten().cast(pa.string())
@@ -156,77 +207,99 @@ def _text_lines(text: str) -> tuple[np.ndarray, pa.Array]:
         lines = pc.replace_substring_regex(lines, pattern="#.*", replacement="")
     content = pc.utf8_trim_whitespace(lines)
     keep = pc.not_equal(pc.utf8_length(content), 0)
-    numbers = np.flatnonzero(keep.to_numpy(zero_copy_only=False)) + 1
+    numbers = np.flatnonzero(keep.to_numpy(zero_copy_only=False)) + first
     return numbers, content.filter(keep)
 
 
-def _parse_delimited(text: str, name: str, delimiter: str) -> pa.Table:
-    numbers, lines = _text_lines(text)
-    if not len(lines):
+def _parse_delimited(text: str, name: str, delimiter: str):
+    """The entries of a CSV or TSV list, CHUNK_LINES lines at a time."""
+    header = None
+    for first, chunk in _text_chunks(text):
+        numbers, lines = _text_lines(chunk, first)
+        if header is None:
+            if not len(lines):
+                continue  # blank lines and comments before the header
+            header_line = lines[0].as_py()
+            header = [h.strip().lower() for h in next(csv.reader([header_line], delimiter=delimiter))]
+            if header[:2] != ["kind", "value"] or header[2:] not in ([], ["category"]):
+                raise BlocklistError(
+                    f"{name}:{numbers[0]}: header is {header_line!r}, expected"
+                    f" 'kind{delimiter}value[{delimiter}category]'"
+                )
+            numbers, lines = numbers[1:], lines[1:]
+        if pc.any(pc.match_substring(lines, '"')).as_py():  # quoted fields: the csv module splits them
+            cells = pa.array([next(csv.reader([line], delimiter=delimiter)) for line in lines.to_pylist()])
+        else:
+            cells = pc.split_pattern(lines, delimiter)
+        fields = pc.list_value_length(cells)
+        wrong = _first_false(pc.equal(fields, len(header)))
+        valid_rows = len(lines) if wrong is None else wrong
+        rows = cells[:valid_rows]
+        yield _validated(
+            pc.list_element(rows, 0),
+            pc.list_element(rows, 1),
+            pc.list_element(rows, 2) if len(header) > 2 else None,
+            lambda i, numbers=numbers: f"{name}:{numbers[i]}",
+        )
+        if wrong is not None:
+            raise BlocklistError(
+                f"{name}:{numbers[wrong]}: {fields[wrong].as_py()} fields, expected {len(header)} ({', '.join(header)})"
+            )
+    if header is None:
         raise BlocklistError(f"{name}: empty list: expected a header 'kind,value[,category]' and entries")
-    header_line = lines[0].as_py()
-    header = [h.strip().lower() for h in next(csv.reader([header_line], delimiter=delimiter))]
-    if header[:2] != ["kind", "value"] or header[2:] not in ([], ["category"]):
-        raise BlocklistError(
-            f"{name}:{numbers[0]}: header is {header_line!r}, expected 'kind{delimiter}value[{delimiter}category]'"
-        )
-    numbers, lines = numbers[1:], lines[1:]
-    if pc.any(pc.match_substring(lines, '"')).as_py():  # quoted fields: the csv module splits them
-        cells = pa.array([next(csv.reader([line], delimiter=delimiter)) for line in lines.to_pylist()])
-    else:
-        cells = pc.split_pattern(lines, delimiter)
-    fields = pc.list_value_length(cells)
-    wrong = _first_false(pc.equal(fields, len(header)))
-    valid_rows = len(lines) if wrong is None else wrong
-    rows = cells[:valid_rows]
-    entries = _validated(
-        pc.list_element(rows, 0),
-        pc.list_element(rows, 1),
-        pc.list_element(rows, 2) if len(header) > 2 else None,
-        lambda i: f"{name}:{numbers[i]}",
-    )
-    if wrong is not None:
-        raise BlocklistError(
-            f"{name}:{numbers[wrong]}: {fields[wrong].as_py()} fields, expected {len(header)} ({', '.join(header)})"
-        )
-    return entries
 
 
-def _parse_txt(text: str, name: str, kind: str) -> pa.Table:
+def _parse_txt(text: str, name: str, kind: str):
+    """The entries of a `<kind>.txt` list, CHUNK_LINES lines at a time."""
     if kind not in KINDS:
         raise BlocklistError(f"{name}: file name must be <kind>.txt with kind one of {', '.join(KINDS)}")
-    numbers, lines = _text_lines(text)
-    return _validated(pa.array([kind] * len(lines), pa.string()), lines, None, lambda i: f"{name}:{numbers[i]}")
+    for first, chunk in _text_chunks(text):
+        numbers, lines = _text_lines(chunk, first)
+        kinds = pa.array([kind] * len(lines), pa.string())
+        yield _validated(kinds, lines, None, lambda i, numbers=numbers: f"{name}:{numbers[i]}")
 
 
-def _parse_parquet(data: bytes, name: str) -> pa.Table:
+def _parse_parquet(data: bytes, name: str):
+    """The entries of a parquet list, CHUNK_LINES rows at a time."""
     try:
-        table = pq.read_table(io.BytesIO(data))
+        file = pq.ParquetFile(io.BytesIO(data))
+        schema = file.schema_arrow
     except Exception as error:  # pyarrow raises several types for unreadable files
         raise BlocklistError(f"{name}: not a readable parquet file ({error})") from None
-    missing = {"kind", "value"} - set(table.column_names)
+    missing = {"kind", "value"} - set(schema.names)
     if missing:
         raise BlocklistError(
             f"{name}: missing column(s) {', '.join(sorted(missing))}: expected kind, value[, category]"
         )
     for column in ("kind", "value", "category"):
-        if column in table.column_names and not _is_text(table.schema.field(column).type):
-            found = table.schema.field(column).type
+        if column in schema.names and not _is_text(schema.field(column).type):
+            found = schema.field(column).type
             raise BlocklistError(f"{name}: column {column!r} must hold strings, found {found}")
-    category = table.column("category").combine_chunks() if "category" in table.column_names else None
-    return _validated(
-        table.column("kind").combine_chunks(),
-        table.column("value").combine_chunks(),
-        category,
-        lambda row: f"{name}: row {row}",
-    )
+    columns = [c for c in ("kind", "value", "category") if c in schema.names]
+    batches = file.iter_batches(batch_size=CHUNK_LINES, columns=columns)
+    first = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as error:  # a damaged page
+            raise BlocklistError(f"{name}: not a readable parquet file ({error})") from None
+        if batch is None:
+            return
+        yield _validated(
+            batch.column("kind"),
+            batch.column("value"),
+            batch.column("category") if "category" in columns else None,
+            lambda row, first=first: f"{name}: row {first + row}",
+        )
+        first += batch.num_rows
 
 
 def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
 
 
-def _parse_file(name: str, data: bytes) -> pa.Table:
+def _parse_file(name: str, data: bytes):
+    """The entries of one list file, validated and normalized, as tables of up to CHUNK_LINES entries."""
     lower = name.lower()
     if lower.endswith(".parquet"):
         return _parse_parquet(data, name)
@@ -248,17 +321,28 @@ def _parse_file(name: str, data: bytes) -> pa.Table:
     raise BlocklistError(f"{name}: unsupported list file: expected .csv, .tsv, .txt or .parquet")
 
 
-def load(location: str) -> Blocklist:
-    """Read every partner list under `location` (one folder per source) into one merged, versioned list."""
-    with storage.reaching(location):
-        return _load(location)
+def load(location: str, settings: Settings | None = None) -> Blocklist:
+    """Read every partner list under `location` (one folder per source) into one merged, versioned list.
+
+    Each file is parsed and validated alone and put aside as parquet; DuckDB then sorts all of them without
+    duplicates within its memory limit (spilling beyond it), so memory follows the largest file and the limit,
+    not the lists' total (`settings` gives the limit; by default the pipeline's)."""
+    scratch = tempfile.TemporaryDirectory(prefix="relaion-blocklist-")
+    try:
+        with storage.reaching(location):
+            sources = _load(location, scratch.name)
+        return _merge(scratch, sources, settings)
+    except BaseException:
+        scratch.cleanup()
+        raise
 
 
-def _load(location: str) -> Blocklist:
+def _load(location: str, scratch: str) -> list[str]:
+    """Parse every list file under `location` into `scratch` (part-NNNNN.parquet, in SCHEMA); the sources."""
     fs, root = storage.filesystem(location)
     if not fs.isdir(root):
         raise BlocklistError(f"{location}: blocklist location does not exist or is not a folder")
-    tables = []
+    parts = 0
     sources = []
     for source_dir in sorted(fs.ls(root, detail=False)):
         source = source_dir.rstrip("/").rsplit("/", 1)[-1]
@@ -275,17 +359,21 @@ def _load(location: str) -> Blocklist:
         sources.append(source)
         for path in files:
             name = f"{source}/{path[len(source_dir.rstrip('/')) + 1 :]}"
-            entries = _parse_file(name, fs.cat_file(path))
-            if entries.num_rows == 0:
-                raise BlocklistError(f"{name}: list file has no entries")
-            entries = entries.add_column(2, "source", pa.array([source] * entries.num_rows, pa.string()))
-            near = pc.is_in(entries.column("kind"), pa.array(NEAR_KINDS))
             limit = pa.scalar(pdq.DEFAULT_DISTANCE if distance is None else distance, pa.int16())
-            distances = pc.if_else(near, limit, None)
-            tables.append(entries.append_column("distance", distances.cast(pa.int16())))
+            found = 0
+            with pq.ParquetWriter(os.path.join(scratch, f"part-{parts:05d}.parquet"), SCHEMA) as part:
+                for entries in _parse_file(name, fs.cat_file(path)):
+                    found += entries.num_rows
+                    entries = entries.add_column(2, "source", pa.array([source] * entries.num_rows, pa.string()))
+                    near = pc.is_in(entries.column("kind"), pa.array(NEAR_KINDS))
+                    entries = entries.append_column("distance", pc.if_else(near, limit, None).cast(pa.int16()))
+                    part.write_table(entries.select(SCHEMA.names).cast(SCHEMA))
+            if found == 0:
+                raise BlocklistError(f"{name}: list file has no entries")
+            parts += 1
     if not sources:
         raise BlocklistError(f"{location}: no source folders: expected one folder per partner holding list files")
-    return _merge(tables, sources)
+    return sources
 
 
 def _source_distance(name: str, data: bytes) -> int:
@@ -305,49 +393,73 @@ def _source_distance(name: str, data: bytes) -> int:
     return distance
 
 
-def _lines_digest(lines: pa.Array | pa.ChunkedArray, keep: np.ndarray | None = None, chunk: int = 1 << 20):
-    """sha256 of the lines (only those where `keep` is true, when given), each followed by a newline, fed from
-    Arrow's buffers a million lines at a time (a Python string per line would take ~10x the list's size)."""
-    digest = hashlib.sha256()
-    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
-    first = 0  # position of the chunk's first line among all lines
-    for part in chunks:
-        for start in range(0, len(part), chunk):
-            block = part.slice(start, chunk)
-            if keep is not None:
-                block = block.filter(pa.array(keep[first + start : first + start + len(block)]))
-            block = pc.binary_join_element_wise(block, "", "\n").cast(pa.large_string())
-            offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset : block.offset + len(block) + 1]
+def _lines_digest(batches, digest=None):
+    """sha256 (`digest`, updated) of the lines of the entries in `batches` (record batches in SCHEMA), each
+    `kind, value, source, category` and, for pdq entries, the distance, joined by tabs and followed by a
+    newline: fed from Arrow's buffers a batch at a time (a Python string per line would take ~10x the list's
+    size)."""
+    digest = digest or hashlib.sha256()
+    for batch in batches:
+        distance = batch.column("distance").cast(pa.string())  # null where it is no pdq entry: skipped
+        lines = pc.binary_join_element_wise(
+            *(batch.column(n) for n in SCHEMA.names[:4]), distance, "\t", null_handling="skip"
+        )
+        block = pc.binary_join_element_wise(lines, "", "\n").cast(pa.large_string())
+        offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset : block.offset + len(block) + 1]
+        if len(block):
             digest.update(memoryview(block.buffers()[2])[offsets[0] : offsets[-1]])
-        first += len(part)
     return digest
 
 
-def _merge(tables: list[pa.Table], sources: list[str]) -> Blocklist:
-    """Distinct entries sorted by (kind, value, source, category); the version digests them in that order."""
-    names = SCHEMA.names
-    table = pa.concat_tables([t.select(names).cast(SCHEMA) for t in tables]) if tables else SCHEMA.empty_table()
-    tables.clear()  # the parsed files (the caller's list): freed once sorted, not kept beside the sorted copy
-    table = table.take(pc.sort_indices(table, sort_keys=[(name, "ascending") for name in names]))
-    # a pdq entry's line also holds its distance (null elsewhere, and skipped): other lines are as they always were
-    distance = table.column("distance").cast(pa.string())
-    lines = pc.binary_join_element_wise(*(table.column(n) for n in names[:4]), distance, "\t", null_handling="skip")
-    first = None
-    if table.num_rows > 1:  # duplicates are neighbours once sorted
-        first = np.concatenate([[True], pc.not_equal(lines[1:], lines[:-1]).to_numpy(zero_copy_only=False)])
-    digest = _lines_digest(lines, first)
-    del lines, distance  # one copy of the lines at a time: freed before the table is filtered
-    if first is not None:
-        table = table.filter(first)
-    table = table.combine_chunks()
+def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: Settings | None) -> Blocklist:
+    """Distinct entries sorted by (kind, value, source, category, distance) into `scratch`/merged.parquet; the
+    version digests their lines in that order (byte order, as Arrow's sort gave it before), in batches."""
+    from relaion_pipeline import matching  # matching reads lists; lists only borrow its connection settings
+
+    names = ", ".join(SCHEMA.names)
+    parts = sql_string(os.path.join(scratch.name, "part-*.parquet"))
+    ordered = os.path.join(scratch.name, "sorted.parquet")
+    con = matching.connect(settings)
+    try:
+        con.execute(
+            f"COPY (SELECT DISTINCT {names} FROM read_parquet({parts}) ORDER BY {names}) TO {sql_string(ordered)}"
+            " (FORMAT parquet, COMPRESSION zstd)"
+        )
+        grouped = con.execute(
+            f"SELECT source, kind, count(*) FROM read_parquet({sql_string(ordered)}) GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        by_category = con.execute(
+            f"SELECT category, count(*) FROM read_parquet({sql_string(ordered)}) GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    finally:
+        con.close()
+    for part in glob.glob(os.path.join(scratch.name, "part-*.parquet")):
+        os.remove(part)
+    merged = os.path.join(scratch.name, "merged.parquet")
+    entries = 0
+
+    def batches():  # DuckDB's order, in the list's own schema (DuckDB marks the columns it saw no null in)
+        nonlocal entries
+        with pq.ParquetWriter(merged, SCHEMA, compression=storage.PARQUET_COMPRESSION) as writer:
+            for batch in pq.ParquetFile(ordered).iter_batches(batch_size=DIGEST_ROWS):
+                batch = batch.cast(SCHEMA)
+                writer.write_batch(batch)
+                entries += batch.num_rows
+                yield batch
+
+    digest = _lines_digest(batches())
+    os.remove(ordered)
     counts: dict[str, dict[str, int]] = {s: {} for s in sources}
-    for row in table.group_by(["source", "kind"]).aggregate([("value", "count")]).to_pylist():
-        counts[row["source"]][row["kind"]] = row["value_count"]
+    for source, kind, n in grouped:
+        counts[source][kind] = n
     return Blocklist(
-        table=table,
+        path=merged,
         version=digest.hexdigest()[:16],
         sources=sources,
-        counts={s: dict(sorted(c.items())) for s, c in counts.items()},
+        entries=entries,
+        counts=counts,
+        categories=dict(by_category),
+        _scratch=scratch,
     )
 
 
@@ -366,7 +478,7 @@ def fingerprint(location: str) -> str:
 def write(blocklist: Blocklist, directory: str, lists_fingerprint: str = "") -> str:
     """Write the merged list as `<directory>/blocklist-<version>.parquet` and point `current.json` at it."""
     path = f"{directory.rstrip('/')}/blocklist-{blocklist.version}.parquet"
-    storage.write_parquet_atomic(blocklist.table, path)
+    storage.copy(blocklist.path, path)
     pointer = {
         "version": blocklist.version,
         "path": path.rsplit("/", 1)[-1],

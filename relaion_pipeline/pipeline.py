@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from relaion_pipeline import blocklists, index, matching, schemas, shard_lock, shards, storage, variants
 from relaion_pipeline.settings import Settings
@@ -59,28 +58,20 @@ class Work:
         return storage.join(self.root, "validation", suite, name + ".json")
 
 
-def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
-    """How often each value occurs (Arrow's count: no Python string per entry)."""
-    counted = pc.value_counts(column).to_pylist() if len(column) else []
-    return {c["values"]: c["counts"] for c in counted}
-
-
 def build_blocklist(settings: Settings) -> dict:
     """Parse, validate, merge and version the partner lists; write the merged list."""
     started = time.perf_counter()
     with storage.reaching(settings.blocklists):
         lists_fingerprint = blocklists.fingerprint(settings.blocklists)  # before reading: a change meanwhile reruns
-    merged = blocklists.load(settings.blocklists)
+    merged = blocklists.load(settings.blocklists, settings)
     path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
-    kinds = _value_counts(merged.table.column("kind"))
-    categories = _value_counts(merged.table.column("category"))
     return {
         "version": merged.version,
         "entries": merged.entries,
         "sources": merged.sources,
         "entries_by_source_and_kind": merged.counts,
-        "entries_by_kind": dict(sorted(kinds.items())),
-        "entries_by_category": dict(sorted(categories.items())),
+        "entries_by_kind": merged.kinds,
+        "entries_by_category": merged.categories,
         "path": path,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -219,7 +219,7 @@ def _list_problems(release: str, manifest: dict, blocklist_location: str, work: 
     """Rows of any published file that the given partner lists match (counted by kind, never shown)."""
     merged = blocklists.load(blocklist_location)
     path = blocklists.write(merged, storage.join(work, "blocklist"))
-    kinds = set(merged.table.column("kind").to_pylist())
+    kinds = set(merged.kinds)
     settings = Settings(work=work, keywords=storage.join(work, "no-keywords.txt"))
     storage.write_text_atomic("", settings.keywords)  # lists only: the keyword rule is not a list
     con = matching.connect(settings)

@@ -2,7 +2,6 @@
 
 import hashlib
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -146,21 +145,100 @@ def test_written_list_is_found_again_by_its_version(tmp_path):
     assert not list((tmp_path / "work").glob(".tmp-*")), "no temporary file left behind"
 
 
-def test_list_version_digests_lines_chunk_by_chunk_as_one_text():
-    """The version is the sha256 of the merged lines, one per entry: fed from Arrow buffers in chunks (flat
-    memory for lists of millions of entries), it must equal the digest of the whole text, so versions of
+def test_list_version_digests_lines_batch_by_batch_as_one_text():
+    """The version is the sha256 of the merged lines, one per entry: fed from Arrow buffers a batch at a time
+    (flat memory for lists of millions of entries), it must equal the digest of the whole text, so versions of
     existing lists stay what they were."""
     lines = [f"url_sha256\t{i:064x}\tpartner-{i % 3}\tcsam" for i in range(2_500)] + ["pdq\tff\tp\tcsam\t31"]
     text = ("\n".join(lines) + "\n").encode()
-    chunked = pa.chunked_array([pa.array(lines[:1_000]), pa.array(lines[1_000:])])
-    for chunk in (1, 7, 1 << 20):
-        assert blocklists._lines_digest(chunked, chunk=chunk).hexdigest() == hashlib.sha256(text).hexdigest()
-        assert (
-            blocklists._lines_digest(pa.array(lines)[3:], chunk=chunk).hexdigest()
-            == hashlib.sha256(("\n".join(lines[3:]) + "\n").encode()).hexdigest()
+    columns = list(zip(*(line.split("\t") for line in lines[:-1]), strict=True))
+    table = pa.table(
+        {
+            "kind": [*columns[0], "pdq"],
+            "value": [*columns[1], "ff"],
+            "source": [*columns[2], "p"],
+            "category": [*columns[3], "csam"],
+            "distance": pa.array([None] * (len(lines) - 1) + [31], pa.int16()),
+        },
+        schema=blocklists.SCHEMA,
+    )
+    for size in (1, 7, 1 << 20):
+        batches = table.to_batches(max_chunksize=size)
+        assert blocklists._lines_digest(batches).hexdigest() == hashlib.sha256(text).hexdigest()
+        assert blocklists._lines_digest(table.slice(3).to_batches(max_chunksize=size)).hexdigest() == (
+            hashlib.sha256(("\n".join(lines[3:]) + "\n").encode()).hexdigest()
         )
-    assert blocklists._lines_digest(pa.array([], pa.string())).hexdigest() == hashlib.sha256(b"").hexdigest()
-    keep = np.arange(len(lines)) % 3 != 1  # the first line of each run of duplicates, as the merge keeps them
-    kept = ("\n".join(line for line, k in zip(lines, keep, strict=True) if k) + "\n").encode()
-    for chunk in (1, 7, 1 << 20):
-        assert blocklists._lines_digest(chunked, keep, chunk=chunk).hexdigest() == hashlib.sha256(kept).hexdigest()
+    assert blocklists._lines_digest([]).hexdigest() == hashlib.sha256(b"").hexdigest()
+
+
+def _mixed_lists(root):
+    """Three sources (upper and lower case names), every text format, duplicates within and across files, pdq
+    entries at two distances: what the merge's order and the version depend on."""
+    sha = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(30)]
+    md5 = [hashlib.md5(str(i).encode()).hexdigest() for i in range(20)]
+    lines = "".join(f"url_sha256,{h},{'csam' if i % 2 else 'Privacy'}\n" for i, h in enumerate(sha))
+    write(root, "Zeta/a.csv", f"kind,value,category\n{lines}domain,example.org,csam\npdq,{'f' * 64},csam\n")
+    write(root, "alpha/url_md5.txt", "".join(f"{h}\n" for h in md5) + md5[3] + "\n")
+    image = hashlib.md5(b"img").hexdigest()
+    write(root, "alpha/b.tsv", f"kind\tvalue\nurl_sha256\t{sha[5]}\nimage_md5\t{image}\npdq\t{'0' * 63}1\n")
+    duplicates = f"url_sha256,{sha[5]},csam\nurl_sha256,{sha[5]},a.b-c_d\npdq,{'0' * 63}1,csam\n"
+    write(root, "Beta-2/c.csv", f"kind,value,category\n{duplicates}")
+    write(root, "Beta-2/source.json", '{"pdq_distance": 20}')
+
+
+def test_merged_list_is_sorted_by_bytes_and_its_version_is_stable(tmp_path, monkeypatch):
+    """Entries come out distinct and in byte order of (kind, value, source, category, distance), however the
+    files are cut into chunks, and the version is the one this list has always had (computed before DuckDB
+    sorted the lists: Arrow's sort in memory gave the same order)."""
+    _mixed_lists(tmp_path)
+    merged = blocklists.load(str(tmp_path))
+    table = merged.table.to_pylist()
+    keys = [(r["kind"], r["value"], r["source"], r["category"], r["distance"]) for r in table]
+    assert keys == sorted(set(keys), key=lambda k: tuple(str(v).encode() for v in k))
+    assert (merged.version, merged.entries) == ("05fcfe1aedc635e6", 58)
+    assert merged.kinds == {"domain": 1, "image_md5": 1, "pdq": 3, "url_md5": 20, "url_sha256": 33}
+    assert merged.categories == {"Privacy": 15, "a.b-c_d": 1, "csam": 19, "unspecified": 23}
+    assert merged.counts["Beta-2"] == {"pdq": 1, "url_sha256": 2}
+    monkeypatch.setattr(blocklists, "CHUNK_LINES", 2)
+    monkeypatch.setattr(blocklists, "DIGEST_ROWS", 5)
+    again = blocklists.load(str(tmp_path))
+    assert (again.version, again.table.to_pylist()) == (merged.version, table)
+
+
+def test_errors_name_the_line_in_any_chunk_of_a_long_file(tmp_path, monkeypatch):
+    """Files are parsed a chunk of lines at a time; line numbers, the header after blank lines and comments,
+    and parquet row numbers still count from the start of the file."""
+    monkeypatch.setattr(blocklists, "CHUNK_LINES", 3)
+    good = "".join(f"url_sha256,{hashlib.sha256(str(i).encode()).hexdigest()}\n" for i in range(7))
+    write(tmp_path, "src/a.csv", f"# list\n\n# of\n\nkind,value\n{good}url_sha256,{SHA[:-1]}\n")
+    with pytest.raises(BlocklistError, match=r"src/a.csv:13: url_sha256 value has 63 characters"):
+        blocklists.load(str(tmp_path))
+    write(tmp_path, "src/a.csv", f"kind,value\n{good}url_sha256,{SHA},csam\n")
+    with pytest.raises(BlocklistError, match=r"src/a.csv:9: 3 fields, expected 2"):
+        blocklists.load(str(tmp_path))
+    write(tmp_path, "src/a.csv", f"kind,value\n{good}")
+    assert blocklists.load(str(tmp_path)).entries == 7
+    (tmp_path / "src" / "a.csv").unlink()
+    write(tmp_path, "src/url_md5.txt", f"{MD5}\n" * 8 + "x\n")
+    with pytest.raises(BlocklistError, match=r"src/url_md5.txt:9: url_md5 value has 1 characters"):
+        blocklists.load(str(tmp_path))
+    (tmp_path / "src" / "url_md5.txt").unlink()
+    pq.write_table(pa.table({"kind": ["url_md5"] * 8, "value": [MD5] * 7 + ["xyz"]}), tmp_path / "src" / "l.parquet")
+    with pytest.raises(BlocklistError, match=r"src/l.parquet: row 7: url_md5 value has 3 characters"):
+        blocklists.load(str(tmp_path))
+
+
+def test_merge_leaves_no_scratch_files(tmp_path, monkeypatch):
+    """The parsed files and the merged list are put aside in a scratch folder of their own, removed once the
+    list is released or its load fails."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(blocklists.tempfile, "tempdir", str(tmp_path / "tmp"))
+    _mixed_lists(tmp_path / "lists")
+    merged = blocklists.load(str(tmp_path / "lists"))
+    assert [p.name for p in (tmp_path / "tmp").glob("relaion-blocklist-*/*")] == ["merged.parquet"]
+    del merged
+    assert list((tmp_path / "tmp").glob("relaion-blocklist-*")) == []
+    write(tmp_path, "lists/alpha/bad.csv", "kind,value\nurl_md5,zz\n")
+    with pytest.raises(BlocklistError, match="bad.csv:2"):
+        blocklists.load(str(tmp_path / "lists"))
+    assert list((tmp_path / "tmp").glob("relaion-blocklist-*")) == []
