@@ -63,7 +63,10 @@ def build_blocklist(settings: Settings) -> dict:
     started = time.perf_counter()
     with storage.reaching(settings.blocklists):
         lists_fingerprint = blocklists.fingerprint(settings.blocklists)  # before reading: a change meanwhile reruns
-    merged = blocklists.load(settings.blocklists, settings)
+    try:
+        merged = blocklists.load(settings.blocklists, settings)
+    except duckdb.OutOfMemoryException as error:  # DuckDB sorts the lists within the pipeline's limit
+        raise out_of_memory(settings, "build_blocklist", error) from None
     path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
     return {
         "version": merged.version,
