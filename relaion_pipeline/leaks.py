@@ -169,24 +169,23 @@ def _pdq_audit(con, name: str, shard: shards.Shard, sidecar_path: str | None, co
         return [], 0
     if "distance" not in shards.open_parquet(blocklist_path).schema_arrow.names:
         return [], 0  # a list file from before pdq entries existed
-    entries = con.execute(
+    entries = con.sql(
         f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
         "WHERE kind = 'pdq' ORDER BY value, source, category"
-    ).fetchall()
-    if not entries:
+    ).to_arrow_table()
+    if not entries.num_rows:
         return [], 0
-    size = max(16, min(5_000, PDQ_AUDIT_PAIRS // len(entries)))
+    size = max(16, min(5_000, PDQ_AUDIT_PAIRS // entries.num_rows))
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 2**31
     inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), blocklist_path, sidecar_path, columns)
-    sample, words = near_matching.matchable(
-        con.sql(near_matching.sidecar_hashes_sql(inputs, sample=size, seed=seed)).to_arrow_table()
+    sampled = near_matching.sidecar_hashes_sql(
+        inputs, sample=size, seed=seed, sidecar_rows=storage.num_rows(sidecar_path)
     )
+    sample, words = near_matching.matchable(con.sql(sampled).to_arrow_table())
     if not sample.num_rows:
         return [], 0
-    found = pdq_index.brute_force(
-        words,
-        pdq.to_words([e[0] for e in entries]),
-        np.array([e[3] for e in entries], dtype=np.int32),
-    )
+    entry_words = pdq.to_words(entries.column("value").to_pylist())
+    found = pdq_index.brute_force(words, entry_words, entries.column("distance").to_numpy().astype(np.int32))
     keys = sample.column("row_key").to_pylist()
-    return [(keys[q], "pdq", entries[e][1], entries[e][2]) for q, e, _ in found], sample.num_rows
+    sources, categories = entries.column("source"), entries.column("category")
+    return [(keys[q], "pdq", sources[e].as_py(), categories[e].as_py()) for q, e, _ in found], sample.num_rows

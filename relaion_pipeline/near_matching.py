@@ -49,14 +49,15 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
     return _last[blocklist_path]
 
 
-def _sidecar_sql(inputs) -> str:
+def _sidecar_sql(inputs, stride: int = 1, start: int = 0) -> str:
     """SQL: row_key and pdq of the sidecar's hashes that have 64 characters and a quality of 50 or more, or
-    an unknown one (no quality column, or null)."""
+    an unknown one (no quality column, or null); with a `stride`, of every stride-th row from `start` only."""
     quality = f"pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
+    drawn = f"file_row_number % {int(stride)} = {int(start) % int(stride)} AND " if stride > 1 else ""
     return f"""
         SELECT CAST(key AS VARCHAR) AS row_key, CAST(pdq AS VARCHAR) AS pdq
-        FROM read_parquet({sql_string(inputs.sidecar_path)})
-        WHERE length(CAST(pdq AS VARCHAR)) = 64 AND coalesce({quality}, true)"""
+        FROM read_parquet({sql_string(inputs.sidecar_path)}, file_row_number = {"true" if stride > 1 else "false"})
+        WHERE {drawn}length(CAST(pdq AS VARCHAR)) = 64 AND coalesce({quality}, true)"""
 
 
 def _shard_keys_sql(inputs) -> str:
@@ -66,13 +67,15 @@ def _shard_keys_sql(inputs) -> str:
     )
 
 
-def sidecar_hashes_sql(inputs, sample: int, seed: int = 0) -> str:
+def sidecar_hashes_sql(inputs, sample: int, seed: int = 0, sidecar_rows: int | None = None) -> str:
     """SQL: row_number, row_key and pdq of a repeatable sample of up to `sample` of the shard's PDQ hashes that
     can match (`_sidecar_sql`, and their key a row key of the shard; `matchable` keeps those of hex digits),
-    drawn from twice as many sidecar rows, so that only those are joined with the shard: the research audit's."""
-    sidecar = f"(SELECT * FROM ({_sidecar_sql(inputs)}) USING SAMPLE reservoir({2 * int(sample)} ROWS) REPEATABLE ({int(seed)}))"
+    drawn before they are joined with the shard: the research audit's. The rows drawn are every k-th of the
+    sidecar's `sidecar_rows` from a seeded start, k = sidecar_rows / sample rounded up, so they spread over
+    the whole file in one parallel scan (a reservoir sample took one thread 0.7 s more for 17M rows)."""
+    stride = max(-(-max(int(sidecar_rows or 0), 1) // max(int(sample), 1)), 1)
     return f"""
-        SELECT s.row_number, s.row_key, c.pdq FROM {sidecar} c JOIN ({_shard_keys_sql(inputs)}) s ON c.row_key = s.row_key
+        SELECT s.row_number, s.row_key, c.pdq FROM ({_sidecar_sql(inputs, stride, seed)}) c JOIN ({_shard_keys_sql(inputs)}) s ON c.row_key = s.row_key
         ORDER BY s.row_number LIMIT {int(sample)}"""
 
 

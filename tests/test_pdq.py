@@ -247,3 +247,31 @@ def test_a_hash_of_unknown_quality_is_matched_and_one_of_low_quality_is_not(tmp_
     assert removed == ["unknown", "good", "upper-case"] and stats["pdq_low_quality_rows"] == 1
     pipeline.write_research(settings, "s")
     assert all(o.success for o in checks.check_research(settings, "s")), "the audit applies the same rule"
+
+
+def test_the_audit_sample_spreads_over_the_whole_sidecar_and_is_repeatable(tmp_path):
+    """The research check's PDQ audit draws every k-th sidecar row from a seeded start: up to `sample` rows
+    from the first to the last part of the file, the same ones for the same seed, and only matchable hashes
+    (64 characters, quality 50+ or unknown) whose key is a row key of the shard."""
+    from relaion_pipeline import matching, near_matching
+
+    rng = np.random.default_rng(11)
+    n = 10_000
+    keys = [f"k{i}" for i in range(n)]
+    quality = np.where(np.arange(n) % 200 == 7, 20, 90).astype(np.int16)  # every 200th row from 7 on: too low
+    pq.write_table(pa.table({"key": keys[: n - 500], "url": ["http://a.example/"] * (n - 500)}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"key": keys, "pdq": _hashes(rng, n), "pdq_quality": quality}), tmp_path / "c.parquet")
+    roles = matching.schemas.Roles(family="t", url="url", caption=None, key="key")
+    inputs = matching.MatchInputs("s", str(tmp_path / "s.parquet"), roles, "", str(tmp_path / "c.parquet"),
+                                  ("key", "pdq", "pdq_quality"))  # fmt: skip
+    con = duckdb.connect()
+
+    def drawn(seed: int) -> list[int]:
+        sql = near_matching.sidecar_hashes_sql(inputs, sample=100, seed=seed, sidecar_rows=n)
+        return con.sql(sql).to_arrow_table().column("row_number").to_pylist()
+
+    first = drawn(7)
+    assert 40 <= len(first) <= 50 and first == sorted(first), "every 100th row, half of them of low quality"
+    assert first[0] < 200 and first[-1] > n - 700, "from the start to the end of the file (the last 500 keys unknown)"
+    assert all(row < n - 500 and row % 200 != 7 for row in first), "matchable hashes of the shard's keys only"
+    assert drawn(7) == first and drawn(8) != first
