@@ -11,9 +11,10 @@ from __future__ import annotations
 import html
 import json
 
+import numpy as np
 import pandas as pd
 
-from relaion_pipeline import blocklists, leaks, matching, pdq, pipeline, quality, shards, storage
+from relaion_pipeline import blocklists, leaks, matching, pdq, pipeline, quality, shards, storage, variants
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -184,16 +185,26 @@ def check_release(settings: Settings, problems: list[str], unchecked: list[str],
     return outcome
 
 
-def _rows_not_in(con, subset: str, superset: str, roles) -> int:
+def _rows_not_in(con, subset: str, superset: str, roles, dropped: np.ndarray) -> int:
     """Rows of the parquet file `subset` that the file `superset` does not hold, by row key (or, for shards
-    without one, by URL and caption)."""
+    without one, by URL and caption). A variant is its source minus the rows at `dropped` (sorted positions)
+    in order: when the files stream side by side as exactly that, none; only otherwise does a join of every
+    row key count them."""
     columns = [roles.key] if roles.key is not None else [c for c in (roles.url, roles.caption) if c]
+    if variants.is_filtered_copy(subset, superset, columns, dropped):
+        return 0
     on = " AND ".join(f"s.{quote(c)} IS NOT DISTINCT FROM t.{quote(c)}" for c in columns)
     query = (
         f"SELECT count(*) FROM read_parquet({sql_string(subset)}) s "
         f"ANTI JOIN read_parquet({sql_string(superset)}) t ON {on}"
     )
     return con.execute(query).fetchall()[0][0]
+
+
+def _removed(work: Work, name: str) -> np.ndarray:
+    """The shard's removed row numbers, sorted and distinct (the removals table has one row per match)."""
+    removals = storage.read_table(work.removals(name), columns=["row_number"]).column("row_number")
+    return np.unique(removals.to_numpy().astype(np.int64))
 
 
 @pipeline.locked
@@ -209,7 +220,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     con = matching.connect(settings)
     try:
         found, audit = leaks.find(settings, con, name, shard, blocklist_path, research_path)
-        not_in_input = _rows_not_in(con, research_path, shard.path, roles)
+        not_in_input = _rows_not_in(con, research_path, shard.path, roles, _removed(work, name))
     finally:
         con.close()
     frame = pd.DataFrame(found, columns=["row_key", "kind", "source", "category"])
@@ -296,9 +307,13 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     finally:
         con.close()
     below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
+    removed, unsafe = _removed(work, name), np.zeros(0, np.int64)
+    if storage.exists(work.unsafe_rows(name)):  # else no copy is recognized: the join below counts
+        unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
+    dropped = unsafe - np.searchsorted(removed, unsafe)  # research positions of the unsafe shard rows
     con = matching.connect(settings)
     try:
-        not_in_research = _rows_not_in(con, safe_path, research_path, roles)
+        not_in_research = _rows_not_in(con, safe_path, research_path, roles, dropped)
     finally:
         con.close()
     same_schema = shards.open_parquet(safe_path).schema_arrow.equals(

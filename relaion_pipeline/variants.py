@@ -20,6 +20,7 @@ from relaion_pipeline.settings import Settings
 
 BATCH_ROWS = 65_536
 ROW_GROUP_ROWS = 500_000
+COMPARE_ROWS = 262_144  # rows of the key columns compared at a time by `is_filtered_copy`
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,50 @@ def write_research_safe(
     return filter_shard(
         research_path, destination, lambda batch, _first: safe_keep_mask(batch, roles, settings), dropped
     )
+
+
+def _kept_batches(path: str, columns: list[str], dropped: np.ndarray):
+    """The given columns of the parquet file at `path`, batch by batch, without the rows at the sorted
+    positions `dropped`."""
+    first = 0
+    for batch in shards.open_parquet(path, streaming=True).iter_batches(batch_size=COMPARE_ROWS, columns=columns):
+        n = batch.num_rows
+        lo, hi = np.searchsorted(dropped, [first, first + n])
+        if hi > lo:
+            keep = np.ones(n, dtype=bool)
+            keep[dropped[lo:hi] - first] = False
+            batch = batch.filter(pa.array(keep))
+        first += n
+        yield batch
+
+
+def _same(left: pa.Array, right: pa.Array) -> bool:
+    """Element-wise equality, a null equal to a null only (and NaN to NaN)."""
+    equal = pc.fill_null(pc.equal(left, right), False)
+    if pa.types.is_floating(left.type):
+        equal = pc.or_(equal, pc.and_(pc.is_nan(left), pc.is_nan(right)))
+    equal = pc.if_else(pc.is_null(left), pc.is_null(right), equal)
+    return bool(pc.all(equal).as_py() is not False)
+
+
+def is_filtered_copy(subset: str, superset: str, columns: list[str], dropped: np.ndarray) -> bool:
+    """Whether the file `subset` holds exactly the rows of `superset` but those at the sorted positions
+    `dropped`, in the same order, on `columns`: how a variant is made, checked by streaming both files side
+    by side in bounded memory (a join of every row key grows with the shard). False says only that it is
+    not such a copy; which rows differ is for a join to tell."""
+    dropped = np.sort(np.asarray(dropped, dtype=np.int64))  # numpy's unique hashes: 0.5 s for 1M positions
+    dropped = dropped[np.r_[True, dropped[1:] != dropped[:-1]]] if dropped.size else dropped
+    left = _kept_batches(superset, columns, dropped)
+    right = (b for b in shards.open_parquet(subset, streaming=True).iter_batches(COMPARE_ROWS, columns=columns))
+    a, b = next(left, None), next(right, None)
+    while True:
+        while a is not None and not a.num_rows:
+            a = next(left, None)
+        while b is not None and not b.num_rows:
+            b = next(right, None)
+        if a is None or b is None:
+            return a is None and b is None  # else one file has rows the other has not
+        n = min(a.num_rows, b.num_rows)
+        if not all(_same(a.column(c).slice(0, n), b.column(c).slice(0, n)) for c in columns):
+            return False
+        a, b = a.slice(n), b.slice(n)

@@ -201,3 +201,30 @@ def test_duckdb_spill_space_running_out_asks_for_space_not_memory(tmp_path):
     message = str(pipeline.out_of_memory(Settings(duckdb_threads=2), "removals of shard 's'", raised.value))
     assert message.startswith("removals of shard 's': DuckDB could not spill beyond its memory limit of 512MB")
     assert "free space in the temporary folder" in message
+
+
+def test_a_published_row_that_is_not_in_the_input_fails_the_counts_check(settings):
+    """A research or research-safe file that is not its source minus the dropped rows, in order, is looked at
+    row by row: a foreign row is counted (a reordered file still holds only input rows)."""
+    from relaion_pipeline import checks, pipeline
+
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "good-1")
+    pipeline.write_research(settings, "good-1")
+    assert all(o.success for o in checks.check_research(settings, "good-1"))
+    pipeline.write_research_safe(settings, "good-1")
+    assert all(o.success for o in checks.check_research_safe(settings, "good-1"))
+    work = pipeline.Work(settings.work)
+    research, safe = Path(work.variant("research", "good-1")), Path(work.variant("research-safe", "good-1"))
+    table = pq.read_table(research)
+    pq.write_table(table.take([1, 0]), research)  # reordered: still only input rows
+    counts = next(o for o in checks.check_research(settings, "good-1") if o.suite == checks.RESEARCH_COUNTS)
+    assert counts.success
+    foreign = table.set_column(table.schema.get_field_index("key"), "key", pa.array(["stranger", "good-1-0"]))
+    pq.write_table(foreign.cast(table.schema), research)
+    counts = next(o for o in checks.check_research(settings, "good-1") if o.suite == checks.RESEARCH_COUNTS)
+    assert [(f.column, f.observed) for f in counts.failures] == [("rows_not_in_input", 1)]
+    pq.write_table(table, research)
+    pq.write_table(foreign.cast(table.schema), safe)
+    subset = next(o for o in checks.check_research_safe(settings, "good-1") if o.suite == checks.SAFE_SUBSET)
+    assert [(f.column, f.observed) for f in subset.failures] == [("rows_not_in_research", 1)]

@@ -98,3 +98,37 @@ def test_positions_in_research_map_back_to_the_shards_row_numbers(rows):
     if rows:  # every row removed but the last, and none removed
         assert variants.shard_rows(np.array([0]), np.arange(rows - 1)).tolist() == [rows - 1]
         assert variants.shard_rows(np.arange(rows), np.zeros(0, np.int64)).tolist() == list(range(rows))
+
+
+def test_a_variant_is_recognized_as_its_source_minus_the_dropped_rows_by_streaming_both(shard, tmp_path, monkeypatch):
+    """The subset checks stream a variant beside its source: the research file is exactly the input minus the
+    removed positions, in order, across read batches; a changed, added, reordered or kept row is not."""
+    monkeypatch.setattr(variants, "COMPARE_ROWS", 25_000)  # batches of the two files cut at different rows
+    path, table = shard
+    removed = np.array([0, 5, 65_535, 65_536, 149_999])
+    research = tmp_path / "research.parquet"
+    variants.write_research(str(path), removed, str(research))
+    columns = ["URL", "TEXT"]
+    assert variants.is_filtered_copy(str(research), str(path), columns, removed)
+    with_nan = tmp_path / "with-nan.parquet"
+    variants.write_research(str(path), removed[removed != 5], str(with_nan))  # row 5's punsafe is NaN (null)
+    assert variants.is_filtered_copy(str(with_nan), str(path), ["punsafe"], removed[removed != 5])
+    assert not variants.is_filtered_copy(str(research), str(path), columns, removed[:-1]), "a removed row is missing"
+    assert not variants.is_filtered_copy(str(research), str(path), columns, np.append(removed, 7)), "one row too many"
+    kept = pq.read_table(research)
+
+    def tampered(change) -> str:
+        out = tmp_path / "tampered.parquet"
+        pq.write_table(change(kept), out, row_group_size=30_000)
+        return str(out)
+
+    texts = kept.column("TEXT").to_pylist()
+    changed = tampered(lambda t: t.set_column(1, "TEXT", pa.array(texts[:90_000] + ["other"] + texts[90_001:])))
+    assert not variants.is_filtered_copy(changed, str(path), columns, removed)
+    swapped = tampered(lambda t: t.take(np.r_[1, 0, 2 : t.num_rows]))
+    assert not variants.is_filtered_copy(swapped, str(path), columns, removed)
+    extra = tampered(lambda t: pa.concat_tables([t, t.slice(0, 1)]))
+    assert not variants.is_filtered_copy(extra, str(path), columns, removed)
+    empty = tampered(lambda t: t.slice(0, 0))
+    assert variants.is_filtered_copy(empty, str(path), columns, np.arange(ROWS))
+    assert not variants.is_filtered_copy(empty, str(path), columns, removed)
