@@ -81,7 +81,7 @@ def _touches(
         hits = con.execute(
             " UNION ALL ".join(
                 f"SELECT 1 FROM read_parquet({matching.sql_string(sidecar_path)}) c JOIN {delta} d "
-                f"ON d.kind = 'image_{c}' AND d.value = lower(CAST(c.{c} AS VARCHAR))"
+                f"ON d.kind = 'image_{c}' AND d.value = {matching.lower_hex_sql('c.' + c)}"
                 for c in image
             )
             + " LIMIT 1"

@@ -125,7 +125,7 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         joins = " UNION ".join(
             f"SELECT CAST(c.key AS VARCHAR), b.kind, b.source, b.category FROM read_parquet({sql_string(sidecar_path)}) c "
             f"JOIN read_parquet({sql_string(blocklist_path)}) b "
-            f"ON b.kind = 'image_{column}' AND b.value = lower(CAST(c.{column} AS VARCHAR))"
+            f"ON b.kind = 'image_{column}' AND b.value = {matching.lower_hex_sql('c.' + column)}"
             for column in image_kinds
         )
         matched += con.execute(joins).fetchall()

@@ -340,6 +340,15 @@ def _image_kinds(inputs: MatchInputs, kinds: set[str]) -> list[str]:
     return [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds and k[6:] in inputs.sidecar_columns]
 
 
+def lower_hex_sql(column: str) -> str:
+    """SQL: the sidecar hash `column` as lower-case text, as list values are. lower() runs only on values with
+    an upper-case hex digit (A-F): a value without one can equal a list value only as it is, and lower() on
+    every value took most of an image-hash join (1.4 s of 17M md5s, against 1.0 s)."""
+    text = f"CAST({column} AS VARCHAR)"
+    upper = " OR ".join(f"contains({text}, '{letter}')" for letter in "ABCDEF")
+    return f"(CASE WHEN {upper} THEN lower({text}) ELSE {text} END)"
+
+
 def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str]) -> pa.Table:
     """(key, kind, source, category, hash) of every sidecar row whose image hash a list entry has: the sidecar
     joined with the list alone, so that only these few rows meet the shard's row keys (joining every sidecar
@@ -348,7 +357,7 @@ def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[s
         f"""SELECT CAST(c.key AS VARCHAR) AS key, b.kind, b.source, b.category, b.value AS hash
         FROM read_parquet({sql_string(inputs.sidecar_path)}) c
         JOIN (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}) WHERE kind = '{kind}') b
-          ON b.value = lower(CAST(c.{kind.removeprefix("image_")} AS VARCHAR))"""
+          ON b.value = {lower_hex_sql("c." + kind.removeprefix("image_"))}"""
         for kind in _image_kinds(inputs, kinds)
     ]
     return con.sql(" UNION ALL ".join(selects)).to_arrow_table()

@@ -217,3 +217,18 @@ def test_default_memory_limit_stays_within_half_a_pods_memory_limit(tmp_path):
     assert memory_cap(str(tmp_path)) == 2000
     assert settings.memory_limit(64, str(tmp_path)) == "2000MB" and settings.memory_limit(2, str(tmp_path)) == "512MB"
     assert Settings(duckdb_memory_limit="3GB").memory_limit(64, str(tmp_path)) == "3GB", "a setting is kept"
+
+
+def test_sidecar_hashes_of_any_case_equal_list_values_as_lowered_they_would():
+    """Image hashes are compared lower-cased, but lower() runs only where an upper-case hex digit is: for any
+    value the result equals a (lower-case hex) list value exactly when lower() of it would."""
+    entry = md5("image")
+    values = [entry, entry.upper(), entry[:10].upper() + entry[10:], entry[:-1] + "G", entry[:-1] + "g"]
+    values += ["Ä" + entry[1:], entry[:5] + "Z" + entry[6:].upper(), "", None, entry + " "]
+    con = duckdb.connect()
+    con.register("v", pa.table({"value": values}))
+    got = con.execute(
+        f"SELECT value, {matching.lower_hex_sql('value')} = ?, lower(value) = ? FROM v", [entry, entry]
+    ).fetchall()
+    assert [(v, fast) for v, fast, _ in got] == [(v, slow) for v, _, slow in got]
+    assert [fast for _, fast, _ in got][:3] == [True, True, True]
