@@ -177,9 +177,10 @@ def _plain_line_ends(text: str) -> bool:
     return text.count("\r") == text.count("\r\n") and not any(c in text for c in _OTHER_LINE_BREAKS)
 
 
-def _text_chunks(text: str, lines: int = CHUNK_LINES):
-    """(number of the first line, text) of consecutive pieces of `text` of `lines` lines each, cut after a
-    "\n"; the whole text at once when it has other line ends."""
+def _text_chunks(text: str, lines: int | None = None):
+    """(number of the first line, text) of consecutive pieces of `text` of `lines` lines each (by default
+    CHUNK_LINES), cut after a "\n"; the whole text at once when it has other line ends."""
+    lines = lines or CHUNK_LINES
     if not _plain_line_ends(text):
         yield 1, text
         return

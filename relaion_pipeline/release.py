@@ -217,10 +217,10 @@ def _subset_problems(release: str, name: str, files: dict) -> list[str]:
 
 def _list_problems(release: str, manifest: dict, blocklist_location: str, work: str) -> list[str]:
     """Rows of any published file that the given partner lists match (counted by kind, never shown)."""
-    merged = blocklists.load(blocklist_location)
+    settings = Settings(work=work, keywords=storage.join(work, "no-keywords.txt"))
+    merged = blocklists.load(blocklist_location, settings)
     path = blocklists.write(merged, storage.join(work, "blocklist"))
     kinds = set(merged.kinds)
-    settings = Settings(work=work, keywords=storage.join(work, "no-keywords.txt"))
     storage.write_text_atomic("", settings.keywords)  # lists only: the keyword rule is not a list
     con = matching.connect(settings)
     storage.register(con, release)

@@ -143,7 +143,9 @@ def _kept_batches(path: str, columns: list[str], dropped: np.ndarray):
 
 
 def _same(left: pa.Array, right: pa.Array) -> bool:
-    """Element-wise equality, a null equal to a null only (and NaN to NaN)."""
+    """Element-wise equality, a null equal to a null only (and NaN to NaN); False for columns of two types."""
+    if left.type != right.type:
+        return False
     equal = pc.fill_null(pc.equal(left, right), False)
     if pa.types.is_floating(left.type):
         equal = pc.or_(equal, pc.and_(pc.is_nan(left), pc.is_nan(right)))

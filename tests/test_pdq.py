@@ -258,7 +258,7 @@ def test_the_audit_sample_spreads_over_the_whole_sidecar_and_is_repeatable(tmp_p
     rng = np.random.default_rng(11)
     n = 10_000
     keys = [f"k{i}" for i in range(n)]
-    quality = np.where(np.arange(n) % 200 == 7, 20, 90).astype(np.int16)  # every 200th row from 7 on: too low
+    quality = np.where(np.arange(n) % 200 == 7, 20, 90).astype(np.int16)  # a quarter of the rows drawn: too low
     pq.write_table(pa.table({"key": keys[: n - 500], "url": ["http://a.example/"] * (n - 500)}), tmp_path / "s.parquet")
     pq.write_table(pa.table({"key": keys, "pdq": _hashes(rng, n), "pdq_quality": quality}), tmp_path / "c.parquet")
     roles = matching.schemas.Roles(family="t", url="url", caption=None, key="key")
@@ -271,7 +271,7 @@ def test_the_audit_sample_spreads_over_the_whole_sidecar_and_is_repeatable(tmp_p
         return con.sql(sql).to_arrow_table().column("row_number").to_pylist()
 
     first = drawn(7)
-    assert 40 <= len(first) <= 50 and first == sorted(first), "every 100th row, half of them of low quality"
-    assert first[0] < 200 and first[-1] > n - 700, "from the start to the end of the file (the last 500 keys unknown)"
-    assert all(row < n - 500 and row % 200 != 7 for row in first), "matchable hashes of the shard's keys only"
+    assert len(first) == 100 and first == sorted(first), "100 of the ~143 matchable rows of every 50th"
+    assert first[0] < 400 and first[-1] > n - 1_000, "from the start to the end of the file (the last 500 keys unknown)"
+    assert all(row < n - 500 and row % 200 != 7 and row % 50 == 7 for row in first), "matchable rows drawn only"
     assert drawn(7) == first and drawn(8) != first

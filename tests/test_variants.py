@@ -129,6 +129,8 @@ def test_a_variant_is_recognized_as_its_source_minus_the_dropped_rows_by_streami
     assert not variants.is_filtered_copy(swapped, str(path), columns, removed)
     extra = tampered(lambda t: pa.concat_tables([t, t.slice(0, 1)]))
     assert not variants.is_filtered_copy(extra, str(path), columns, removed)
+    retyped = tampered(lambda t: t.set_column(1, "TEXT", pa.array(range(t.num_rows))))
+    assert not variants.is_filtered_copy(retyped, str(path), columns, removed), "another type is no copy"
     empty = tampered(lambda t: t.slice(0, 0))
     assert variants.is_filtered_copy(empty, str(path), columns, np.arange(ROWS))
     assert not variants.is_filtered_copy(empty, str(path), columns, removed)
