@@ -137,6 +137,25 @@ def paths(work: str, name: str) -> tuple[str, str]:
     return base + ".parquet", base + ".json"
 
 
+SIDECAR_COUNTS_FORMAT = 1  # bump when what `matching.sidecar_counts_sql` counts changes
+
+
+def sidecar_counts(work: str, name: str, fingerprints: dict, count) -> tuple[int, int, int]:
+    """The shard's sidecar counts (rows, keys not in the shard, PDQ hashes of too low a quality): `count()`
+    once per shard and sidecar file, then remembered beside the index (`<shard>.sidecar.json`) while both
+    files are unchanged. Joining every sidecar key with the shard's row keys took 8.5 s of an 18M-row shard's
+    removals, and a new list version does not change them."""
+    path = storage.join(work, "index", name) + ".sidecar.json"
+    key = {"format": SIDECAR_COUNTS_FORMAT, "input": fingerprints["input"], "sidecar": fingerprints["sidecar_input"]}
+    if storage.exists(path):
+        remembered = storage.read_json(path)
+        if {k: remembered.get(k) for k in key} == key:
+            return tuple(remembered["counts"])
+    counts = tuple(int(n) for n in count())
+    storage.write_json_atomic({**key, "counts": list(counts)}, path)
+    return counts
+
+
 def current(work: str, name: str, input_fingerprint: dict, md5: bool = False) -> dict | None:
     """The description of the shard's index when it exists, was built from exactly this input and (with `md5`)
     holds md5 prefixes; else None."""

@@ -225,7 +225,14 @@ def compute_removals(settings: Settings, name: str) -> dict:
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
         sidecar_rows, unmatched_keys, low_quality = (
-            con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0] if sidecar_path else (0, 0, 0)
+            index.sidecar_counts(
+                settings.work,
+                name,
+                fingerprints,
+                lambda: con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0],
+            )
+            if sidecar_path
+            else (0, 0, 0)
         )
         index_path = index.paths(settings.work, name)[0]
         candidates = index.candidates(

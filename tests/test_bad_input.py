@@ -318,6 +318,29 @@ def test_sidecar_keys_that_match_no_row_are_counted(settings):
     assert removals["warnings"] == [f"{sidecar}: 1 of 2 sidecar keys are not row keys of the shard"]
 
 
+def test_sidecar_counts_are_remembered_until_the_shard_or_sidecar_changes(settings, monkeypatch):
+    """A new list version leaves a sidecar's counts as they were: they are counted once per shard and sidecar
+    file, and again when either file changes."""
+    import os
+
+    from relaion_pipeline import matching
+
+    write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL]))
+    md5 = hashlib.md5(IMAGE).hexdigest()
+    sidecar = write_sidecar(settings, "part", pa.table({"key": ["k1", "stranger"], "md5": [md5, md5]}))
+    first = pipeline.compute_removals(settings, "part")
+    counted = []
+    original = matching.sidecar_counts_sql
+    monkeypatch.setattr(matching, "sidecar_counts_sql", lambda inputs: counted.append(1) or original(inputs))
+    again = pipeline.compute_removals(settings, "part")
+    assert counted == [] and again["warnings"] == first["warnings"] and again["sidecar_rows"] == 2
+    write_sidecar(settings, "part", pa.table({"key": ["k0", "k1", "x", "y"], "md5": [md5] * 4}))
+    os.utime(sidecar, (1, 1))  # another file, whatever the clock's resolution
+    changed = pipeline.compute_removals(settings, "part")
+    assert counted == [1]
+    assert (changed["sidecar_rows"], changed["sidecar_unmatched_keys"]) == (4, 2)
+
+
 def test_sidecar_without_key_column_fails_naming_it(settings):
     write_shard(settings, "part", relaion_table([FINE_URL]))
     sidecar = write_sidecar(settings, "part", pa.table({"row": ["k0"], "md5": [hashlib.md5(IMAGE).hexdigest()]}))
