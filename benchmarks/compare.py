@@ -184,8 +184,7 @@ def main() -> None:
     same_job = _same_job_settings(root, list_path, urls)
     for label, run_settings in (("reference's job", same_job), ("demo job", settings)):
         pipeline.build_blocklist(run_settings)
-        for path in index.paths(run_settings.work, NAME):
-            storage.remove(path)
+        index.forget(run_settings.work, NAME)
         results[f"pipeline, {label}, fresh index"] = in_child(lambda s=run_settings: _shard_path(s))
         results[f"pipeline, {label}, index reused"] = in_child(lambda s=run_settings: _shard_path(s))
     base = results["reference"][0]

@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from relaion_pipeline import checks, demo, index, pipeline, quality, storage
+from relaion_pipeline import checks, demo, index, pipeline, quality
 from relaion_pipeline.settings import Settings
 
 
@@ -55,8 +55,7 @@ def main() -> None:
     threads = settings.threads()
     print(f"DuckDB: {threads} threads, memory limit {settings.memory_limit(threads)}")
     name = "joined/part-00000"
-    for path in index.paths(settings.work, name):
-        storage.remove(path)
+    index.forget(settings.work, name)  # a first run: nothing remembered beside the index either
     started = time.perf_counter()
     quality.expectations()
     print(f"importing Great Expectations: {time.perf_counter() - started:.2f} s (once per process, not counted)")

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from relaion_pipeline import blocklists, leaks, matching, pdq, pipeline, quality, shards, storage, variants
+from relaion_pipeline import blocklists, index, leaks, matching, pdq, pipeline, quality, shards, storage, variants
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -109,24 +109,32 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     source = f"read_parquet({sql_string(shard.path)}, file_row_number = true)"
     rules = [(column, condition.format(c=quote(getattr(roles, role))), why)
              for column, role, condition, why in INPUT_RULES if getattr(roles, role)]  # fmt: skip
-    con = matching.connect(settings)
-    try:
-        counts = [f"count(*) FILTER (WHERE {condition}) AS {column}" for column, condition, _ in rules]
-        if roles.key is not None:
-            counts.append(f"count(*) - count(DISTINCT {quote(roles.key)}) AS duplicate_row_keys")
-        frame = con.sql(f"SELECT {', '.join(counts)} FROM {source}").df()
-        samples = {}
-        for column, condition, _ in rules:
-            if int(frame[column].iloc[0]):
-                keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
-                samples[column] = [k for (k,) in keys]
-        if roles.key is not None and int(frame["duplicate_row_keys"].iloc[0]):
-            keys = con.sql(
-                f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
-            ).fetchall()
-            samples["duplicate_row_keys"] = [k for (k,) in keys]
-    finally:
-        con.close()
+
+    def count() -> dict:
+        con = matching.connect(settings)
+        try:
+            counts = [f"count(*) FILTER (WHERE {condition}) AS {column}" for column, condition, _ in rules]
+            if roles.key is not None:
+                counts.append(f"count(*) - count(DISTINCT {quote(roles.key)}) AS duplicate_row_keys")
+            found = con.sql(f"SELECT {', '.join(counts)} FROM {source}").to_arrow_table().to_pylist()[0]
+            samples = {}
+            for column, condition, _ in rules:
+                if found[column]:
+                    keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
+                    samples[column] = [k for (k,) in keys]
+            if roles.key is not None and found["duplicate_row_keys"]:
+                keys = con.sql(
+                    f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
+                ).fetchall()
+                samples["duplicate_row_keys"] = [k for (k,) in keys]
+        finally:
+            con.close()
+        return {"counts": found, "samples": samples}
+
+    # the counts hold while the shard file does: a rerun for a new list version does not count them again
+    key = {"input": pipeline.fingerprint(shard.path), "rules": rules, "key": roles.key_sql(name)}
+    remembered = index.remembered(settings.work, name, "input-check", key, count)
+    frame, samples = pd.DataFrame([remembered["counts"]]), remembered["samples"]
     why = {column: text for column, _, text in rules} | {"duplicate_row_keys": "a row key names one row"}
     expectations = [
         gx.ExpectColumnMaxToBeBetween(column=column, min_value=0, max_value=0, notes=why[column])

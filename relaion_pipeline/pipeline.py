@@ -183,6 +183,9 @@ def _count_by(table, *columns: str) -> dict[str, int]:
     return {k: len(v) for k, v in sorted(seen.items())}
 
 
+SIDECAR_COUNTS = 1  # bump when what `matching.sidecar_counts_sql` counts changes: remembered counts are redone
+
+
 @locked
 def compute_removals(settings: Settings, name: str) -> dict:
     """Match one shard against the current merged blocklist and write its removals table.
@@ -225,11 +228,12 @@ def compute_removals(settings: Settings, name: str) -> dict:
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
         sidecar_rows, unmatched_keys, low_quality = (
-            index.sidecar_counts(
+            index.remembered(
                 settings.work,
                 name,
-                fingerprints,
-                lambda: con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0],
+                "sidecar",
+                {"format": SIDECAR_COUNTS, "input": input_fingerprint, "sidecar": fingerprints["sidecar_input"]},
+                lambda: list(con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0]),
             )
             if sidecar_path
             else (0, 0, 0)

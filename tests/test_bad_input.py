@@ -293,6 +293,27 @@ def test_duplicate_row_keys_are_counted_warned_and_hold_the_shard_back(settings)
     assert not outcome.success
 
 
+def test_input_check_counts_are_remembered_until_the_shard_changes(settings, monkeypatch):
+    """The input check runs with every removals run; its counts (and sample keys) are made once per shard
+    file, validated by Great Expectations each time, and made again when the file changes."""
+    import os
+
+    from relaion_pipeline import matching
+
+    path = write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL, FINE_URL], keys=["a", "a", "b"]))
+    first = checks.check_input(settings, "part")[0]
+    assert [(f.column, f.observed, f.sample_row_keys) for f in first.failures] == [("duplicate_row_keys", 1, ["a"])]
+    connected = []
+    original = matching.connect
+    monkeypatch.setattr(matching, "connect", lambda *a, **k: connected.append(1) or original(*a, **k))
+    again = checks.check_input(settings, "part")[0]
+    assert connected == [] and [(f.column, f.observed) for f in again.failures] == [("duplicate_row_keys", 1)]
+    assert again.failures[0].sample_row_keys == ["a"]
+    write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL, FINE_URL], keys=["a", "b", "c"]))
+    os.utime(path, (1, 1))
+    assert checks.check_input(settings, "part")[0].success and connected == [1]
+
+
 # Sidecars
 
 
