@@ -394,12 +394,11 @@ def _source_distance(name: str, data: bytes) -> int:
     return distance
 
 
-def _lines_digest(batches, digest=None):
-    """sha256 (`digest`, updated) of the lines of the entries in `batches` (record batches in SCHEMA), each
-    `kind, value, source, category` and, for pdq entries, the distance, joined by tabs and followed by a
-    newline: fed from Arrow's buffers a batch at a time (a Python string per line would take ~10x the list's
-    size)."""
-    digest = digest or hashlib.sha256()
+def _lines_digest(batches):
+    """sha256 of the lines of the entries in `batches` (record batches in SCHEMA), each `kind, value, source,
+    category` and, for pdq entries, the distance, joined by tabs and followed by a newline: fed from Arrow's
+    buffers a batch at a time (a Python string per line would take ~10x the list's size)."""
+    digest = hashlib.sha256()
     for batch in batches:
         distance = batch.column("distance").cast(pa.string())  # null where it is no pdq entry: skipped
         lines = pc.binary_join_element_wise(
@@ -426,11 +425,9 @@ def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: S
             f"COPY (SELECT DISTINCT {names} FROM read_parquet({parts}) ORDER BY {names}) TO {sql_string(ordered)}"
             " (FORMAT parquet, COMPRESSION zstd)"
         )
-        grouped = con.execute(
-            f"SELECT source, kind, count(*) FROM read_parquet({sql_string(ordered)}) GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-        by_category = con.execute(
-            f"SELECT category, count(*) FROM read_parquet({sql_string(ordered)}) GROUP BY ALL ORDER BY ALL"
+        grouped = con.execute(  # entries per source and kind, and per category, in one pass
+            f"SELECT grouping(category) = 1, source, kind, category, count(*) FROM read_parquet({sql_string(ordered)})"
+            " GROUP BY GROUPING SETS ((source, kind), (category)) ORDER BY ALL"
         ).fetchall()
     finally:
         con.close()
@@ -451,15 +448,19 @@ def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: S
     digest = _lines_digest(batches())
     os.remove(ordered)
     counts: dict[str, dict[str, int]] = {s: {} for s in sources}
-    for source, kind, n in grouped:
-        counts[source][kind] = n
+    by_category = {}
+    for by_source, source, kind, category, n in grouped:
+        if by_source:
+            counts[source][kind] = n
+        else:
+            by_category[category] = n
     return Blocklist(
         path=merged,
         version=digest.hexdigest()[:16],
         sources=sources,
         entries=entries,
         counts=counts,
-        categories=dict(by_category),
+        categories=by_category,
         _scratch=scratch,
     )
 
