@@ -2,7 +2,8 @@
 
 Each URL's canonical host, path and query are written, escaped, to an output buffer; what this kernel does
 not take on is marked for DuckDB's canonicalization (`matching.canonical_parts_sql`, whose last tier is the
-reference itself): IPv4 addresses in another encoding than the dotted quad written in fewer than 5 bytes, IPv6 literals, and URLs with no canonical form. The steps, as in `urls.parse`: drop the fragment, strip ASCII
+reference itself): IPv4 addresses in another encoding than the dotted quad written in fewer than 5 bytes,
+IPv6 literals, and URLs with no canonical form. The steps, as in `urls.parse`: drop the fragment, strip ASCII
 whitespace, remove tab/CR/LF, percent-unescape until nothing changes, split off a `scheme://`, the query at
 the first `?` and the path at the first `/`; the host loses user info, a port, repeated and outer dots, and
 is lower-cased; the path's `.`, `..` and empty segments are resolved; every part is then escaped (bytes
@@ -58,11 +59,6 @@ def _dotted_quad(out, start, end):
         else:
             return False
     return parts == 4
-
-
-@numba.njit(inline="always")
-def _is_hex(c):
-    return 48 <= c <= 57 or 97 <= c <= 102
 
 
 @numba.njit(inline="always")

@@ -209,12 +209,6 @@ def _rows_not_in(con, subset: str, superset: str, roles, dropped: np.ndarray) ->
     return con.execute(query).fetchall()[0][0]
 
 
-def _removed(work: Work, name: str) -> np.ndarray:
-    """The shard's removed row numbers, sorted and distinct (the removals table has one row per match)."""
-    removals = storage.read_table(work.removals(name), columns=["row_number"]).column("row_number")
-    return np.unique(removals.to_numpy().astype(np.int64))
-
-
 @pipeline.locked
 def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     """No research row matches the list (found without the matching query), and rows in = removed + out."""
@@ -228,7 +222,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     con = matching.connect(settings)
     try:
         found, audit = leaks.find(settings, con, name, shard, blocklist_path, research_path)
-        not_in_input = _rows_not_in(con, research_path, shard.path, roles, _removed(work, name))
+        not_in_input = _rows_not_in(con, research_path, shard.path, roles, work.removed_rows(name))
     finally:
         con.close()
     frame = pd.DataFrame(found, columns=["row_key", "kind", "source", "category"])
@@ -315,7 +309,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     finally:
         con.close()
     below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
-    removed, unsafe = _removed(work, name), np.zeros(0, np.int64)
+    removed, unsafe = work.removed_rows(name), np.zeros(0, np.int64)
     if storage.exists(work.unsafe_rows(name)):  # else no copy is recognized: the join below counts
         unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
     dropped = unsafe - np.searchsorted(removed, unsafe)  # research positions of the unsafe shard rows

@@ -44,6 +44,11 @@ class Work:
     def removals(self, name: str) -> str:
         return storage.join(self.root, "removals", name + ".parquet")
 
+    def removed_rows(self, name: str) -> np.ndarray:
+        """The shard's removed row numbers, sorted and distinct (its removals table has one row per match)."""
+        removals = storage.read_table(self.removals(name), columns=["row_number"]).column("row_number")
+        return np.unique(removals.to_numpy().astype(np.int64))
+
     def variant(self, variant: str, name: str) -> str:
         return storage.join(self.root, variant, name + ".parquet")
 
@@ -355,14 +360,14 @@ def write_research(settings: Settings, name: str) -> dict:
     removal_stats = read_stats(settings, "removals", name)
     shard = shards.resolve(settings.shards, name)
     removals_sha256 = storage.size_and_sha256(work.removals(name))[1]
-    removed = storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy()
+    removed = work.removed_rows(name)
     result = variants.write_research(shard.path, removed, work.variant(RESEARCH, name))
     stats = {
         "shard": name,
         "blocklist_version": removal_stats["blocklist_version"],
         "removals_sha256": removals_sha256,
         "rows_in": result.rows_in,
-        "rows_removed": int(np.unique(removed).size),
+        "rows_removed": int(removed.size),
         "rows_out": result.rows_out,
         "bytes": result.bytes,
         "sha256": result.sha256,
@@ -385,7 +390,7 @@ def write_research_safe(settings: Settings, name: str) -> dict:
     result = variants.write_research_safe(
         work.variant(RESEARCH, name), roles, settings, work.variant(RESEARCH_SAFE, name), dropped
     )
-    removed = np.unique(storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy())
+    removed = work.removed_rows(name)
     positions = np.concatenate(dropped) if dropped else np.array([], dtype=np.int64)
     unsafe = pa.table({"row_number": pa.array(variants.shard_rows(positions, removed), pa.int64())})
     storage.write_parquet_atomic(unsafe, work.unsafe_rows(name))

@@ -171,9 +171,9 @@ def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
     work = Work(settings.work)
     hashes, matched = [], 0
     for name in ready:
-        removed = storage.read_table(work.removals(name), columns=["row_number"]).column("row_number").to_numpy()
+        removed = work.removed_rows(name)
         unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
-        matched += int(np.unique(removed).size)
+        matched += int(removed.size)
         rows = np.union1d(removed, unsafe)
         hashes.append(_row_hashes(shards.resolve(settings.shards, name).path, rows, settings))
     values = np.unique(np.concatenate(hashes)) if hashes else np.array([], dtype=np.int64)
