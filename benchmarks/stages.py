@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
 
-from relaion_pipeline import checks, demo, index, pipeline, quality
+from relaion_pipeline import checks, demo, index, pipeline, quality, storage
 from relaion_pipeline.settings import Settings
 
 
@@ -77,11 +78,59 @@ def main() -> None:
         print(f"{label:<22} {seconds:>8.2f} {args.rows / seconds:>12,.0f} {peak:>13,.0f}")
     print(f"{'total':<22} {total:>8.2f} {args.rows / total:>12,.0f}")
     print(f"validation {validation:.2f} s = {100 * validation / total:.1f}% of the shard's processing time")
-    seconds, peak = in_child(lambda: pipeline.compute_removals(settings, name))
+
+    def removals(label: str) -> None:
+        seconds, peak = in_child(lambda: pipeline.compute_removals(settings, name))
+        stats = pipeline.read_stats(settings, "removals", name)
+        assert stats["index"]["reused"]
+        near = stats["near_matching"] or {}
+        searched = f"{near.get('entries_searched', 0):,} pdq entries searched"
+        print(f"{label:<50} {seconds:>8.2f} {args.rows / seconds:>12,.0f} {peak:>13,.0f}  {searched}")
+
+    print("removals again, the index reused:")
+    removals("  the same list (everything remembered)")
+    changed = Path(settings.blocklists) / "bench-change"
+
+    def lists() -> None:
+        in_child(lambda: pipeline.build_blocklist(settings))  # not in this process, whose memory a child shares
+
+    try:
+        _pdq_change(settings, name, changed)
+        lists()
+        storage.remove(index.beside(settings.work, name, index.NEAR_MATCHES))
+        removals(f"  +{CHANGE:,} pdq entries, no near matches remembered")
+        shutil.rmtree(changed)
+        lists()
+        removals(f"  -{CHANGE:,} pdq entries (the list as it was), near matches remembered")
+        _pdq_change(settings, name, changed)
+        lists()
+        removals(f"  +{CHANGE:,} pdq entries, near matches remembered")
+    finally:
+        shutil.rmtree(changed, ignore_errors=True)
+        lists()
     stats = pipeline.read_stats(settings, "removals", name)
-    assert stats["index"]["reused"]
-    print(f"{'removals, index reused':<22} {seconds:>8.2f} {args.rows / seconds:>12,.0f} {peak:>13,.0f}")
     print(f"index: {stats['index']['entries']:,} entries, {stats['index']['bytes'] / 2**20:,.0f} MiB")
+
+
+CHANGE = 1_000  # pdq entries a new list version adds in the last runs
+
+
+def _pdq_change(settings: Settings, name: str, folder: Path) -> None:
+    """A new partner's list of CHANGE pdq hashes: ten near copies of the shard's first sidecar hashes, the rest
+    random."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    sidecar = pq.ParquetFile(Path(settings.sidecars) / f"{name}.parquet")
+    first = next(sidecar.iter_batches(batch_size=100, columns=["pdq"])).column(0).to_pylist()
+    near = []
+    for value in [v for v in first if v and len(v) == 64][:10]:
+        flipped = int(value, 16) ^ sum(1 << int(b) for b in rng.choice(256, 8, replace=False))
+        near.append(f"{flipped:064x}")
+    random = [rng.bytes(32).hex() for _ in range(CHANGE - len(near))]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pdq.txt").write_text("\n".join(near + random) + "\n")
 
 
 if __name__ == "__main__":

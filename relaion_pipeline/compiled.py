@@ -62,14 +62,25 @@ def call3(typingctx, address, a, b, c):
     return _c_function(3)
 
 
-def string_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def string_buffers(
+    array: pa.Array | pa.ChunkedArray, narrow: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What a kernel reads of a string array: offsets (int64, n + 1), the bytes (uint8, never empty) and a
-    validity mask (bool); no copy of the bytes when the array already has 64-bit offsets."""
+    validity mask (bool); no copy of the bytes when the array already has 64-bit offsets. With `narrow`, a
+    string array's own 32-bit offsets are kept too (no copy at all; they need not start at 0): for kernels
+    compiled for either width."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    array = pa.concat_arrays([array.cast(pa.large_string())])  # offset 0, 64-bit offsets
+    if narrow and array.type in (pa.string(), pa.binary()):
+        width = np.int32
+    else:
+        array = pa.concat_arrays([array.cast(pa.large_string())])  # offset 0, 64-bit offsets
+        width = np.int64
     _, offsets, data = array.buffers()
     n = len(array)
-    offsets = np.frombuffer(offsets, np.int64, n + 1) if offsets is not None else np.zeros(n + 1, np.int64)
-    data = np.frombuffer(data, np.uint8) if data is not None and offsets[-1] else np.zeros(1, np.uint8)
+    if offsets is None:
+        offsets = np.zeros(n + 1, width)
+    else:
+        offsets = np.frombuffer(offsets, width, n + 1, offset=array.offset * np.dtype(width).itemsize)
+    data = np.frombuffer(data, np.uint8) if data is not None and len(data) else np.zeros(1, np.uint8)
     return offsets, data, np.asarray(array.is_valid())

@@ -139,6 +139,12 @@ def paths(work: str, name: str) -> tuple[str, str]:
 
 
 REMEMBERED = ("sidecar", "input-check")  # what `remembered` keeps beside a shard's index
+NEAR_MATCHES = "pdq-matches.parquet"  # the shard's PDQ near matches, kept by `near_matching.shard_matches`
+
+
+def beside(work: str, name: str, what: str) -> str:
+    """The file `<shard>.<what>` kept beside the shard's index."""
+    return storage.join(work, "index", name) + f".{what}"
 
 
 def remembered(work: str, name: str, what: str, key: dict, compute):
@@ -147,7 +153,7 @@ def remembered(work: str, name: str, what: str, key: dict, compute):
     until the key changes. For what a new list version does not change but a shard's reruns would count
     again: the sidecar's counts (a join of every sidecar key with the shard's, 8.5 s of an 18M-row shard) and
     the input check's (5.9 s)."""
-    path = storage.join(work, "index", name) + f".{what}.json"
+    path = beside(work, name, f"{what}.json")
     key = json.loads(json.dumps(key))  # as it reads back (tuples are lists)
     if storage.exists(path):
         record = storage.read_json(path)
@@ -160,8 +166,8 @@ def remembered(work: str, name: str, what: str, key: dict, compute):
 
 def forget(work: str, name: str) -> None:
     """Remove the shard's index, its description and everything remembered beside it."""
-    base = storage.join(work, "index", name)
-    for path in (*paths(work, name), *(f"{base}.{what}.json" for what in REMEMBERED)):
+    kept = (*(f"{what}.json" for what in REMEMBERED), NEAR_MATCHES)
+    for path in (*paths(work, name), *(beside(work, name, what) for what in kept)):
         storage.remove(path)
 
 

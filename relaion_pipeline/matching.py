@@ -310,7 +310,7 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
         selects.append(f"""
         SELECT s.row_number, s.row_key, h.kind, h.source, h.category, h.hash, 'image' AS match, NULL::SMALLINT
         FROM {IMAGE_HITS} h JOIN src s ON s.row_key = h.key""")
-    if _near(inputs, kinds):  # found by the compiled multi-index (near_matching), registered beforehand by _run
+    if near_kinds(inputs, kinds):  # found by the compiled multi-index (near_matching), registered beforehand by _run
         selects.append(f"""
         SELECT row_number, row_key, kind, source, category, hash, match, distance FROM {PDQ_MATCHES}""")
     pattern = keyword_pattern(settings.keywords)
@@ -363,23 +363,27 @@ def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[s
     return con.sql(" UNION ALL ".join(selects)).to_arrow_table()
 
 
-def _near(inputs: MatchInputs, kinds: set[str]) -> bool:
+def near_kinds(inputs: MatchInputs, kinds: set[str]) -> bool:
     """Whether the removals query reads PDQ near matches: the list has pdq entries and the sidecar PDQ hashes."""
     return "pdq" in kinds and inputs.sidecar_path is not None and "pdq" in inputs.sidecar_columns
 
 
-def _run(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], sql: str) -> pa.Table:
-    """Run a removals query, with the shard's exact image hash matches and PDQ near matches registered first
-    when the list has such entries."""
+def _run(
+    con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], sql: str, near: pa.Table | None = None
+) -> pa.Table:
+    """Run a removals query, with the shard's exact image hash matches and PDQ near matches (`near`, else
+    found here) registered first when the list has such entries."""
     registered = []
     try:
         if _image_kinds(inputs, kinds):
             con.register(IMAGE_HITS, image_hits(con, inputs, kinds))
             registered.append(IMAGE_HITS)
-        if _near(inputs, kinds):
-            from relaion_pipeline import near_matching
+        if near_kinds(inputs, kinds):
+            if near is None:
+                from relaion_pipeline import near_matching
 
-            con.register(PDQ_MATCHES, near_matching.shard_matches(con, inputs))
+                near = near_matching.shard_matches(con, inputs)[0]
+            con.register(PDQ_MATCHES, near)
             registered.append(PDQ_MATCHES)
         table = con.sql(sql).to_arrow_table()
     finally:
@@ -394,13 +398,19 @@ def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: se
 
 
 def match_candidates(
-    con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings, candidates: pa.Array
+    con: duckdb.DuckDBPyConnection,
+    inputs: MatchInputs,
+    kinds: set[str],
+    settings: Settings,
+    candidates: pa.Array,
+    near: pa.Table | None = None,
 ) -> pa.Table:
     """The removals table of one shard when only the rows `candidates` (input row numbers) can match a URL or
-    domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal."""
+    domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal.
+    `near`: the shard's PDQ near matches when they were found beforehand (`near_matching.shard_matches`)."""
     con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
     try:
-        return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings, "relaion_candidates"))
+        return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings, "relaion_candidates"), near)
     finally:
         con.unregister("relaion_candidates")
 

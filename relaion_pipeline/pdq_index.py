@@ -33,6 +33,17 @@ MASKS_BY_RADIUS = {
 PARTS = 4  # tasks per slot: each takes a quarter of the probing side, in slot order
 
 
+@numba.njit(inline="always")
+def _found(found_a, found_b, found_d, task, count, a, b, d):
+    """Keep the pair (a, b) at distance d as the task's `count`-th, if it has room (its capacity): the count
+    goes on, so that the caller sees an overflow."""
+    if count < found_a.shape[1]:
+        found_a[task, count] = a
+        found_b[task, count] = b
+        found_d[task, count] = np.int16(d)
+    return count + 1
+
+
 @numba.njit(parallel=True, cache=True)
 def _search(
     probers, prober_order, prober_slots, head, order, offsets, words, limits, prober_limits, masks, reach, capacity
@@ -69,11 +80,7 @@ def _search(
                     b = order[s, j]
                     d += popcount(probers[p, 2] ^ words[b, 2]) + popcount(probers[p, 3] ^ words[b, 3])
                     if d <= np.uint64(limits[p] if prober_limits else limits[b]):
-                        if count < capacity:
-                            found_p[task, count] = p
-                            found_b[task, count] = b
-                            found_d[task, count] = np.int16(d)
-                        count += 1
+                        count = _found(found_p, found_b, found_d, task, count, p, b, d)
         counts[task] = count
     return found_p, found_b, found_d, counts
 
@@ -121,10 +128,82 @@ def _counting_sort(words):
     return order, values, offsets, head
 
 
+@numba.njit(parallel=True, cache=True)
+def _expand(words, masks):
+    """Per slot, the entries under every slot value within the radius of their own (each value flipped by every
+    mask): offsets (16, 65537) and entry numbers (16, n * masks), so that a query's 16 slot values are its 16
+    probes."""
+    n, k = words.shape[0], masks.shape[0]
+    buckets = 1 << pdq.SLOT_BITS
+    offsets = np.zeros((pdq.SLOTS, buckets + 1), np.int64)
+    members = np.empty((pdq.SLOTS, n * k), np.int32)
+    for s in numba.prange(pdq.SLOTS):
+        shift = np.uint64(16 * (3 - s % 4))
+        for i in range(n):
+            v = (words[i, s // 4] >> shift) & np.uint64(0xFFFF)
+            for m in range(k):
+                offsets[s, (v ^ np.uint64(masks[m])) + 1] += 1
+        for v in range(buckets):
+            offsets[s, v + 1] += offsets[s, v]
+        at = offsets[s, :buckets].copy()
+        for i in range(n):
+            v = (words[i, s // 4] >> shift) & np.uint64(0xFFFF)
+            for m in range(k):
+                x = v ^ np.uint64(masks[m])
+                members[s, at[x]] = i
+                at[x] += 1
+    return offsets, members
+
+
+@numba.njit(parallel=True, cache=True)
+def _search_expanded(queries, offsets, members, words, limits, radius, capacity):
+    """Every (query, entry, distance) within the entry's limit, per task of consecutive queries: each query
+    reads the 16 buckets of its own slot values. A pair is kept in the first slot it shares (within the
+    radius), so it is found once. Overflowing tasks are flagged by a count above `capacity`."""
+    n = queries.shape[0]
+    tasks = 64
+    found_q = np.full((tasks, capacity), -1, np.int64)
+    found_e = np.zeros((tasks, capacity), np.int64)
+    found_d = np.zeros((tasks, capacity), np.int16)
+    counts = np.zeros(tasks, np.int64)
+    for task in numba.prange(tasks):
+        count = 0
+        for q in range(task * n // tasks, (task + 1) * n // tasks):
+            q0, q1, q2, q3 = queries[q, 0], queries[q, 1], queries[q, 2], queries[q, 3]
+            for s in range(pdq.SLOTS):
+                shift = np.uint64(16 * (3 - s % 4))
+                v = (queries[q, s // 4] >> shift) & np.uint64(0xFFFF)
+                for j in range(offsets[s, v], offsets[s, v + 1]):
+                    e = members[s, j]
+                    d = popcount(q0 ^ words[e, 0]) + popcount(q1 ^ words[e, 1])
+                    if d > np.uint64(limits[e]):
+                        continue
+                    d += popcount(q2 ^ words[e, 2]) + popcount(q3 ^ words[e, 3])
+                    if d > np.uint64(limits[e]):
+                        continue
+                    first = True  # not already found in an earlier slot
+                    for t in range(s):
+                        u = np.uint64(16 * (3 - t % 4))
+                        a = (queries[q, t // 4] >> u) & np.uint64(0xFFFF)
+                        b = (words[e, t // 4] >> u) & np.uint64(0xFFFF)
+                        if popcount(a ^ b) <= np.uint64(radius):
+                            first = False
+                            break
+                    if first:
+                        count = _found(found_q, found_e, found_d, task, count, q, e, d)
+        counts[task] = count
+    return found_q, found_e, found_d, counts
+
+
+EXPANDED_PROBES = 1 << 16  # entries x masks up to which queries read an expanded index (16 x 4 bytes each)
+CAPACITY = 16384  # matches one task holds at first (64 tasks x 16384 x 18 bytes = 19 MB); more: searched again
+
+
 @dataclass
 class PdqIndex:
     entries: _Sorted
     limits: np.ndarray  # (n,) int16: each entry's match distance
+    expanded: tuple[np.ndarray, np.ndarray] | None = None  # `_expand`'s, for a small list: built on first use
 
     @property
     def words(self) -> np.ndarray:
@@ -145,10 +224,12 @@ class PdqIndex:
         reach = int(self.limits.max())
         masks = MASKS_BY_RADIUS[pdq.radius(reach)]
         queries = np.ascontiguousarray(queries, dtype=np.uint64)
+        if len(self.words) * len(masks) <= EXPANDED_PROBES:
+            return self._search_expanded(queries, masks, pdq.radius(reach))
         by_entries = len(queries) > len(self.words)
         batch = _Sorted.of(queries)
         probers, buckets = (self.entries, batch) if by_entries else (batch, self.entries)
-        capacity = 16384  # matches one task may hold; 64 tasks x 16384 x 18 bytes = 19 MB
+        capacity = CAPACITY
         while True:
             with LAUNCH:
                 fp, fb, fd, counts = _search(
@@ -162,6 +243,28 @@ class PdqIndex:
         fq, fe = (fb[keep], fp[keep]) if by_entries else (fp[keep], fb[keep])
         pairs = np.unique(np.stack([fq, fe, fd[keep].astype(np.int64)], axis=1), axis=0)
         return pairs[:, 0], pairs[:, 1], pairs[:, 2].astype(np.int16)
+
+    def _search_expanded(self, queries: np.ndarray, masks: np.ndarray, radius: int):
+        """`search` for a small list (a list change, a small partner list): its entries are expanded once, each
+        under all its slot values within the radius, so no batch of queries is sorted (the sort was ~0.1 s for
+        262k queries, most of the time against a thousand entries)."""
+        if self.expanded is None:
+            with LAUNCH:
+                self.expanded = _expand(self.words, masks)
+        offsets, members = self.expanded
+        capacity = CAPACITY
+        while True:
+            with LAUNCH:
+                fq, fe, fd, counts = _search_expanded(
+                    queries, offsets, members, self.words, self.limits, np.uint64(radius), capacity
+                )
+            if counts.max() <= capacity:
+                break
+            capacity = int(counts.max())
+        keep = fq >= 0
+        fq, fe, fd = fq[keep], fe[keep], fd[keep]
+        order = np.lexsort((fe, fq))
+        return fq[order], fe[order], fd[order]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -204,9 +307,15 @@ def brute_force(queries: np.ndarray, entries: np.ndarray, limits: np.ndarray) ->
     return set(map(tuple, found.tolist()))
 
 
+_HEX_DIGITS = np.full(256, 255, np.uint8)  # a byte's value as a hex digit, 255 for any other byte
+for _digit, _char in enumerate("0123456789abcdef"):
+    _HEX_DIGITS[ord(_char)] = _HEX_DIGITS[ord(_char.upper())] = _digit
+
+
 @numba.njit(parallel=True, cache=True)
-def _hex_words(data, offsets):
-    """Words of each string data[offsets[i]:offsets[i + 1]] that is 64 hex digits (either case), and which are."""
+def _hex_words(data, offsets, digits):
+    """Words of each string data[offsets[i]:offsets[i + 1]] that is 64 hex digits (either case), and which are:
+    each byte is looked up in `digits` (255 where it is no hex digit), with no branch per byte."""
     n = offsets.shape[0] - 1
     words = np.zeros((n, 4), np.uint64)
     valid = np.zeros(n, np.bool_)
@@ -214,30 +323,25 @@ def _hex_words(data, offsets):
         start = offsets[i]
         if offsets[i + 1] - start != 64:
             continue
-        ok = True
+        seen = np.uint8(0)  # every digit OR-ed: 15 or less when all 64 bytes are hex digits
         for w in range(4):
             value = np.uint64(0)
             for k in range(16):
-                c = data[start + 16 * w + k]
-                if 48 <= c <= 57:
-                    digit = c - 48
-                elif 97 <= (c | 32) <= 102:
-                    digit = (c | 32) - 87
-                else:
-                    ok = False
-                    break
-                value = (value << np.uint64(4)) | np.uint64(digit)
-            if not ok:
-                break
+                digit = digits[data[start + 16 * w + k]]
+                seen |= digit
+                value = (value << np.uint64(4)) | np.uint64(digit & np.uint8(15))
             words[i, w] = value
-        valid[i] = ok
+        if seen < 16:
+            valid[i] = True
+        else:
+            words[i, 0] = words[i, 1] = words[i, 2] = words[i, 3] = 0
     return words, valid
 
 
 def hex_words(strings) -> tuple[np.ndarray, np.ndarray]:
     """(n, 4) uint64 words of PDQ hashes written as 64 hex digits (the words of `pdq.to_words`), and a mask
     of the strings that are (null, another length or another character: False, their words zero)."""
-    offsets, data, valid = string_buffers(strings)
+    offsets, data, valid = string_buffers(strings, narrow=True)
     with LAUNCH:
-        words, ok = _hex_words(data, offsets)
+        words, ok = _hex_words(data, offsets, _HEX_DIGITS)
     return words, valid & ok

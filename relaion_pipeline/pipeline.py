@@ -247,7 +247,20 @@ def compute_removals(settings: Settings, name: str) -> dict:
         candidates = index.candidates(
             con, index_path, f"SELECT * FROM read_parquet({matching.sql_string(blocklist_path)})"
         )
-        removals = matching.match_candidates(con, inputs, kinds, settings, candidates)
+        near, near_how = None, None
+        if matching.near_kinds(inputs, kinds):
+            from relaion_pipeline import near_matching
+
+            remember = (
+                index.beside(settings.work, name, index.NEAR_MATCHES),
+                {
+                    "format": near_matching.HITS_FORMAT,
+                    "input": input_fingerprint,
+                    "sidecar": fingerprints["sidecar_input"],
+                },
+            )
+            near, near_how = near_matching.shard_matches(con, inputs, remember)
+        removals = matching.match_candidates(con, inputs, kinds, settings, candidates, near)
         unusable = index.unusable_rows(con, index_path)
     except duckdb.Error as error:
         raise shards.unreadable(error, shard.path, sidecar_path, blocklist_path) from None
@@ -294,6 +307,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "sidecar_rows": sidecar_rows,
         "sidecar_unmatched_keys": unmatched_keys,
         "pdq_low_quality_rows": low_quality,
+        "near_matching": near_how,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -87,8 +87,8 @@ def test_research_check_finds_a_row_the_matching_query_missed(settings, monkeypa
     pipeline.build_blocklist(settings)
     original = matching.match_candidates
 
-    def forgetful(con, inputs, kinds, settings, candidates):
-        return original(con, inputs, kinds, settings, candidates).slice(0, 0)
+    def forgetful(con, inputs, kinds, settings, candidates, near=None):
+        return original(con, inputs, kinds, settings, candidates, near).slice(0, 0)
 
     monkeypatch.setattr(matching, "match_candidates", forgetful)
     no_match, rows_add_up = _shard_stages(settings, "good-2")

@@ -34,7 +34,14 @@ def _near(queries: list[str], entries: list[str], distances: np.ndarray) -> set[
     return set(con.sql(sql).fetchall())
 
 
-def test_both_near_matchers_equal_brute_force_on_20k_by_20k_hashes():
+@pytest.fixture(params=["sorted", "expanded"])
+def search_path(request, monkeypatch):
+    """Each way `PdqIndex.search` can go: both sides sorted per slot, or a small list's expanded index."""
+    monkeypatch.setattr(pdq_index, "EXPANDED_PROBES", 0 if request.param == "sorted" else 1 << 30)
+    return request.param
+
+
+def test_both_near_matchers_equal_brute_force_on_20k_by_20k_hashes(search_path):
     rng = np.random.default_rng(7)
     entries, queries = _hashes(rng, 20_000), _hashes(rng, 20_000)
     for i in range(3_000):  # copies at every distance from 0 to 47 bits, around all three limits
@@ -53,7 +60,7 @@ def test_both_near_matchers_equal_brute_force_on_20k_by_20k_hashes():
     assert len(found) > 1_000 and max(within) == 40 and 0 in within, "every distance up to the largest limit"
 
 
-def test_a_pair_at_the_limit_matches_and_one_bit_more_does_not():
+def test_a_pair_at_the_limit_matches_and_one_bit_more_does_not(search_path):
     rng = np.random.default_rng(1)
     entry = _hashes(rng, 1)[0]
     at, beyond = _flip(entry, 31, rng), _flip(entry, 32, rng)
@@ -62,12 +69,14 @@ def test_a_pair_at_the_limit_matches_and_one_bit_more_does_not():
     assert (rows.tolist(), hits.tolist(), bits.tolist()) == ([0], [0], [31])
 
 
-def test_a_batch_with_more_near_copies_than_a_task_holds_still_finds_them_all():
+def test_a_batch_with_more_near_copies_than_a_task_holds_still_finds_them_all(search_path, monkeypatch):
+    monkeypatch.setattr(pdq_index, "CAPACITY", 16)
     rng = np.random.default_rng(2)
-    entry = _hashes(rng, 1)[0]
-    copies = [_flip(entry, int(k), rng) for k in rng.integers(0, 10, size=5_000)]  # > 4,096 per (slot, mask)
-    rows, hits, _ = PdqIndex.build([entry], np.array([31])).search(pdq.to_words(copies))
-    assert rows.tolist() == list(range(5_000)) and set(hits.tolist()) == {0}
+    entries = _hashes(rng, 2)
+    copies = [_flip(entries[0], int(k), rng) for k in rng.integers(0, 10, size=5_000)]  # 78 a task, or more
+    rows, hits, bits = PdqIndex.build(entries, np.array([31, 31])).search(pdq.to_words(copies))
+    assert rows.tolist() == list(range(5_000)) and set(hits.tolist()) == {0}, "each copy once, near the first"
+    assert bits.tolist() == [bin(int(c, 16) ^ int(entries[0], 16)).count("1") for c in copies]
 
 
 def test_edited_copies_still_match_and_unrelated_pictures_do_not():
@@ -80,6 +89,24 @@ def test_edited_copies_still_match_and_unrelated_pictures_do_not():
         assert np.mean(distance <= pdq.DEFAULT_DISTANCE) >= 0.95, (edit, distance.tolist())
     unrelated = pdq.brute_force(words, words, np.full(len(hashes), pdq.DEFAULT_DISTANCE, dtype=np.int32))
     assert unrelated == {(i, i, 0) for i in range(len(hashes))}, "no two different pictures are within 31 bits"
+
+
+def test_the_hex_parser_reads_any_string_array_as_the_reference_does():
+    """Sliced, chunked and 64-bit-offset arrays, either case; a non-hex byte anywhere, a wrong length or a
+    null is no hash (and its words are zero)."""
+    rng = np.random.default_rng(6)
+    good = _hashes(rng, 40)
+    bad = [good[0][:-1] + "g", good[1][:30] + "\u00e9" + good[1][32:], good[2][:-1], good[3] + "0", ""]
+    values = good[:20] + [v.upper() for v in good[20:]] + bad + [None]
+    expected = pdq.to_words([v.lower() for v in good])
+    for strings in (
+        pa.array(["x"] * 7 + values, pa.string()).slice(7),
+        pa.chunked_array([values[:13], values[13:]], pa.string()),
+        pa.array(values, pa.large_string()),
+    ):
+        words, valid = pdq_index.hex_words(strings)
+        assert valid.tolist() == [True] * 40 + [False] * 6
+        assert (words[:40] == expected).all() and not words[40:].any()
 
 
 def test_the_hex_form_is_threatexchanges_big_endian_bit_string():
@@ -219,6 +246,80 @@ def test_a_new_pdq_entry_touches_only_the_shard_with_an_image_near_it(pdq_shard)
     pipeline.build_blocklist(settings)
     update = incremental.verify_untouched(settings, ["s"])
     assert update["verified"] == [] and update["touched"] == {"s": "a PDQ hash of its sidecar is near a changed entry"}
+
+
+def _removals_twice(settings):
+    """The shard's removals (as rows) and how near matching found them; then again with nothing remembered."""
+    from relaion_pipeline import index
+
+    work = pipeline.Work(settings.work)
+    how = pipeline.compute_removals(settings, "s")["near_matching"]
+    remembered = pq.read_table(work.removals("s"))
+    Path(index.beside(settings.work, "s", index.NEAR_MATCHES)).unlink()
+    fresh = pipeline.compute_removals(settings, "s")["near_matching"]
+    assert fresh["from_list"] is None
+    assert pq.read_table(work.removals("s")).equals(remembered), "as a search of the whole list finds"
+    return remembered.to_pylist(), how
+
+
+def test_a_new_list_version_searches_only_the_pdq_values_it_added_or_widened(pdq_shard):
+    """The near matches are kept beside the index: a new list version searches the shard's hashes only for
+    values that are new or matched within a larger distance, and the removals are byte for byte what a
+    search of the whole list gives, for entries added, removed, narrowed, widened and listed twice."""
+    settings, _, _ = pdq_shard
+    lists, rng = Path(settings.blocklists), np.random.default_rng(12)
+    entries = (lists / "ncmec" / "pdq.txt").read_text().split()
+    sidecar = pq.read_table(Path(settings.sidecars) / "s.parquet").to_pylist()
+    good = next(r for r in sidecar[1::9] if r["pdq_quality"] >= pdq.MIN_QUALITY)  # near no entry
+    pipeline.build_blocklist(settings)
+    assert pipeline.compute_removals(settings, "s")["near_matching"]["entries_searched"] == 200
+    first = pipeline.read_stats(settings, "removals", "s")["blocklist_version"]
+
+    _write_list(lists, "added", [_flip(good["pdq"], 10, rng), _hashes(rng, 1)[0]])
+    (lists / "ncmec" / "pdq.txt").write_text("\n".join(entries[5:]) + "\n")  # 5 entries removed
+    pipeline.build_blocklist(settings)
+    rows, how = _removals_twice(settings)
+    assert how["from_list"] == f"blocklist-{first}.parquet" and how["entries_searched"] == 2
+    assert (good["key"], "added", 10) in {(r["row_key"], r["source"], r["distance"]) for r in rows}
+    assert not {r["hash"] for r in rows} & set(entries[:5])
+
+    (lists / "ncmec" / "source.json").write_text(json.dumps({"pdq_distance": 18}))  # narrower: nothing searched
+    pipeline.build_blocklist(settings)
+    narrow, how = _removals_twice(settings)
+    assert how["entries_searched"] == 0 and 0 < len(narrow) < len(rows)
+
+    (lists / "ncmec" / "source.json").write_text(json.dumps({"pdq_distance": 40}))  # wider: its 195 values
+    _write_list(lists, "twice", entries[10:12], {"pdq_distance": 12})  # values ncmec lists too, within 12
+    pipeline.build_blocklist(settings)
+    wide, how = _removals_twice(settings)
+    assert how["entries_searched"] == 195 and len(wide) > len(rows)
+    twice = {r["hash"] for r in wide if r["source"] == "twice"}
+    assert all(r["distance"] <= 12 for r in wide if r["source"] == "twice") and twice <= set(entries[10:12])
+
+    pipeline.write_research(settings, "s")
+    assert all(o.success for o in checks.check_research(settings, "s"))
+
+
+def test_remembered_near_matches_are_not_used_for_a_changed_sidecar_or_a_list_no_longer_kept(pdq_shard):
+    settings, _, _ = pdq_shard
+    lists, rng = Path(settings.blocklists), np.random.default_rng(13)
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "s")
+    _write_list(lists, "added", _hashes(rng, 1))
+    first = pipeline.read_stats(settings, "removals", "s")["blocklist_version"]
+    pipeline.build_blocklist(settings)
+    Path(pipeline.Work(settings.work).blocklist_dir, f"blocklist-{first}.parquet").unlink()
+    how = pipeline.compute_removals(settings, "s")["near_matching"]
+    assert how["from_list"] is None and how["entries_searched"] == 201, "the list it was matched with is gone"
+
+    path = Path(settings.sidecars) / "s.parquet"
+    sidecar = pq.read_table(path)
+    flipped = [_flip(h, 3, rng) for h in sidecar.column("pdq").to_pylist()]
+    pq.write_table(sidecar.set_column(1, "pdq", pa.array(flipped)), path)
+    _write_list(lists, "more", _hashes(rng, 1))
+    pipeline.build_blocklist(settings)
+    how = pipeline.compute_removals(settings, "s")["near_matching"]
+    assert how["from_list"] is None and how["entries_searched"] == 202, "the sidecar changed"
 
 
 def test_a_hash_of_unknown_quality_is_matched_and_one_of_low_quality_is_not(tmp_path):
