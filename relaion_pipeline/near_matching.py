@@ -148,6 +148,8 @@ def _hits(con: duckdb.DuckDBPyConnection, inputs, index: PdqIndex, values: pa.Ar
     """`near`'s matches as (row_number, row_key, value, distance), one per row and distinct value, where
     `values` are the hashes of the index's entries; and how many hashes were compared."""
     matched, searched = near(con, inputs, index)
+    if not matched.num_rows:
+        return HITS_SCHEMA.empty_table(), searched
     hits = pa.table(
         {
             "row_number": matched.column("row_number").cast(pa.int64()),

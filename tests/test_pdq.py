@@ -300,6 +300,20 @@ def test_a_new_list_version_searches_only_the_pdq_values_it_added_or_widened(pdq
     assert all(o.success for o in checks.check_research(settings, "s"))
 
 
+def test_a_shard_with_no_near_match_remembers_none_and_finds_one_a_new_version_adds(pdq_shard):
+    settings, _, _ = pdq_shard
+    lists, rng = Path(settings.blocklists), np.random.default_rng(14)
+    (lists / "ncmec" / "pdq.txt").write_text("\n".join(_hashes(rng, 3)) + "\n")  # ~128 bits from every hash
+    pipeline.build_blocklist(settings)
+    assert pipeline.compute_removals(settings, "s")["rows_removed"] == 0
+    sidecar = pq.read_table(Path(settings.sidecars) / "s.parquet").to_pylist()
+    good = next(r for r in sidecar if r["pdq_quality"] >= pdq.MIN_QUALITY)
+    _write_list(lists, "added", [_flip(good["pdq"], 4, rng)])
+    pipeline.build_blocklist(settings)
+    rows, how = _removals_twice(settings)
+    assert how["entries_searched"] == 1 and [(r["row_key"], r["distance"]) for r in rows] == [(good["key"], 4)]
+
+
 def test_remembered_near_matches_are_not_used_for_a_changed_sidecar_or_a_list_no_longer_kept(pdq_shard):
     settings, _, _ = pdq_shard
     lists, rng = Path(settings.blocklists), np.random.default_rng(13)
