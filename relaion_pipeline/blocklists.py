@@ -16,10 +16,10 @@ still read whole (twice its size: bytes and text).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import hashlib
-import io
 import json
 import os
 import re
@@ -58,6 +58,7 @@ _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _DOMAIN_RE2 = r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)+$"  # >= 2 labels
 DIGEST_ROWS = 262_144  # merged entries digested and written at a time
 CHUNK_LINES = 262_144  # lines of a list file parsed at a time: memory follows this, not the file
+READ_BYTES = 8 << 20  # bytes of a list file read at a time: a file is never held whole
 _OTHER_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() also breaks lines at these and a lone "\r"
 
 
@@ -197,6 +198,37 @@ def _text_chunks(text: str, lines: int | None = None):
         start = end
 
 
+def _text_pieces(handle, name: str):
+    """(number of the first line, text) of consecutive pieces of the UTF-8 list file open as `handle` (a
+    leading BOM dropped): READ_BYTES are read at a time, cut after their last "\n" and then into pieces of
+    CHUNK_LINES lines (`_text_chunks`), so that the file is never held whole. Lines are numbered as a text
+    editor shows them, whatever the line ends. Bytes that are not UTF-8 fail naming the line and the byte."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    fed = newlines = 0  # bytes given to the decoder so far, and the "\n" among them
+    first, rest = 1, ""
+    while True:
+        data = handle.read(READ_BYTES)
+        final = not data
+        try:
+            text = rest + decoder.decode(data, final=final)
+        except UnicodeDecodeError as error:
+            # the error's bytes end where `data` ends (they begin with any bytes held back from the read before)
+            offset = fed + len(data) - len(error.object) + error.start
+            line = newlines + error.object[: error.start].count(b"\n") + 1
+            raise BlocklistError(
+                f"{name}:{line}: not UTF-8 text (byte {offset} of the file is {error.object[error.start]:#04x}):"
+                " expected the list saved as UTF-8"
+            ) from None
+        fed, newlines = fed + len(data), newlines + data.count(b"\n")
+        cut = len(text) if final else text.rfind("\n") + 1
+        whole, rest = text[:cut], text[cut:]
+        for number, piece in _text_chunks(whole):
+            yield first + number - 1, piece
+        first += whole.count("\n") if _plain_line_ends(whole) else len(whole.splitlines())
+        if final:
+            return
+
+
 def _text_lines(text: str, first: int = 1) -> tuple[np.ndarray, pa.Array]:
     """Line numbers (from `first`, as a text editor shows them) and contents of the non-blank lines, comments
     removed."""
@@ -212,10 +244,10 @@ def _text_lines(text: str, first: int = 1) -> tuple[np.ndarray, pa.Array]:
     return numbers, content.filter(keep)
 
 
-def _parse_delimited(text: str, name: str, delimiter: str):
-    """The entries of a CSV or TSV list, CHUNK_LINES lines at a time."""
+def _parse_delimited(pieces, name: str, delimiter: str):
+    """The entries of a CSV or TSV list, from its `_text_pieces`."""
     header = None
-    for first, chunk in _text_chunks(text):
+    for first, chunk in pieces:
         numbers, lines = _text_lines(chunk, first)
         if header is None:
             if not len(lines):
@@ -250,20 +282,20 @@ def _parse_delimited(text: str, name: str, delimiter: str):
         raise BlocklistError(f"{name}: empty list: expected a header 'kind,value[,category]' and entries")
 
 
-def _parse_txt(text: str, name: str, kind: str):
-    """The entries of a `<kind>.txt` list, CHUNK_LINES lines at a time."""
+def _parse_txt(pieces, name: str, kind: str):
+    """The entries of a `<kind>.txt` list, from its `_text_pieces`."""
     if kind not in KINDS:
         raise BlocklistError(f"{name}: file name must be <kind>.txt with kind one of {', '.join(KINDS)}")
-    for first, chunk in _text_chunks(text):
+    for first, chunk in pieces:
         numbers, lines = _text_lines(chunk, first)
         kinds = pa.array([kind] * len(lines), pa.string())
         yield _validated(kinds, lines, None, lambda i, numbers=numbers: f"{name}:{numbers[i]}")
 
 
-def _parse_parquet(data: bytes, name: str):
-    """The entries of a parquet list, CHUNK_LINES rows at a time."""
+def _parse_parquet(handle, name: str):
+    """The entries of the parquet list open as `handle`, CHUNK_LINES rows at a time."""
     try:
-        file = pq.ParquetFile(io.BytesIO(data))
+        file = pq.ParquetFile(handle)
         schema = file.schema_arrow
     except Exception as error:  # pyarrow raises several types for unreadable files
         raise BlocklistError(f"{name}: not a readable parquet file ({error})") from None
@@ -299,26 +331,19 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
 
 
-def _parse_file(name: str, data: bytes):
-    """The entries of one list file, validated and normalized, as tables of up to CHUNK_LINES entries."""
+def _parse_file(name: str, handle):
+    """The entries of the list file open as `handle` (binary, seekable), validated and normalized, as tables
+    of up to CHUNK_LINES entries."""
     lower = name.lower()
     if lower.endswith(".parquet"):
-        return _parse_parquet(data, name)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise BlocklistError(
-            f"{name}:{line}: not UTF-8 text (byte {error.start} of the file is {data[error.start]:#04x}):"
-            " expected the list saved as UTF-8"
-        ) from None
+        return _parse_parquet(handle, name)
     if lower.endswith(".csv"):
-        return _parse_delimited(text, name, ",")
+        return _parse_delimited(_text_pieces(handle, name), name, ",")
     if lower.endswith(".tsv"):
-        return _parse_delimited(text, name, "\t")
+        return _parse_delimited(_text_pieces(handle, name), name, "\t")
     if lower.endswith(".txt"):
         base = name.rsplit("/", 1)[-1]
-        return _parse_txt(text, name, base[: -len(".txt")].lower())
+        return _parse_txt(_text_pieces(handle, name), name, base[: -len(".txt")].lower())
     raise BlocklistError(f"{name}: unsupported list file: expected .csv, .tsv, .txt or .parquet")
 
 
@@ -362,8 +387,9 @@ def _load(location: str, scratch: str) -> list[str]:
             name = f"{source}/{path[len(source_dir.rstrip('/')) + 1 :]}"
             limit = pa.scalar(pdq.DEFAULT_DISTANCE if distance is None else distance, pa.int16())
             found = 0
-            with pq.ParquetWriter(os.path.join(scratch, f"part-{parts:05d}.parquet"), SCHEMA) as part:
-                for entries in _parse_file(name, fs.cat_file(path)):
+            part_path = os.path.join(scratch, f"part-{parts:05d}.parquet")
+            with fs.open(path, "rb") as handle, pq.ParquetWriter(part_path, SCHEMA) as part:
+                for entries in _parse_file(name, handle):
                     found += entries.num_rows
                     entries = entries.add_column(2, "source", pa.array([source] * entries.num_rows, pa.string()))
                     near = pc.is_in(entries.column("kind"), pa.array(NEAR_KINDS))

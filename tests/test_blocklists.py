@@ -228,6 +228,50 @@ def test_errors_name_the_line_in_any_chunk_of_a_long_file(tmp_path, monkeypatch)
         blocklists.load(str(tmp_path))
 
 
+@pytest.mark.parametrize("read_bytes", [1, 2, 3, 5, 64])
+def test_a_file_read_a_few_bytes_at_a_time_gives_the_same_list_and_line_numbers(tmp_path, monkeypatch, read_bytes):
+    """List files are read READ_BYTES at a time (never whole): a character cut between two reads, a BOM,
+    "\r\n" and other line ends give the same entries, version and line numbers as the file read at once."""
+    _mixed_lists(tmp_path)
+    body = f"kind,value,category\r\n# caf\u00e9 \U0001f600\u2028url_md5,{MD5},x\rurl_sha256,{SHA2},c\n"
+    write(tmp_path, "Other/d.csv", "\ufeff" + body + f"url_sha256,{SHA},c\n# \u00e9")  # 2- and 4-byte characters
+    write(tmp_path, "Other/url_sha256.txt", f"{SHA}\r\n\r\n# \u00e9\u00e9\n{SHA2}".encode())
+    whole = blocklists.load(str(tmp_path))
+    monkeypatch.setattr(blocklists, "READ_BYTES", read_bytes)
+    monkeypatch.setattr(blocklists, "CHUNK_LINES", 2)
+    again = blocklists.load(str(tmp_path))
+    assert (again.version, again.table.to_pylist()) == (whole.version, whole.table.to_pylist())
+    assert ("url_md5", MD5, "Other", "x") in rows(again)
+
+    bad = [
+        (f"kind,value\n# \u00e9\u2028\nurl_sha256,{SHA}\rurl_md5,zz\n", "Other/d.csv:5: url_md5 value"),
+        (f"kind,value\r\n\r\n# \U0001f600\r\nurl_sha256,{SHA[:-1]}\r\n", "Other/d.csv:4: url_sha256 value has 63"),
+    ]
+    for text, expected in bad:
+        write(tmp_path, "Other/d.csv", text)
+        with pytest.raises(BlocklistError, match=expected):
+            blocklists.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("read_bytes", [1, 3, 8 << 20])
+def test_bytes_that_are_not_utf8_are_named_by_line_and_offset_in_any_read(tmp_path, monkeypatch, read_bytes):
+    monkeypatch.setattr(blocklists, "READ_BYTES", read_bytes)
+    start = f"\ufeffkind,value,category\nurl_sha256,{SHA},csam # caf\u00e9\n".encode()
+    for content, line, byte in [
+        (start + b"url_md5," + MD5.encode() + b",\xe9t\xe9\n", 3, len(start) + 41),
+        (start + b"url_md5," + MD5.encode() + b",\xc3", 3, len(start) + 41),  # a character cut by the file's end
+        (b"\xef\xbb\xbfkind\xff", 1, 7),
+    ]:
+        write(tmp_path, "src/a.csv", content)
+        assert content[byte] in (0xE9, 0xC3, 0xFF)
+        with pytest.raises(BlocklistError) as error:
+            blocklists.load(str(tmp_path))
+        assert str(error.value) == (
+            f"src/a.csv:{line}: not UTF-8 text (byte {byte} of the file is {content[byte]:#04x}):"
+            " expected the list saved as UTF-8"
+        )
+
+
 def test_merge_leaves_no_scratch_files(tmp_path, monkeypatch):
     """The parsed files and the merged list are put aside in a scratch folder of their own, removed once the
     list is released or its load fails."""
