@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -58,6 +59,12 @@ class Work:
     def unsafe_rows(self, name: str) -> str:
         """Input row numbers that research-safe leaves out for their safety score (not for a list match)."""
         return storage.join(self.root, "unsafe-rows", name + ".parquet")
+
+    def staged_safe(self, name: str) -> tuple[str, str, str]:
+        """research-safe as the research stage wrote it in its own pass, for the research-safe stage to
+        publish: the variant, its unsafe rows and what it was made from (`_take_staged_safe`)."""
+        base = storage.join(self.root, "staged", RESEARCH_SAFE, name)
+        return base + ".parquet", base + ".unsafe-rows.parquet", base + ".json"
 
     def validation(self, suite: str, name: str) -> str:
         return storage.join(self.root, "validation", suite, name + ".json")
@@ -365,17 +372,46 @@ def read_stats(settings: Settings, stage: str, name: str) -> dict:
     return storage.read_json(path)
 
 
+STAGED_SAFE = 1  # bump when how research-safe is written changes: a copy staged by older code is not used
+
+
+def _safe_rule(settings: Settings, roles: schemas.Roles) -> dict:
+    """What decides research-safe's rows besides research's (`variants.safe_keep_mask`)."""
+    return {
+        "format": STAGED_SAFE,
+        "punsafe": roles.punsafe,
+        "nsfw": roles.nsfw,
+        "safe_threshold": settings.safe_threshold,
+        "missing_score": settings.missing_score,
+        "unsafe_tags": list(settings.unsafe_tag_values),
+    }
+
+
 @locked
 def write_research(settings: Settings, name: str) -> dict:
-    """research: the shard minus every row in its removals table."""
+    """research: the shard minus every row in its removals table. research-safe is written in the same pass
+    and staged (one read of the shard for both, their encoders on two threads); the research-safe stage
+    publishes it if research and its rule are still what it was made from."""
     started = time.perf_counter()
     work = Work(settings.work)
-    _start(settings, RESEARCH, name, work.variant(RESEARCH, name))
+    staged = work.staged_safe(name)
+    _start(settings, RESEARCH, name, work.variant(RESEARCH, name), *staged)
     removal_stats = read_stats(settings, "removals", name)
     shard = shards.resolve(settings.shards, name)
+    roles = shards.roles(shard)
     removals_sha256 = storage.size_and_sha256(work.removals(name))[1]
     removed = work.removed_rows(name)
-    result = variants.write_research(shard.path, removed, work.variant(RESEARCH, name))
+    result, safe, unsafe = variants.write_research(
+        shard.path, removed, work.variant(RESEARCH, name), safe=(roles, settings, staged[0])
+    )
+    storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), staged[1])
+    made = {
+        "research_sha256": result.sha256,
+        "research": fingerprint(work.variant(RESEARCH, name)),
+        "rule": _safe_rule(settings, roles),
+        "variant": safe.__dict__,
+    }
+    storage.write_json_atomic(made, staged[2])
     stats = {
         "shard": name,
         "blocklist_version": removal_stats["blocklist_version"],
@@ -391,23 +427,44 @@ def write_research(settings: Settings, name: str) -> dict:
     return stats
 
 
+def _take_staged_safe(work: Work, name: str, research_sha256: str, rule: dict) -> variants.VariantStats | None:
+    """Publish the research-safe that the research stage staged, when it was made from this research (its
+    digest, and the file unchanged since) with this rule: its variant and unsafe rows are moved into place.
+    None when there is none to use; a staged copy is used once, and removed either way."""
+    staged = work.staged_safe(name)
+    try:
+        if not all(storage.exists(path) for path in staged):
+            return None
+        made = storage.read_json(staged[2])
+        if made.get("research_sha256") != research_sha256 or made.get("rule") != json.loads(json.dumps(rule)):
+            return None
+        if made.get("research") != fingerprint(work.variant(RESEARCH, name)):
+            return None
+        storage.move(staged[1], work.unsafe_rows(name))
+        storage.move(staged[0], work.variant(RESEARCH_SAFE, name))
+        return variants.VariantStats(**made["variant"])
+    finally:
+        for path in staged:
+            storage.remove(path)
+
+
 @locked
 def write_research_safe(settings: Settings, name: str) -> dict:
-    """research-safe: research minus rows whose safety score is above the safe threshold."""
+    """research-safe: research minus rows whose safety score is above the safe threshold: the copy research's
+    pass staged when research and the rule are still what it was made from, else written from the shard
+    and its removals (the same rows and bytes)."""
     started = time.perf_counter()
     work = Work(settings.work)
     _start(settings, RESEARCH_SAFE, name, work.variant(RESEARCH_SAFE, name), work.unsafe_rows(name))
     research_stats = read_stats(settings, RESEARCH, name)
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
-    dropped: list[np.ndarray] = []
-    result = variants.write_research_safe(
-        work.variant(RESEARCH, name), roles, settings, work.variant(RESEARCH_SAFE, name), dropped
-    )
-    removed = work.removed_rows(name)
-    positions = np.concatenate(dropped) if dropped else np.array([], dtype=np.int64)
-    unsafe = pa.table({"row_number": pa.array(variants.shard_rows(positions, removed), pa.int64())})
-    storage.write_parquet_atomic(unsafe, work.unsafe_rows(name))
+    result = _take_staged_safe(work, name, research_stats["sha256"], _safe_rule(settings, roles))
+    if result is None:  # from the shard and its removals, as research's pass writes it
+        result, unsafe = variants.write_research_safe(
+            shard.path, work.removed_rows(name), roles, settings, work.variant(RESEARCH_SAFE, name)
+        )
+        storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), work.unsafe_rows(name))
     stats = {
         "shard": name,
         "blocklist_version": research_stats["blocklist_version"],

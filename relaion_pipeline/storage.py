@@ -201,6 +201,17 @@ def write_parquet_atomic(table: pa.Table, final: str) -> None:
         pq.write_table(table, inner, filesystem=fs, compression=PARQUET_COMPRESSION)
 
 
+def move(source: str, destination: str) -> None:
+    """Give the file `source` the name `destination` (same file system): a rename where the files are local;
+    on S3 a server-side copy (the object appears complete) and then the source's deletion."""
+    if is_local(source) and is_local(destination):
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, destination)
+        return
+    fs, inner = filesystem(source)
+    fs.mv(inner, filesystem(destination)[1])
+
+
 def remove(location: str) -> None:
     fs, path = filesystem(location)
     if fs.exists(path):

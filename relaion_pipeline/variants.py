@@ -6,6 +6,7 @@ the safe threshold. Both stream the parquet file batch by batch, so memory does 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,73 +32,138 @@ class VariantStats:
     sha256: str
 
 
+class _Output:
+    """One variant being written: its rows go into row groups of exactly ROW_GROUP_ROWS (the last one fewer),
+    each encoded on a thread of its own (pyarrow frees the GIL) while the next rows are read. It appears
+    under its final name only when complete. Its bytes follow from its rows and the batches they come in
+    (pyarrow cuts pages within each batch): the same batches give the same file. Without a destination, the
+    rows are only counted."""
+
+    def __init__(self, destination: str | None, schema: pa.Schema):
+        self.destination, self.schema, self.rows = destination, schema, 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._writing = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Output:
+        if self.destination is None:
+            return self
+        tmp = self._stack.enter_context(storage.AtomicPath(self.destination))
+        fs, inner = storage.filesystem(tmp)
+        compression = storage.PARQUET_COMPRESSION
+        self._writer = self._stack.enter_context(
+            pq.ParquetWriter(inner, self.schema, filesystem=fs, compression=compression)
+        )
+        self._encoder = self._stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        return self
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        self.rows += batch.num_rows
+        if self.destination is None:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            while table.num_rows >= ROW_GROUP_ROWS:
+                self._encode(table.slice(0, ROW_GROUP_ROWS))
+                table = table.slice(ROW_GROUP_ROWS)
+            self._pending, self._pending_rows = table.to_batches(), table.num_rows
+
+    def _encode(self, table: pa.Table) -> None:
+        if self._writing is not None:
+            self._writing.result()
+        self._writing = self._encoder.submit(self._writer.write_table, table)
+
+    def __exit__(self, *exc) -> bool:
+        if exc[0] is None:
+            try:
+                if self._pending_rows:
+                    self._encode(pa.Table.from_batches(self._pending, schema=self.schema))
+                if self._writing is not None:
+                    self._writing.result()
+            except BaseException as error:
+                if not self._stack.__exit__(type(error), error, error.__traceback__):
+                    raise
+                return False
+        return self._stack.__exit__(*exc)
+
+    def stats(self, rows_in: int) -> VariantStats | None:
+        if self.destination is None:
+            return None
+        size, digest = storage.size_and_sha256(self.destination)
+        return VariantStats(rows_in=rows_in, rows_out=self.rows, bytes=size, sha256=digest)
+
+
+Keep = Callable[[pa.RecordBatch, int], pa.Array]
+
+
 def filter_shard(
     source: str,
-    destination: str,
-    keep: Callable[[pa.RecordBatch, int], pa.Array],
+    destination: str | None,
+    keep: Keep,
     dropped: list[np.ndarray] | None = None,
-) -> VariantStats:
+    then: tuple[str, Keep, list[np.ndarray] | None] | None = None,
+) -> VariantStats | tuple[VariantStats, VariantStats]:
     """Copy the rows of `source` for which `keep(batch, first_row_number)` is true to `destination`.
 
     The output has the source's arrow schema (with its metadata) and row order; it appears under its final
     name only when complete. When `dropped` is a list, the positions of the rows left out are appended to it.
+    With `then` = (destination, keep, dropped), a second file of the rows the first keeps is written in the
+    same pass (`keep(kept batch, its first row's position in the first file)`, and the source positions of the
+    rows it leaves out appended to its `dropped`): both files' stats are returned (None for a first file
+    without a destination: its rows are only passed on).
     """
     parquet = shards.open_parquet(source, streaming=True)
     schema = parquet.schema_arrow
-    rows_in = rows_out = 0
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    with storage.AtomicPath(destination) as tmp, ThreadPoolExecutor(max_workers=1) as encoder:
-        fs, inner = storage.filesystem(tmp)
-        with pq.ParquetWriter(inner, schema, filesystem=fs, compression=storage.PARQUET_COMPRESSION) as writer:
-            writing = None  # a row group being encoded (pyarrow frees the GIL) while the next one is read
-
-            def write(batches: list[pa.RecordBatch]) -> None:
-                nonlocal writing
-                if writing is not None:
-                    writing.result()
-                writing = encoder.submit(writer.write_table, pa.Table.from_batches(batches, schema=schema))
-
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
-                mask = keep(batch, rows_in)
-                if dropped is not None:
-                    dropped.append(np.flatnonzero(~mask.to_numpy(zero_copy_only=False)) + rows_in)
-                kept = batch.filter(mask)
-                rows_in += batch.num_rows
-                if kept.num_rows:
-                    pending.append(kept)
-                    pending_rows += kept.num_rows
-                if pending_rows >= ROW_GROUP_ROWS:
-                    write(pending)
-                    rows_out += pending_rows
-                    pending, pending_rows = [], 0
-            if pending:
-                write(pending)
-                rows_out += pending_rows
-            if writing is not None:
-                writing.result()
-    size, digest = storage.size_and_sha256(destination)
-    return VariantStats(rows_in=rows_in, rows_out=rows_out, bytes=size, sha256=digest)
+    rows_in = 0
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(_Output(destination, schema))
+        second = stack.enter_context(_Output(then[0], schema)) if then is not None else None
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
+            mask = keep(batch, rows_in)
+            if dropped is not None:
+                dropped.append(np.flatnonzero(~mask.to_numpy(zero_copy_only=False)) + rows_in)
+            kept = batch.filter(mask)
+            if second is not None:
+                then_mask = then[1](kept, first.rows)
+                if then[2] is not None:
+                    kept_rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) + rows_in
+                    then[2].append(kept_rows[~then_mask.to_numpy(zero_copy_only=False)])
+                second.add(kept.filter(then_mask))
+            first.add(kept)
+            rows_in += batch.num_rows
+    if second is None:
+        return first.stats(rows_in)
+    return first.stats(rows_in), second.stats(first.rows)
 
 
-def write_research(shard_path: str, removed_row_numbers: np.ndarray, destination: str) -> VariantStats:
-    """research: every row of the shard except the given (0-based) row numbers."""
+def write_research(
+    shard_path: str,
+    removed_row_numbers: np.ndarray,
+    destination: str | None,
+    safe: tuple[schemas.Roles, Settings, str] | None = None,
+) -> VariantStats | tuple[VariantStats | None, VariantStats, np.ndarray]:
+    """research: every row of the shard except the given (0-based) row numbers. With `safe` = (roles,
+    settings, destination), research-safe is written in the same pass (two encoders; the shard is read once
+    for both), and the shard's row numbers of the unsafe rows it leaves out are returned; `destination`
+    None writes research-safe alone."""
     removed = np.unique(np.asarray(removed_row_numbers, dtype=np.int64))
 
     def keep(batch: pa.RecordBatch, first: int) -> pa.Array:
         numbers = np.arange(first, first + batch.num_rows, dtype=np.int64)
         return pa.array(~np.isin(numbers, removed, assume_unique=True))
 
-    return filter_shard(shard_path, destination, keep)
-
-
-def shard_rows(positions: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """The shard's row numbers of the rows at `positions` of research, given the sorted unique row numbers
-    `removed` from it. Memory grows with those two arrays, not with the shard: the row `removed[i]` has
-    `removed[i] - i` research rows before it, so position p is row p + #{i: removed[i] - i <= p}."""
-    positions = np.asarray(positions, dtype=np.int64)
-    before = removed.astype(np.int64) - np.arange(removed.size, dtype=np.int64)
-    return positions + np.searchsorted(before, positions, side="right")
+    if safe is None:
+        return filter_shard(shard_path, destination, keep)
+    roles, settings, safe_destination = safe
+    unsafe: list[np.ndarray] = []
+    then = (safe_destination, lambda batch, _first: safe_keep_mask(batch, roles, settings), unsafe)
+    research, research_safe = filter_shard(shard_path, destination, keep, then=then)
+    return research, research_safe, np.concatenate(unsafe) if unsafe else np.zeros(0, np.int64)
 
 
 def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settings) -> pa.Array:
@@ -115,16 +181,14 @@ def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settin
 
 
 def write_research_safe(
-    research_path: str,
-    roles: schemas.Roles,
-    settings: Settings,
-    destination: str,
-    dropped: list[np.ndarray] | None = None,
-) -> VariantStats:
-    """research-safe: the rows of research whose safety score is at or below the safe threshold."""
-    return filter_shard(
-        research_path, destination, lambda batch, _first: safe_keep_mask(batch, roles, settings), dropped
-    )
+    shard_path: str, removed_row_numbers: np.ndarray, roles: schemas.Roles, settings: Settings, destination: str
+) -> tuple[VariantStats, np.ndarray]:
+    """research-safe: the shard's rows that research keeps (all but the removed row numbers) and whose safety
+    score is at or below the safe threshold; and the shard's row numbers of the unsafe rows it leaves out.
+    Written from the shard's batches as research's own pass writes it (`write_research`), so both give the
+    same bytes."""
+    _, safe, unsafe = write_research(shard_path, removed_row_numbers, None, (roles, settings, destination))
+    return safe, unsafe
 
 
 def _kept_batches(path: str, columns: list[str], dropped: np.ndarray):

@@ -10,7 +10,7 @@ import pytest
 from conftest import BLOCKED_URL
 
 from assets.runner import run_all
-from relaion_pipeline import release, variants
+from relaion_pipeline import pipeline, release, variants
 
 BAD_URL = BLOCKED_URL
 
@@ -48,10 +48,10 @@ def test_unreadable_shard_fails_alone_and_is_held_back(settings, tmp_path):
 def test_failing_blocking_check_holds_the_shard_back(settings, tmp_path, monkeypatch):
     original = variants.write_research
 
-    def faulty(shard_path, removed, destination):  # a filter bug: keeps every row of good-2
+    def faulty(shard_path, removed, destination, safe=None):  # a filter bug: keeps every row of good-2
         if "good-2" in shard_path:
             removed = np.array([], dtype=np.int64)
-        return original(shard_path, removed, destination)
+        return original(shard_path, removed, destination, safe)
 
     monkeypatch.setattr(variants, "write_research", faulty)
     summary = run_all(settings, progress=lambda line: None)
@@ -141,14 +141,15 @@ def test_blocklist_check_revalidates_the_merged_list_independently_of_the_parser
 def test_research_safe_with_another_schema_than_its_input_is_held_back(settings, tmp_path, monkeypatch):
     original = variants.write_research_safe
 
-    def retyping(research_path, roles, settings_, destination, dropped=None):  # a bug that widens punsafe
-        stats = original(research_path, roles, settings_, destination, dropped)
+    def retyping(shard_path, removed, roles, settings_, destination):  # a bug that widens punsafe
+        written = original(shard_path, removed, roles, settings_, destination)
         if "good-1" in destination:
             table = pq.read_table(destination)
             pq.write_table(table.set_column(3, "punsafe", table.column("punsafe").cast(pa.float64())), destination)
-        return stats
+        return written
 
     monkeypatch.setattr(variants, "write_research_safe", retyping)
+    monkeypatch.setattr(pipeline, "_take_staged_safe", lambda *args: None)  # written alone, with the bug
     summary = run_all(settings, progress=lambda line: None)
 
     by_name = {s.name: s for s in summary.shards}

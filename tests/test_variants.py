@@ -1,5 +1,7 @@
 """Published variants are drop-in replacements: same columns, types, metadata and row order as the input."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -10,6 +12,7 @@ from relaion_pipeline import schemas, variants
 from relaion_pipeline.settings import Settings
 
 ROWS = 150_000  # more than two read batches
+NONE = np.zeros(0, np.int64)  # no removed rows: research is the shard
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def test_research_safe_drops_scores_above_threshold_and_keeps_missing_by_default
     path, table = shard
     roles = schemas.detect(table.schema, str(path))
     out_path = tmp_path / "safe.parquet"
-    variants.write_research_safe(str(path), roles, Settings(), str(out_path))
+    variants.write_research_safe(str(path), NONE, roles, Settings(), str(out_path))
     out = pq.read_table(out_path)
     punsafe = out.column("punsafe").to_numpy(zero_copy_only=False)
     assert np.nanmax(punsafe) <= 0.45
@@ -60,7 +63,7 @@ def test_research_safe_drops_scores_above_threshold_and_keeps_missing_by_default
     assert out.num_rows == expected
     assert out.column("punsafe").null_count == 1
 
-    variants.write_research_safe(str(path), roles, Settings(missing_score="drop"), str(out_path))
+    variants.write_research_safe(str(path), NONE, roles, Settings(missing_score="drop"), str(out_path))
     assert pq.read_table(out_path).num_rows == expected - 1
 
 
@@ -70,10 +73,10 @@ def test_research_safe_uses_nsfw_tag_when_there_is_no_score(tmp_path):
     )
     pq.write_table(table, tmp_path / "p.parquet")
     roles = schemas.detect(table.schema, "p")
-    variants.write_research_safe(str(tmp_path / "p.parquet"), roles, Settings(), str(tmp_path / "s.parquet"))
+    variants.write_research_safe(str(tmp_path / "p.parquet"), NONE, roles, Settings(), str(tmp_path / "s.parquet"))
     assert pq.read_table(tmp_path / "s.parquet").column("SAMPLE_ID").to_pylist() == [1, 3, 4]
     strict = Settings(unsafe_tags="NSFW,UNSURE", missing_score="drop")
-    variants.write_research_safe(str(tmp_path / "p.parquet"), roles, strict, str(tmp_path / "s.parquet"))
+    variants.write_research_safe(str(tmp_path / "p.parquet"), NONE, roles, strict, str(tmp_path / "s.parquet"))
     assert pq.read_table(tmp_path / "s.parquet").column("SAMPLE_ID").to_pylist() == [1]
 
 
@@ -84,20 +87,6 @@ def test_removing_every_row_still_writes_a_valid_empty_shard(tmp_path):
     out = pq.read_table(tmp_path / "r.parquet")
     assert out.num_rows == 0 and out.schema.equals(table.schema)
     assert stats.rows_out == 0 and len(stats.sha256) == 64
-
-
-@pytest.mark.parametrize("rows", [0, 1, 7, 5_000])
-def test_positions_in_research_map_back_to_the_shards_row_numbers(rows):
-    """research-safe records its dropped rows by shard row number (the removal list hashes those rows): the
-    mapping from research positions must equal indexing the shard's surviving row numbers."""
-    rng = np.random.default_rng(rows)
-    removed = np.unique(rng.integers(0, max(rows, 1), size=rows // 3)) if rows else np.zeros(0, np.int64)
-    research = np.setdiff1d(np.arange(rows), removed)
-    positions = np.sort(rng.choice(research.size, size=research.size // 2, replace=False))
-    assert variants.shard_rows(positions, removed).tolist() == research[positions].tolist()
-    if rows:  # every row removed but the last, and none removed
-        assert variants.shard_rows(np.array([0]), np.arange(rows - 1)).tolist() == [rows - 1]
-        assert variants.shard_rows(np.arange(rows), np.zeros(0, np.int64)).tolist() == list(range(rows))
 
 
 def test_a_variant_is_recognized_as_its_source_minus_the_dropped_rows_by_streaming_both(shard, tmp_path, monkeypatch):
@@ -134,3 +123,64 @@ def test_a_variant_is_recognized_as_its_source_minus_the_dropped_rows_by_streami
     empty = tampered(lambda t: t.slice(0, 0))
     assert variants.is_filtered_copy(empty, str(path), columns, np.arange(ROWS))
     assert not variants.is_filtered_copy(empty, str(path), columns, removed)
+
+
+@pytest.mark.parametrize("rule", [Settings(), Settings(missing_score="drop", safe_threshold=0.2)])
+def test_research_safe_written_in_researchs_pass_is_byte_for_byte_the_one_written_alone(
+    shard, tmp_path, monkeypatch, rule
+):
+    """research's pass writes research-safe too: research's rows whose score passes the rule, the same bytes
+    as research-safe written alone from the shard (the same batches, row groups cut at exact row counts
+    inside them), and the shard's row numbers of the unsafe rows it leaves out."""
+    monkeypatch.setattr(variants, "ROW_GROUP_ROWS", 50_000)  # several row groups of several pages each
+    monkeypatch.setattr(variants, "BATCH_ROWS", 30_000)
+    path, table = shard
+    roles = schemas.detect(table.schema, str(path))
+    removed = np.array([0, 5, 65_535, 65_536, 149_999])
+    safe_path = tmp_path / "s.parquet"
+    research, safe, unsafe = variants.write_research(
+        str(path), removed, str(tmp_path / "r.parquet"), (roles, rule, str(safe_path))
+    )
+    alone, alone_unsafe = variants.write_research_safe(str(path), removed, roles, rule, str(tmp_path / "s2.parquet"))
+
+    assert safe == alone and safe_path.read_bytes() == (tmp_path / "s2.parquet").read_bytes()
+    assert unsafe.tolist() == alone_unsafe.tolist()
+    assert pq.ParquetFile(safe_path).metadata.num_row_groups == -(-safe.rows_out // 50_000)
+    kept = pq.read_table(tmp_path / "r.parquet")
+    scores = kept.column("punsafe").to_pylist()
+    passes = [v <= rule.safe_threshold if v is not None else rule.missing_score == "keep" for v in scores]
+    assert pq.read_table(safe_path).equals(kept.filter(pa.array(passes)))
+    survivors = np.setdiff1d(np.arange(ROWS), removed)
+    assert unsafe.tolist() == survivors[~np.array(passes)].tolist() and research.rows_out == len(survivors)
+
+
+def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_and_its_rule_hold(tmp_path):
+    from relaion_pipeline import demo, pipeline
+
+    demo.generate(tmp_path / "in", shards=1, rows=3_000, seed=3)
+    settings = Settings.layout(tmp_path / "in", tmp_path / "out")
+    name = "joined/part-00000"
+    work = pipeline.Work(settings.work)
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, name)
+
+    def research_safe(settings: Settings, staged: bool) -> tuple[bytes, bytes, dict]:
+        pipeline.write_research(settings, name)
+        if not staged:  # research-safe written alone, from the shard
+            Path(work.staged_safe(name)[2]).unlink()
+        stats = pipeline.write_research_safe(settings, name)
+        assert not any(Path(p).exists() for p in work.staged_safe(name)), "a staged copy is used once"
+        variant, unsafe = Path(work.variant("research-safe", name)), Path(work.unsafe_rows(name))
+        return variant.read_bytes(), unsafe.read_bytes(), {k: v for k, v in stats.items() if k != "seconds"}
+
+    assert research_safe(settings, staged=True) == research_safe(settings, staged=False)
+    stricter = settings.with_(safe_threshold=0.1)  # the rule changed after research was written
+    pipeline.write_research(settings, name)
+    stats = pipeline.write_research_safe(stricter, name)
+    assert research_safe(stricter, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
+    assert stats["safe_threshold"] == 0.1 and stats["rows_dropped_unsafe"] > 0
+    pipeline.write_research(settings, name)
+    Path(work.variant("research", name)).write_bytes(b"")  # research changed after it staged its copy
+    stats = pipeline.write_research_safe(settings, name)  # written alone, not the staged copy
+    assert not any(Path(p).exists() for p in work.staged_safe(name))
+    assert research_safe(settings, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
