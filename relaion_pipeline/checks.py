@@ -97,43 +97,77 @@ def write_index(settings: Settings) -> str:
     return index
 
 
+def _input_rules(roles) -> list[tuple[str, str, str]]:
+    """(column, SQL condition, why) of each input rule the shard has the column for."""
+    return [(column, condition.format(c=quote(getattr(roles, role))), why)
+            for column, role, condition, why in INPUT_RULES if getattr(roles, role)]  # fmt: skip
+
+
+def input_count_columns(roles) -> dict[str, str]:
+    """SQL per count of the input check (rows breaking each rule, repeated row keys), over the shard's rows:
+    for one pass over the shard, its own or removals'."""
+    counts = {column: f"count(*) FILTER (WHERE {condition})" for column, condition, _ in _input_rules(roles)}
+    if roles.key is not None:
+        counts["duplicate_row_keys"] = f"count(*) - count(DISTINCT {quote(roles.key)})"
+    return counts
+
+
+def _input_counts(con, shard: shards.Shard, name: str, found: dict | None = None) -> dict:
+    """The input check's counts (`found`, when another pass counted them) and a few row keys of the rows
+    breaking each rule that some row breaks."""
+    roles = shards.roles(shard)
+    source = f"read_parquet({sql_string(shard.path)}, file_row_number = true)"
+    if found is None:
+        columns = ", ".join(f"{sql} AS {column}" for column, sql in input_count_columns(roles).items())
+        found = con.sql(f"SELECT {columns} FROM {source}").to_arrow_table().to_pylist()[0]
+    samples = {}
+    for column, condition, _ in _input_rules(roles):
+        if found[column]:
+            keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
+            samples[column] = [k for (k,) in keys]
+    if roles.key is not None and found["duplicate_row_keys"]:
+        keys = con.sql(
+            f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
+        ).fetchall()
+        samples["duplicate_row_keys"] = [k for (k,) in keys]
+    return {"counts": found, "samples": samples}
+
+
+def _input_key(shard: shards.Shard, name: str) -> dict:
+    """What the input check's counts depend on: the shard file, the rules and how rows are keyed."""
+    roles = shards.roles(shard)
+    return {"input": pipeline.fingerprint(shard.path), "rules": _input_rules(roles), "key": roles.key_sql(name)}
+
+
+def remember_input_counts(settings: Settings, name: str, con, found: dict) -> None:
+    """Keep the input check's counts that the removals stage made in its own pass over the shard
+    (`input_count_columns`), with their sample row keys, for the check to validate without a pass of its own."""
+    shard = shards.resolve(settings.shards, name)
+    index.remembered(
+        settings.work, name, "input-check", _input_key(shard, name), lambda: _input_counts(con, shard, name, found)
+    )
+
+
 @pipeline.locked
 def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     """The input shard: URLs present and plausible, scores in range, sizes positive, row keys unique.
 
     DuckDB counts the rows breaking each rule in one pass; GX asserts every count is zero. Failures carry a
-    few row keys of offending rows (never their values)."""
+    few row keys of offending rows (never their values). The counts hold while the shard file does: the
+    removals stage's pass over the shard makes them, or this check, and a rerun for a new list version
+    does not count them again."""
     gx = quality.expectations()
     shard = shards.resolve(settings.shards, name)
-    roles = shards.roles(shard)
-    source = f"read_parquet({sql_string(shard.path)}, file_row_number = true)"
-    rules = [(column, condition.format(c=quote(getattr(roles, role))), why)
-             for column, role, condition, why in INPUT_RULES if getattr(roles, role)]  # fmt: skip
+    rules = _input_rules(shards.roles(shard))
 
     def count() -> dict:
         con = matching.connect(settings)
         try:
-            counts = [f"count(*) FILTER (WHERE {condition}) AS {column}" for column, condition, _ in rules]
-            if roles.key is not None:
-                counts.append(f"count(*) - count(DISTINCT {quote(roles.key)}) AS duplicate_row_keys")
-            found = con.sql(f"SELECT {', '.join(counts)} FROM {source}").to_arrow_table().to_pylist()[0]
-            samples = {}
-            for column, condition, _ in rules:
-                if found[column]:
-                    keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
-                    samples[column] = [k for (k,) in keys]
-            if roles.key is not None and found["duplicate_row_keys"]:
-                keys = con.sql(
-                    f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
-                ).fetchall()
-                samples["duplicate_row_keys"] = [k for (k,) in keys]
+            return _input_counts(con, shard, name)
         finally:
             con.close()
-        return {"counts": found, "samples": samples}
 
-    # the counts hold while the shard file does: a rerun for a new list version does not count them again
-    key = {"input": pipeline.fingerprint(shard.path), "rules": rules, "key": roles.key_sql(name)}
-    remembered = index.remembered(settings.work, name, "input-check", key, count)
+    remembered = index.remembered(settings.work, name, "input-check", _input_key(shard, name), count)
     frame, samples = pd.DataFrame([remembered["counts"]]), remembered["samples"]
     why = {column: text for column, _, text in rules} | {"duplicate_row_keys": "a row key names one row"}
     expectations = [

@@ -415,11 +415,12 @@ def match_candidates(
         con.unregister("relaion_candidates")
 
 
-def shard_counts_sql(inputs: MatchInputs) -> str:
+def shard_counts_sql(inputs: MatchInputs, more: dict[str, str] | None = None) -> str:
     """One pass over the shard: rows, rows without a URL or caption (null or blank), rows whose URL has another
     scheme than http(s), and rows whose row key repeats another row's (rows minus distinct keys, as the input
-    check counts). Reading every URL and caption here also makes DuckDB reject text that is not UTF-8 in every
-    shard, not only where the keyword rule happens to read a caption."""
+    check counts); then the aggregates `more` (name: SQL) in that order. Reading every URL and caption here
+    also makes DuckDB reject text that is not UTF-8 in every shard, not only where the keyword rule happens
+    to read a caption."""
     roles = inputs.roles
     url = quote(roles.url)
     duplicates = f"count(*) - count(DISTINCT {quote(roles.key)})" if roles.key is not None else "0"
@@ -430,7 +431,7 @@ def shard_counts_sql(inputs: MatchInputs) -> str:
            count(*) FILTER (WHERE {caption} IS NULL OR trim({caption}) = '') AS without_caption,
            count(*) FILTER (WHERE regexp_matches({url}, {sql_string(OTHER_SCHEME)})
                             AND NOT regexp_matches({url}, {sql_string(HTTP_SCHEME)}, 'i')) AS other_scheme,
-           {duplicates} AS duplicate_row_keys
+           {duplicates} AS duplicate_row_keys{"".join(f", {sql} AS more_{n}" for n, sql in (more or {}).items())}
     FROM read_parquet({sql_string(inputs.shard_path)})"""
 
 

@@ -314,6 +314,39 @@ def test_input_check_counts_are_remembered_until_the_shard_changes(settings, mon
     assert checks.check_input(settings, "part")[0].success and connected == [1]
 
 
+def test_removals_counts_for_the_input_check_in_its_own_pass_exactly_as_the_check_would(settings, monkeypatch):
+    """A first removals run counts the shard once for itself and for the input check: the check then finds
+    the same counts and sample keys as its own pass makes, and validates them without reading the shard."""
+    from relaion_pipeline import index, matching
+
+    table = relaion_table(
+        [FINE_URL, " ", "http://x.example/" + "a" * 4100, FINE_URL, None],
+        keys=["a", "b", "c", "a", "d"],
+        punsafe=pa.array([0.1, 1.5, -0.2, 0.3, None], pa.float32()),
+    )
+    write_shard(settings, "part", table)
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "part")
+    record = index.beside(settings.work, "part", "input-check.json")
+    made_by_removals = json.loads(Path(record).read_text())
+    connected = []
+    original = matching.connect
+    monkeypatch.setattr(matching, "connect", lambda *a, **k: connected.append(1) or original(*a, **k))
+    outcome = checks.check_input(settings, "part")[0]
+    assert connected == [], "no pass of its own"
+    Path(record).unlink()
+    own = checks.check_input(settings, "part")[0]
+    assert connected == [1] and json.loads(Path(record).read_text()) == made_by_removals
+    failed = {f.column: (f.observed, f.sample_row_keys) for f in outcome.failures}
+    assert failed == {f.column: (f.observed, f.sample_row_keys) for f in own.failures}
+    assert failed == {
+        "url_missing": (2, ["b", "d"]),
+        "url_too_long": (1, ["c"]),
+        "punsafe_out_of_range": (2, ["b", "c"]),
+        "duplicate_row_keys": (1, ["a"]),
+    }
+
+
 # Sidecars
 
 
