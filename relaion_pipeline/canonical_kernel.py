@@ -318,19 +318,9 @@ LONGEST = 16_384  # bytes: longer URLs are left to DuckDB, so that each task's s
 
 
 @numba.njit(parallel=True, cache=True)
-def canonicalize(data, offsets, valid, hex_digits):
-    """Canonical parts of every URL data[offsets[r]:offsets[r + 1]] of a batch: the escaped bytes and, per row,
-    host, path and query start/end in them (query start -1: no query; host start -1: not decided here, or
-    a null URL) and 1 for a host that is an IP address. Row r's parts lie within out[3 * offsets[r] + r:], so rows never overlap."""
+def _canonicalize(data, offsets, valid, hex_digits, out, parts, works, segments):
+    """`canonicalize` into the given arrays (`parts` filled with -1)."""
     n = offsets.shape[0] - 1
-    longest = 1
-    for r in range(n):
-        if offsets[r + 1] - offsets[r] <= LONGEST:
-            longest = max(longest, offsets[r + 1] - offsets[r])
-    out = np.empty(3 * (offsets[n] - offsets[0]) + n + 1, np.uint8)
-    parts = np.full((n, 7), -1, np.int64)
-    works = np.empty((CHUNKS, 2, longest), np.uint8)
-    segments = np.empty((CHUNKS, longest + 1, 2), np.int64)
     for c in numba.prange(CHUNKS):
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
             if not valid[r] or offsets[r + 1] - offsets[r] > LONGEST:
@@ -340,6 +330,23 @@ def canonicalize(data, offsets, valid, hex_digits):
             h0, h1, p0, p1, q0, q1, _, is_ip = result
             parts[r, 0], parts[r, 1], parts[r, 2], parts[r, 3], parts[r, 4], parts[r, 5] = h0, h1, p0, p1, q0, q1
             parts[r, 6] = 1 if is_ip else 0
+
+
+def canonicalize(data, offsets, valid, hex_digits):
+    """Canonical parts of every URL data[offsets[r]:offsets[r + 1]] of a batch: the escaped bytes and, per row,
+    host, path and query start/end in them (query start -1: no query; host start -1: not decided here, or
+    a null URL) and 1 for a host that is an IP address. Row r's parts lie within out[3 * offsets[r] + r:], so
+    rows never overlap. The large arrays are numpy's (advised into huge pages: a batch's ~100 MB would
+    otherwise fault in 4 KiB at a time, in every batch)."""
+    n = offsets.shape[0] - 1
+    lengths = np.diff(offsets)
+    kept = lengths[lengths <= LONGEST]
+    longest = max(int(kept.max()) if kept.size else 1, 1)
+    out = np.empty(3 * (int(offsets[n]) - int(offsets[0])) + n + 1, np.uint8)
+    parts = np.full((n, 7), -1, np.int64)
+    works = np.empty((CHUNKS, 2, longest), np.uint8)
+    segments = np.empty((CHUNKS, longest + 1, 2), np.int64)
+    _canonicalize(data, offsets, valid, hex_digits, out, parts, works, segments)
     return out, parts
 
 

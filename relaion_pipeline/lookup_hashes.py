@@ -138,22 +138,21 @@ CHUNKS = 64  # tasks per batch for the two threads: rows of very different lengt
 
 
 @numba.njit(parallel=True, cache=True)
-def _entries(buf, seps, rows, parts, functions, with_md5):
-    """Index entries (rows of the result: row, scope, sha prefix, md5 prefix; a column each) of the rows
-    whose canonical parts `parts` locates in `buf` (see `_row`): counted first, then written in place."""
+def _count_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, counts):
+    """counts[r + 1] = the number of entries of row r (see `_row`), nothing hashed."""
     n = rows.shape[0]
-    # per-task scratch, allocated here: numba hoists an np.empty out of a prange loop, sharing it between threads
-    all_ends = np.empty((CHUNKS, 4), np.int64)
-    contexts = np.empty((CHUNKS, 320), np.uint8)  # an OpenSSL context (SHA256_CTX: 112 bytes) and a digest
-    counts = np.zeros(n + 1, np.int64)
     nothing = np.empty((4, 0), np.uint64)
     for c in numba.prange(CHUNKS):
         ends, context = all_ends[c], contexts[c]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
             end = _row(buf, seps, parts, r, rows[r], nothing, 0, False, functions, with_md5, ends, 0, context)
             counts[r + 1] = end
-    starts = np.cumsum(counts)
-    out = np.zeros((4, starts[n]), np.uint64)
+
+
+@numba.njit(parallel=True, cache=True)
+def _write_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, starts, out):
+    """Write the entries of every row r from out[:, starts[r]] on; False when they do not add up."""
+    n = rows.shape[0]
     written = np.zeros(n, np.int64)  # used, so that numba does not drop the loop as free of effects
     for c in numba.prange(CHUNKS):
         ends, context = all_ends[c], contexts[c]
@@ -161,7 +160,22 @@ def _entries(buf, seps, rows, parts, functions, with_md5):
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
             end = _row(buf, seps, parts, r, rows[r], out, starts[r], True, functions, with_md5, ends, ctx, digest)
             written[r] = end
-    if n and written[n - 1] != starts[n]:
+    return n == 0 or written[n - 1] == starts[n]
+
+
+def _entries(buf, seps, rows, parts, functions, with_md5) -> np.ndarray:
+    """Index entries (rows of the result: row, scope, sha prefix, md5 prefix; a column each) of the rows
+    whose canonical parts `parts` locates in `buf` (see `_row`): counted first, then written in place, into
+    an array of numpy's (advised into huge pages: ~130 MB a batch that would otherwise fault in 4 KiB at a
+    time). Per-task scratch is allocated here, not in the parallel loop, which would share it."""
+    n = rows.shape[0]
+    all_ends = np.empty((CHUNKS, 4), np.int64)
+    contexts = np.empty((CHUNKS, 320), np.uint8)  # an OpenSSL context (SHA256_CTX: 112 bytes) and a digest
+    counts = np.zeros(n + 1, np.int64)
+    _count_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, counts)
+    starts = np.cumsum(counts)
+    out = np.zeros((4, int(starts[n])), np.uint64)
+    if not _write_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, starts, out):
         raise AssertionError("lookup hashes: entries written do not add up")
     return out
 

@@ -74,9 +74,12 @@ def _batch_definition():
 
 
 def expectations():
-    """The GX expectations module, imported on first use."""
+    """The GX expectations module, imported on first use (its objects then exempt from cyclic collection)."""
     import great_expectations as gx
 
+    from relaion_pipeline import pipeline
+
+    pipeline.freeze("great_expectations")
     return gx.expectations
 
 
