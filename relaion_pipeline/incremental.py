@@ -137,7 +137,11 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
             elif (
                 inputs_changed(settings, name, chain["removals"])
                 or index.current(
-                    settings.work, name, chain["removals"]["input"], md5=_has_kind(con, current_path, "url_md5")
+                    settings.work,
+                    name,
+                    chain["removals"]["input"],
+                    md5=_has_kind(con, current_path, "url_md5"),
+                    domains=_has_kind(con, current_path, "domain"),
                 )
                 is None
             ):

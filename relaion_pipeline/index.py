@@ -42,9 +42,10 @@ def _prefix(hex_sql: str) -> str:
     return f"('0x' || left({hex_sql}, 16))::UBIGINT"
 
 
-def build_sql(inputs: matching.MatchInputs, md5: bool = True) -> str:
+def build_sql(inputs: matching.MatchInputs, md5: bool = True, domains: bool = True) -> str:
     """The query whose rows are the index of one shard (see the module docstring); without `md5`, the md5
-    column is left null (no list has `url_md5` entries: half the size, a fifth less work)."""
+    column is left null (no list has `url_md5` entries: half the size, a fifth less work); without
+    `domains`, there are no entries of scope `domain` (no list has `domain` entries: a fifth fewer)."""
     roles = inputs.roles
     scope = f"CASE e.scope WHEN 'url' THEN {URL} WHEN 'path' THEN {PATH} ELSE {HOST} END"
     return f"""
@@ -64,15 +65,18 @@ def build_sql(inputs: matching.MatchInputs, md5: bool = True) -> str:
     FROM expressions e
     UNION ALL
     SELECT row_number::UINTEGER, {DOMAIN}::UTINYINT, {_prefix("sha256(suffix)")}, NULL::UBIGINT FROM domains
+    WHERE {"true" if domains else "false"}
     UNION ALL
     SELECT s.row_number::UINTEGER, {NONE}::UTINYINT, NULL::UBIGINT, NULL::UBIGINT
     FROM classified s ANTI JOIN canonical c ON c.row_number = s.row_number
     WHERE trim(s.url) <> ''"""
 
 
-def _write_sql(con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, target: str) -> None:
+def _write_sql(
+    con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, domains: bool, target: str
+) -> None:
     options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000, USE_TMP_FILE false"
-    con.execute(f"COPY ({build_sql(inputs, md5)}) TO {sql_string(target)} ({options})")
+    con.execute(f"COPY ({build_sql(inputs, md5, domains)}) TO {sql_string(target)} ({options})")
 
 
 def _general_sql(relation: str) -> str:
@@ -85,7 +89,9 @@ def _general_sql(relation: str) -> str:
     WHERE c.row_number IS NOT NULL OR trim(s.url) <> ''"""
 
 
-def _write_compiled(con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, target: str) -> None:
+def _write_compiled(
+    con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, domains: bool, target: str
+) -> None:
     """Stream the shard's URLs, BATCH_ROWS at a time, through the compiled lookup hashes into `target`; the
     URLs the compiled canonicalization leaves are canonicalized by DuckDB on a second connection."""
     source = (
@@ -116,7 +122,7 @@ def _write_compiled(con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs
                     writer.write_table(table, row_group_size=1_000_000)
 
             for batch in con.sql(source).arrow(BATCH_ROWS):
-                table, unusable = lookup_hashes.entries(batch.column(0), batch.column(1), general, md5)
+                table, unusable = lookup_hashes.entries(batch.column(0), batch.column(1), general, md5, domains)
                 tables = [table.cast(SCHEMA)]
                 if unusable.size:
                     none = pa.nulls(unusable.size, pa.uint64())
@@ -171,16 +177,16 @@ def forget(work: str, name: str) -> None:
         storage.remove(path)
 
 
-def current(work: str, name: str, input_fingerprint: dict, md5: bool = False) -> dict | None:
+def current(work: str, name: str, input_fingerprint: dict, md5: bool = False, domains: bool = False) -> dict | None:
     """The description of the shard's index when it exists, was built from exactly this input and (with `md5`)
-    holds md5 prefixes; else None."""
+    holds md5 prefixes and (with `domains`) domain entries; else None."""
     path, meta_path = paths(work, name)
     if not storage.exists(meta_path) or not storage.exists(path):
         return None
     meta = storage.read_json(meta_path)
     if meta.get("format") != FORMAT or meta.get("input") != input_fingerprint:
         return None
-    if md5 and not meta.get("md5"):
+    if (md5 and not meta.get("md5")) or (domains and not meta.get("domains", True)):
         return None
     return meta
 
@@ -193,9 +199,12 @@ def build(
     counts: dict,
     md5: bool = True,
     compiled: bool = True,
+    domains: bool = True,
 ) -> dict:
     """Write the index of one shard (streaming, in bounded memory) and return its description, which also
-    keeps the shard's row `counts` (they hold as long as the input does). The compiled lookup hashes write it
+    keeps the shard's row `counts` (they hold as long as the input does). `md5` and `domains`: whether it
+    holds md5 prefixes and domain entries (a list without `url_md5` or `domain` entries needs neither; an
+    index without them is rebuilt for one that has such entries, see `current`). The compiled lookup hashes write it
     when OpenSSL is there (`compiled=False`: the SQL of `build_sql`, the reference they are tested against)."""
     started = time.perf_counter()
     path, meta_path = paths(work, inputs.shard_name)
@@ -204,12 +213,12 @@ def build(
     write = _write_compiled if compiled else _write_sql
     if storage.is_local(path):
         with storage.AtomicPath(path) as local:
-            write(con, inputs, md5, local)
+            write(con, inputs, md5, domains, local)
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
     else:
         with tempfile.TemporaryDirectory(prefix="relaion-index-") as scratch:
             local = os.path.join(scratch, "index.parquet")
-            write(con, inputs, md5, local)
+            write(con, inputs, md5, domains, local)
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
             storage.copy(local, path)
     meta = {
@@ -217,6 +226,7 @@ def build(
         "input": input_fingerprint,
         "counts": counts,
         "md5": md5,
+        "domains": domains,
         "built_by": "compiled" if compiled else "sql",
         "entries": entries,
         "bytes": size,

@@ -113,6 +113,8 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         expected, pairs = derived_of[row]
         if not meta.get("md5"):  # built for lists without url_md5 entries
             expected = {(scope, sha, None) for scope, sha, _ in expected}
+        if not meta.get("domains", True):  # built for lists without domain entries
+            expected = {entry for entry in expected if entry[0] != index.DOMAIN}
         if expected != entries[row]:
             mismatched.append(key)
         derived.append((key, pairs))

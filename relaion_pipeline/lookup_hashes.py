@@ -53,12 +53,13 @@ def _prefix(functions, base, context, digest, p1, n1, p2, n2, p3, n3, p4, n4):
 
 @numba.njit
 def _put(out, at, write, row, scope, functions, with_md5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4):
-    """Write entry `at` (row, scope, sha prefix, md5 prefix) when `write` (else only count it); the next `at`."""
+    """Write entry `at` into the columns `out` (row, scope, sha prefix, md5 prefix) when `write` (else only
+    count it); the next `at`."""
     if write:
-        out[0, at], out[1, at] = row, scope
-        out[2, at] = _prefix(functions, SHA, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
+        out[0][at], out[1][at] = row, scope
+        out[2][at] = _prefix(functions, SHA, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
         if with_md5 and scope != DOMAIN:
-            out[3, at] = _prefix(functions, MD5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
+            out[3][at] = _prefix(functions, MD5, ctx, digest, p1, n1, p2, n2, p3, n3, p4, n4)
     return at + 1
 
 
@@ -87,7 +88,7 @@ def _host_expressions(
 
 
 @numba.njit(inline="always")
-def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, ends, ctx, digest):
+def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, with_domains, ends, ctx, digest):
     """The entries of row r, whose parts are buf[parts[r, 0]:parts[r, 1]] (host), [2:3] (path), [4:5]
     (query; -1: none) and parts[r, 6] (1: an IP host), written from `at` on; returns the position after them.
 
@@ -108,7 +109,7 @@ def _row(buf, seps, parts, r, row, out, at, write, functions, with_md5, ends, ct
         if buf[i] == 47:  # '/'
             ends[n_ends] = i + 1
             n_ends += 1
-    domains = n_dots > 0 and not (h1 > h0 and buf[h0] == 91)  # '[': an IPv6 literal
+    domains = with_domains and n_dots > 0 and not (h1 > h0 and buf[h0] == 91)  # '[': an IPv6 literal
     first = n_dots if parts[r, 6] == 1 else max(n_dots - 5, 0)
     base = buf.ctypes.data
     if domains:
@@ -138,44 +139,52 @@ CHUNKS = 64  # tasks per batch for the two threads: rows of very different lengt
 
 
 @numba.njit(parallel=True, cache=True)
-def _count_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, counts):
+def _count_entries(buf, seps, rows, parts, functions, with_md5, with_domains, all_ends, contexts, counts):
     """counts[r + 1] = the number of entries of row r (see `_row`), nothing hashed."""
     n = rows.shape[0]
-    nothing = np.empty((4, 0), np.uint64)
+    nothing = (np.empty(0, np.uint32), np.empty(0, np.uint8), np.empty(0, np.uint64), np.empty(0, np.uint64))
     for c in numba.prange(CHUNKS):
         ends, context = all_ends[c], contexts[c]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            end = _row(buf, seps, parts, r, rows[r], nothing, 0, False, functions, with_md5, ends, 0, context)
+            end = _row(
+                buf, seps, parts, r, rows[r], nothing, 0, False, functions, with_md5, with_domains, ends, 0, context
+            )
             counts[r + 1] = end
 
 
 @numba.njit(parallel=True, cache=True)
-def _write_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, starts, out):
-    """Write the entries of every row r from out[:, starts[r]] on; False when they do not add up."""
+def _write_entries(buf, seps, rows, parts, functions, with_md5, with_domains, all_ends, contexts, starts, out):
+    """Write the entries of every row r into the columns `out` from starts[r] on; False when they do not add
+    up."""
     n = rows.shape[0]
     written = np.zeros(n, np.int64)  # used, so that numba does not drop the loop as free of effects
     for c in numba.prange(CHUNKS):
         ends, context = all_ends[c], contexts[c]
         ctx, digest = context.ctypes.data, context[256:]
         for r in range(c * n // CHUNKS, (c + 1) * n // CHUNKS):
-            end = _row(buf, seps, parts, r, rows[r], out, starts[r], True, functions, with_md5, ends, ctx, digest)
+            end = _row(
+                buf, seps, parts, r, rows[r], out, starts[r], True, functions, with_md5, with_domains, ends, ctx, digest
+            )
             written[r] = end
     return n == 0 or written[n - 1] == starts[n]
 
 
-def _entries(buf, seps, rows, parts, functions, with_md5) -> np.ndarray:
-    """Index entries (rows of the result: row, scope, sha prefix, md5 prefix; a column each) of the rows
-    whose canonical parts `parts` locates in `buf` (see `_row`): counted first, then written in place, into
-    an array of numpy's (advised into huge pages: ~130 MB a batch that would otherwise fault in 4 KiB at a
-    time). Per-task scratch is allocated here, not in the parallel loop, which would share it."""
+def _entries(buf, seps, rows, parts, functions, with_md5, with_domains=True) -> tuple[np.ndarray, ...]:
+    """Index entries (columns: row uint32, scope uint8, sha prefix, md5 prefix uint64; no md5 column's worth
+    without `with_md5`) of the rows whose canonical parts `parts` locates in `buf` (see `_row`): counted
+    first, then written in place, into arrays of numpy's (advised into huge pages: ~50-100 MB a batch that
+    would otherwise fault in 4 KiB at a time). Per-task scratch is allocated here, not in the parallel loop,
+    which would share it."""
     n = rows.shape[0]
     all_ends = np.empty((CHUNKS, 4), np.int64)
     contexts = np.empty((CHUNKS, 320), np.uint8)  # an OpenSSL context (SHA256_CTX: 112 bytes) and a digest
     counts = np.zeros(n + 1, np.int64)
-    _count_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, counts)
+    _count_entries(buf, seps, rows, parts, functions, with_md5, with_domains, all_ends, contexts, counts)
     starts = np.cumsum(counts)
-    out = np.zeros((4, int(starts[n])), np.uint64)
-    if not _write_entries(buf, seps, rows, parts, functions, with_md5, all_ends, contexts, starts, out):
+    total = int(starts[n])
+    md5 = np.zeros(total if with_md5 else 0, np.uint64)
+    out = (np.empty(total, np.uint32), np.empty(total, np.uint8), np.empty(total, np.uint64), md5)
+    if not _write_entries(buf, seps, rows, parts, functions, with_md5, with_domains, all_ends, contexts, starts, out):
         raise AssertionError("lookup hashes: entries written do not add up")
     return out
 
@@ -193,7 +202,7 @@ def _crypto() -> np.ndarray | None:
     probe = b"a.b.example/1/2.html?q=%20"
     parts = np.array([[0, 9, 9, 20, 21, 26, 0]], np.int64)
     out = _entries(np.frombuffer(probe, np.uint8).copy(), _SEPARATORS, np.zeros(1, np.uint32), parts, functions, True)
-    url = out[:, out[1] == URL][:, 0]
+    url = [column[out[1] == URL][0] for column in out]
     expected = hashlib.sha256(probe).digest()[:8], hashlib.md5(probe).digest()[:8]
     return functions if (int(url[2]).to_bytes(8, "big"), int(url[3]).to_bytes(8, "big")) == expected else None
 
@@ -209,14 +218,16 @@ def available() -> bool:
     return _functions.size > 0
 
 
-def _table(out: np.ndarray, with_md5: bool) -> pa.Table:
+def _table(out: tuple[np.ndarray, ...], with_md5: bool) -> pa.Table:
     """The index's columns of `_entries`' result (md5 null for domain entries and without `with_md5`)."""
-    scopes = out[1].astype(np.uint8)
-    md5 = pa.array(out[3], pa.uint64(), mask=scopes == DOMAIN) if with_md5 else pa.nulls(out.shape[1], pa.uint64())
-    return pa.table({"row_number": out[0].astype(np.uint32), "scope": scopes, "sha": out[2], "md5": md5})
+    rows, scopes, sha, md5 = out
+    md5 = pa.array(md5, pa.uint64(), mask=scopes == DOMAIN) if with_md5 else pa.nulls(len(rows), pa.uint64())
+    return pa.table({"row_number": rows, "scope": scopes, "sha": sha, "md5": md5})
 
 
-def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[pa.Table, np.ndarray]:
+def entries(
+    rows: np.ndarray, urls: pa.Array, general, with_md5: bool, with_domains: bool = True
+) -> tuple[pa.Table, np.ndarray]:
     """The index entries of a batch of URLs with their row numbers, and the row numbers of URLs that have no
     canonical form. `general(table of row_number, url)` canonicalizes what the kernel leaves: it returns
     row_number, host, path, query, the parts null for a URL with none (`matching.canonical_parts_sql`)."""
@@ -229,7 +240,7 @@ def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[
     decided = parts[:, 0] >= 0
     parts = parts[decided]
     with LAUNCH:
-        out = _entries(buf, _SEPARATORS, rows[decided], parts, _functions, with_md5)
+        out = _entries(buf, _SEPARATORS, rows[decided], parts, _functions, with_md5, with_domains)
     tables = [_table(out, with_md5)]
     rest = np.flatnonzero(valid & ~decided)
     unusable = np.zeros(0, np.int64)
@@ -241,11 +252,11 @@ def entries(rows: np.ndarray, urls: pa.Array, general, with_md5: bool) -> tuple[
         unusable = np.asarray(pc.filter(canonical.column("row_number"), none), dtype=np.int64)
         canonical = canonical.filter(pc.invert(none))
         if canonical.num_rows:
-            tables.append(_parts_entries(canonical, with_md5))
+            tables.append(_parts_entries(canonical, with_md5, with_domains))
     return pa.concat_tables(tables), unusable
 
 
-def _parts_entries(canonical: pa.Table, with_md5: bool) -> pa.Table:
+def _parts_entries(canonical: pa.Table, with_md5: bool, with_domains: bool) -> pa.Table:
     """Index entries of canonical parts (row_number, host, path, query), as DuckDB derived them."""
     buffers, columns = [], []
     base = 0
@@ -259,5 +270,5 @@ def _parts_entries(canonical: pa.Table, with_md5: bool) -> pa.Table:
     parts = np.stack([*columns, np.asarray(is_ip, dtype=np.int64)], axis=1)
     rows = np.asarray(canonical.column("row_number"), dtype=np.uint32)
     with LAUNCH:
-        out = _entries(np.concatenate(buffers), _SEPARATORS, rows, parts, _functions, with_md5)
+        out = _entries(np.concatenate(buffers), _SEPARATORS, rows, parts, _functions, with_md5, with_domains)
     return _table(out, with_md5)

@@ -249,8 +249,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
                 f"SELECT DISTINCT kind FROM read_parquet({matching.sql_string(blocklist_path)})"
             ).fetchall()
         }
-        md5 = "url_md5" in kinds
-        meta = index.current(settings.work, name, input_fingerprint, md5=md5)
+        md5, domains = "url_md5" in kinds, "domain" in kinds  # what the index needs to hold for this list
+        meta = index.current(settings.work, name, input_fingerprint, md5=md5, domains=domains)
         reused = meta is not None
         if meta is None:  # one pass over the shard counts its rows for this stage and for the input check
             from relaion_pipeline import checks
@@ -259,7 +259,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
             row = con.execute(matching.shard_counts_sql(inputs, more)).fetchall()[0]
             counts = dict(zip(COUNTS, row[: len(COUNTS)], strict=True))
             checks.remember_input_counts(settings, name, con, dict(zip(more, row[len(COUNTS) :], strict=True)))
-            meta = index.build(con, inputs, settings.work, input_fingerprint, counts=counts, md5=md5)
+            meta = index.build(con, inputs, settings.work, input_fingerprint, counts=counts, md5=md5, domains=domains)
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
         sidecar_rows, unmatched_keys, low_quality = (

@@ -129,6 +129,32 @@ def test_research_check_passes_on_a_correct_run(settings):
     assert no_match.statistics["audit_mismatches"] == 0
 
 
+def test_domain_entries_are_kept_only_while_a_list_has_domain_entries(settings):
+    """A list of URL hashes alone cannot match a bare host suffix: the index leaves out its domain entries (a
+    fifth of them), the research check's audit expects none, and a list version with a domain entry gets an
+    index that has them again, with the domain matched and the audit passing."""
+    pipeline.build_blocklist(settings)  # url_sha256 only
+    first = pipeline.compute_removals(settings, "good-1")
+    index_path, _ = index.paths(settings.work, "good-1")
+    scopes = pq.read_table(index_path).column("scope").to_pylist()
+    assert index.DOMAIN not in scopes and len(scopes) == first["index"]["entries"]
+    pipeline.write_research(settings, "good-1")
+    assert all(o.success for o in checks.check_research(settings, "good-1")), "the audit expects no domain entry"
+
+    folder = os.path.join(settings.blocklists, "domains")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "domain.txt"), "w") as handle:
+        handle.write("example.net\n")
+    pipeline.build_blocklist(settings)
+    second = pipeline.compute_removals(settings, "good-1")
+
+    assert second["index"]["reused"] is False, "an index without domain entries cannot match domain entries"
+    assert index.DOMAIN in pq.read_table(index_path).column("scope").to_pylist()
+    assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "domains")]
+    pipeline.write_research(settings, "good-1")
+    assert all(o.success for o in checks.check_research(settings, "good-1"))
+
+
 def test_md5_prefixes_are_kept_only_while_a_list_has_url_md5_entries(settings):
     pipeline.build_blocklist(settings)  # url_sha256 only
     first = pipeline.compute_removals(settings, "good-1")

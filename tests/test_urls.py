@@ -702,10 +702,12 @@ def test_expression_hashes_agree(con, generated):
     ]
 
 
+@pytest.mark.parametrize("domains", [True, False], ids=["domains", "no-domains"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "sql"])
-def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, monkeypatch):
+def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, domains, monkeypatch):
     """The lookup-hash index, built by the compiled kernel (OpenSSL) or by SQL, holds for every row exactly the
-    entries the reference derives in Python; the compiled build streams batches (here of 1,000 URLs)."""
+    entries the reference derives in Python (without its domain entries for lists that have none); the
+    compiled build streams batches (here of 1,000 URLs)."""
     monkeypatch.setattr(index, "BATCH_ROWS", 1000)
     values = [*generated, None, "", "   ", "http://", "/only/a/path", "http://[::1]:8080/x", "http://a.b.c.d.e.f.g/h"]
     values += [
@@ -720,11 +722,15 @@ def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, 
     shard = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": pa.array(values, pa.string()), "caption": [""] * len(values)}), shard)
     inputs = matching.MatchInputs("urls", str(shard), schemas.detect(pq.read_schema(shard), str(shard)), "", None)
-    meta = index.build(con, inputs, str(tmp_path / "work"), {"bytes": 0}, counts={}, compiled=compiled)
+    meta = index.build(con, inputs, str(tmp_path / "work"), {"bytes": 0}, counts={}, compiled=compiled, domains=domains)
     assert meta["built_by"] == ("compiled" if compiled else "sql"), "OpenSSL's libcrypto was not found"
     path, _ = index.paths(str(tmp_path / "work"), "urls")
     entries = index.entries_of(con, path, np.arange(len(values), dtype=np.int64))
-    differ = [values[row] for row in range(len(values)) if entries[row] != index.reference_entries(values[row])]
+
+    def expected(url):
+        return {e for e in index.reference_entries(url) if domains or e[0] != index.DOMAIN}
+
+    differ = [values[row] for row in range(len(values)) if entries[row] != expected(values[row])]
     assert differ == []
     assert meta["entries"] == pq.ParquetFile(path).metadata.num_rows > 10 * len(generated)
     assert entries[len(generated) + 3] == {(index.NONE, None, None)}, "a URL without a host is marked, not dropped"
