@@ -7,6 +7,7 @@ the safe threshold. Both stream the parquet file batch by batch, so memory does 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,29 @@ class VariantStats:
     sha256: str
 
 
+class _Digesting:
+    """A binary file being written, its size and sha256 taken from the bytes on their way (the file is not
+    read again to digest it)."""
+
+    def __init__(self, handle):
+        self.handle, self.size, self.digest = handle, 0, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self.handle.closed
+
+
 class _Output:
     """One variant being written: its rows go into row groups of exactly ROW_GROUP_ROWS (the last one fewer),
     each encoded on a thread of its own (pyarrow frees the GIL) while the next rows are read. It appears
@@ -51,10 +75,9 @@ class _Output:
             return self
         tmp = self._stack.enter_context(storage.AtomicPath(self.destination))
         fs, inner = storage.filesystem(tmp)
+        self._file = _Digesting(self._stack.enter_context(fs.open(inner, "wb")))
         compression = storage.PARQUET_COMPRESSION
-        self._writer = self._stack.enter_context(
-            pq.ParquetWriter(inner, self.schema, filesystem=fs, compression=compression)
-        )
+        self._writer = self._stack.enter_context(pq.ParquetWriter(self._file, self.schema, compression=compression))
         self._encoder = self._stack.enter_context(ThreadPoolExecutor(max_workers=1))
         return self
 
@@ -94,8 +117,9 @@ class _Output:
     def stats(self, rows_in: int) -> VariantStats | None:
         if self.destination is None:
             return None
-        size, digest = storage.size_and_sha256(self.destination)
-        return VariantStats(rows_in=rows_in, rows_out=self.rows, bytes=size, sha256=digest)
+        return VariantStats(
+            rows_in=rows_in, rows_out=self.rows, bytes=self._file.size, sha256=self._file.digest.hexdigest()
+        )
 
 
 Keep = Callable[[pa.RecordBatch, int], pa.Array]

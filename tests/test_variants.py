@@ -1,5 +1,6 @@
 """Published variants are drop-in replacements: same columns, types, metadata and row order as the input."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,9 @@ def test_research_safe_written_in_researchs_pass_is_byte_for_byte_the_one_writte
     alone, alone_unsafe = variants.write_research_safe(str(path), removed, roles, rule, str(tmp_path / "s2.parquet"))
 
     assert safe == alone and safe_path.read_bytes() == (tmp_path / "s2.parquet").read_bytes()
+    for stats, written in ((research, tmp_path / "r.parquet"), (safe, safe_path)):
+        data = written.read_bytes()
+        assert (stats.bytes, stats.sha256) == (len(data), hashlib.sha256(data).hexdigest()), "digested on the way"
     assert unsafe.tolist() == alone_unsafe.tolist()
     assert pq.ParquetFile(safe_path).metadata.num_row_groups == -(-safe.rows_out // 50_000)
     kept = pq.read_table(tmp_path / "r.parquet")
