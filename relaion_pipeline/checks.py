@@ -41,7 +41,13 @@ WHY = {
 
 # The input suite: (summary column, role it needs, SQL true for a row that breaks the rule, why).
 INPUT_RULES = [
-    ("url_missing", "url", "{c} IS NULL OR trim({c}) = ''", "a row without a URL cannot be matched against the lists"),
+    # url_missing: `matching.blank_sql` (empty or only spaces, as trim() = '' says), written as a format string
+    (
+        "url_missing",
+        "url",
+        r"{c} IS NULL OR regexp_full_match({c}, '\p{{Zs}}*')",
+        "a row without a URL cannot be matched against the lists",
+    ),
     ("url_too_long", "url", "length({c}) > 4096", "longer than 4096 characters is not a web image link"),
     ("punsafe_out_of_range", "punsafe", "NOT ({c} BETWEEN 0 AND 1)", "punsafe is a probability in [0, 1]"),
     ("pwatermark_out_of_range", "pwatermark", "NOT ({c} BETWEEN 0 AND 1)", "pwatermark is a probability in [0, 1]"),

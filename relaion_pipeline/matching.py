@@ -415,6 +415,13 @@ def match_candidates(
         con.unregister("relaion_candidates")
 
 
+def blank_sql(column: str) -> str:
+    """SQL: true when the text `column` is empty or only spaces, as `trim(column) = ''` says (DuckDB's trim strips
+    exactly the Unicode space separators, \\p{Zs}: tested on every code point) at half its cost (no trimmed
+    copy of every value)."""
+    return f"regexp_full_match({column}, '\\p{{Zs}}*')"
+
+
 def shard_counts_sql(inputs: MatchInputs, more: dict[str, str] | None = None) -> str:
     """One pass over the shard: rows, rows without a URL or caption (null or blank), rows whose URL has another
     scheme than http(s), and rows whose row key repeats another row's (rows minus distinct keys, as the input
@@ -427,8 +434,8 @@ def shard_counts_sql(inputs: MatchInputs, more: dict[str, str] | None = None) ->
     caption = quote(roles.caption) if roles.caption else "NULL::VARCHAR"
     return f"""
     SELECT count(*) AS rows_in,
-           count(*) FILTER (WHERE {url} IS NULL OR trim({url}) = '') AS without_url,
-           count(*) FILTER (WHERE {caption} IS NULL OR trim({caption}) = '') AS without_caption,
+           count(*) FILTER (WHERE {url} IS NULL OR {blank_sql(url)}) AS without_url,
+           count(*) FILTER (WHERE {caption} IS NULL OR {blank_sql(caption)}) AS without_caption,
            count(*) FILTER (WHERE regexp_matches({url}, {sql_string(OTHER_SCHEME)})
                             AND NOT regexp_matches({url}, {sql_string(HTTP_SCHEME)}, 'i')) AS other_scheme,
            {duplicates} AS duplicate_row_keys{"".join(f", {sql} AS more_{n}" for n, sql in (more or {}).items())}

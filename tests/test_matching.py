@@ -232,3 +232,23 @@ def test_sidecar_hashes_of_any_case_equal_list_values_as_lowered_they_would():
     ).fetchall()
     assert [(v, fast) for v, fast, _ in got] == [(v, slow) for v, _, slow in got]
     assert [fast for _, fast, _ in got][:3] == [True, True, True]
+
+
+def test_blank_text_is_what_trim_leaves_empty_for_every_code_point():
+    """The shard's counts find blank URLs and captions by a pattern, not by trimming every value: the same
+    verdict as `trim(x) = ''` for every single code point and for mixes of spaces, other whitespace,
+    letters, combining marks and zero-width characters."""
+    import itertools
+
+    con = duckdb.connect()
+    single = con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE trim(s) = '')
+        FROM (SELECT chr(i::INTEGER) AS s FROM range(1, 1114112) t(i) WHERE i < 55296 OR i > 57343)
+        WHERE (trim(s) = '') <> {matching.blank_sql("s")}"""
+    ).fetchall()
+    alphabet = [" ", "\u00a0", "\u3000", "\u2009", "a", "\t", "\u0301", "\u200b", "\u2028", "\ufeff"]
+    mixes = ["".join(p) for n in range(5) for p in itertools.product(alphabet, repeat=n)]
+    con.register("mixes", pa.table({"s": mixes}))
+    differ = con.execute(f"SELECT s FROM mixes WHERE (trim(s) = '') <> {matching.blank_sql('s')}").fetchall()
+    blank = con.execute(f"SELECT count(*) FROM mixes WHERE {matching.blank_sql('s')}").fetchall()[0][0]
+    assert single == [(0, 0)] and differ == [] and blank == 1 + 4 + 16 + 64 + 256, "the 4 spaces, up to 4 long"
