@@ -483,7 +483,13 @@ def write_research_safe(settings: Settings, name: str) -> dict:
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
     result = _take_staged_safe(work, name, research_stats["sha256"], _safe_rule(settings, roles))
-    if result is None:  # from the shard and its removals, as research's pass writes it
+    if result is None:  # from the shard and its removals, as research's pass writes it: the same ones
+        if storage.size_and_sha256(work.removals(name))[1] != research_stats["removals_sha256"]:
+            raise StageError(
+                f"shard {name!r}: its removals changed since research was written: materialize 'research' again"
+            )
+        if fingerprint(shard.path) != read_stats(settings, "removals", name)["input"]:
+            raise StageError(f"shard {name!r}: its input changed since it was matched: materialize 'removals' again")
         result, unsafe = variants.write_research_safe(
             shard.path, work.removed_rows(name), roles, settings, work.variant(RESEARCH_SAFE, name)
         )

@@ -188,3 +188,22 @@ def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_a
     stats = pipeline.write_research_safe(settings, name)  # written alone, not the staged copy
     assert not any(Path(p).exists() for p in work.staged_safe(name))
     assert research_safe(settings, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
+
+
+def test_research_safe_written_alone_refuses_removals_newer_than_research(tmp_path):
+    """Written alone, research-safe comes from the shard and its removals: only while those are the ones
+    research was written from, so that it stays research minus its unsafe rows."""
+    from relaion_pipeline import demo, pipeline
+
+    demo.generate(tmp_path / "in", shards=1, rows=2_000, seed=4)
+    settings = Settings.layout(tmp_path / "in", tmp_path / "out")
+    name = "joined/part-00000"
+    work = pipeline.Work(settings.work)
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, name)
+    pipeline.write_research(settings, name)
+    removals = pq.read_table(work.removals(name))
+    assert removals.num_rows > 1
+    pq.write_table(removals.slice(1), work.removals(name))  # a newer removals table, research not rewritten
+    with pytest.raises(pipeline.StageError, match="its removals changed since research was written"):
+        pipeline.write_research_safe(settings.with_(safe_threshold=0.2), name)  # not the staged rule
