@@ -39,13 +39,13 @@ WHY = {
 }
 
 
-# The input suite: (summary column, role it needs, SQL true for a row that breaks the rule, why).
+# The input suite: (summary column, role it needs, SQL true for a row that breaks the rule, why); the SQL is a
+# format string of the quoted column `c`, or a function of it.
 INPUT_RULES = [
-    # url_missing: `matching.blank_sql` (empty or only spaces, as trim() = '' says), written as a format string
     (
         "url_missing",
         "url",
-        r"{c} IS NULL OR regexp_full_match({c}, '\p{{Zs}}*')",
+        lambda c: f"{c} IS NULL OR {matching.blank_sql(c)}",
         "a row without a URL cannot be matched against the lists",
     ),
     ("url_too_long", "url", "length({c}) > 4096", "longer than 4096 characters is not a web image link"),
@@ -105,8 +105,10 @@ def write_index(settings: Settings) -> str:
 
 def _input_rules(roles) -> list[tuple[str, str, str]]:
     """(column, SQL condition, why) of each input rule the shard has the column for."""
-    return [(column, condition.format(c=quote(getattr(roles, role))), why)
-            for column, role, condition, why in INPUT_RULES if getattr(roles, role)]  # fmt: skip
+    rules = [(column, quote(getattr(roles, role)), condition, why)
+             for column, role, condition, why in INPUT_RULES if getattr(roles, role)]  # fmt: skip
+    return [(column, condition(c) if callable(condition) else condition.format(c=c), why)
+            for column, c, condition, why in rules]  # fmt: skip
 
 
 def input_count_columns(roles) -> dict[str, str]:
