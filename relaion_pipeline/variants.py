@@ -129,14 +129,12 @@ def filter_shard(
     source: str,
     destination: str | None,
     keep: Keep,
-    dropped: list[np.ndarray] | None = None,
     then: tuple[str, Keep, list[np.ndarray] | None] | None = None,
 ) -> VariantStats | tuple[VariantStats, VariantStats]:
     """Copy the rows of `source` for which `keep(batch, first_row_number)` is true to `destination`.
 
     The output has the source's arrow schema (with its metadata) and row order; it appears under its final
-    name only when complete. When `dropped` is a list, the positions of the rows left out are appended to it.
-    With `then` = (destination, keep, dropped), a second file of the rows the first keeps is written in the
+    name only when complete. With `then` = (destination, keep, dropped), a second file of the rows the first keeps is written in the
     same pass (`keep(kept batch, its first row's position in the first file)`, and the source positions of the
     rows it leaves out appended to its `dropped`): both files' stats are returned (None for a first file
     without a destination: its rows are only passed on).
@@ -149,8 +147,6 @@ def filter_shard(
         second = stack.enter_context(_Output(then[0], schema)) if then is not None else None
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=True):
             mask = keep(batch, rows_in)
-            if dropped is not None:
-                dropped.append(np.flatnonzero(~mask.to_numpy(zero_copy_only=False)) + rows_in)
             kept = batch.filter(mask)
             if second is not None:
                 then_mask = then[1](kept, first.rows)
