@@ -217,6 +217,17 @@ def _count_by(table, *columns: str) -> dict[str, int]:
 SIDECAR_COUNTS = 1  # bump when what `matching.sidecar_counts_sql` counts changes: remembered counts are redone
 
 
+def _shard_counts(settings: Settings, name: str, con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs) -> dict:
+    """The shard's row counts (COUNTS), from one pass that also makes the input check's (kept for it; the
+    columns its rules compare are numeric, `schemas.check_types`)."""
+    from relaion_pipeline import checks
+
+    more = checks.input_count_columns(inputs.roles)
+    row = con.execute(matching.shard_counts_sql(inputs, more)).fetchall()[0]
+    checks.remember_input_counts(settings, name, con, dict(zip(more, row[len(COUNTS) :], strict=True)))
+    return dict(zip(COUNTS, row[: len(COUNTS)], strict=True))
+
+
 @locked
 def compute_removals(settings: Settings, name: str) -> dict:
     """Match one shard against the current merged blocklist and write its removals table.
@@ -252,13 +263,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
         md5, domains = "url_md5" in kinds, "domain" in kinds  # what the index needs to hold for this list
         meta = index.current(settings.work, name, input_fingerprint, md5=md5, domains=domains)
         reused = meta is not None
-        if meta is None:  # one pass over the shard counts its rows for this stage and for the input check
-            from relaion_pipeline import checks
-
-            more = checks.input_count_columns(roles)
-            row = con.execute(matching.shard_counts_sql(inputs, more)).fetchall()[0]
-            counts = dict(zip(COUNTS, row[: len(COUNTS)], strict=True))
-            checks.remember_input_counts(settings, name, con, dict(zip(more, row[len(COUNTS) :], strict=True)))
+        if meta is None:
+            counts = _shard_counts(settings, name, con, inputs)
             meta = index.build(con, inputs, settings.work, input_fingerprint, counts=counts, md5=md5, domains=domains)
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None

@@ -101,9 +101,11 @@ def check_types(schema: pa.Schema, roles: Roles, source: str) -> None:
         kind = schema.field(column).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
             raise ShardSchemaError(f"{source}: column {column!r} ({role}) must hold strings, found {kind}")
-    for role, column in (("punsafe", roles.punsafe),):
+    for role in ("punsafe", "width", "height", "similarity", "pwatermark"):  # what the rules compare with numbers
+        column = getattr(roles, role)
         if column is None:
             continue
         kind = schema.field(column).type
-        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        numeric = pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind)
+        if not (numeric or (role != "punsafe" and pa.types.is_null(kind))):  # a column of nulls only breaks no rule
             raise ShardSchemaError(f"{source}: column {column!r} ({role}) must be numeric, found {kind}")

@@ -187,10 +187,14 @@ def test_shard_without_url_column_fails_naming_its_columns(settings):
             "column 'url' (url) must hold strings, found binary",
         ),
         ("punsafe", pa.array(["0.1", "0.9"]), "column 'punsafe' (punsafe) must be numeric, found string"),
+        ("width", pa.array(["640", "n/a"]), "column 'width' (width) must be numeric, found string"),
+        ("pwatermark", pa.array([True, False]), "column 'pwatermark' (pwatermark) must be numeric, found bool"),
     ],
 )
 def test_wrong_column_types_fail_naming_column_and_expected_type(settings, column, values, expected):
     table = relaion_table([FINE_URL, SECRET_URL])
+    if column not in table.column_names:  # a column of the input rules only
+        table = table.append_column(column, pa.array([1, 2], pa.int64()))
     path = write_shard(settings, "part", table.set_column(table.schema.get_field_index(column), column, values))
     assert fails(settings, "part", ShardSchemaError) == f"{path}: {expected}"
 
