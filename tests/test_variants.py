@@ -1,6 +1,7 @@
 """Published variants are drop-in replacements: same columns, types, metadata and row order as the input."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,13 @@ def test_research_safe_written_in_researchs_pass_is_byte_for_byte_the_one_writte
     assert unsafe.tolist() == survivors[~np.array(passes)].tolist() and research.rows_out == len(survivors)
 
 
+def _held(path: str, folder: Path) -> int:
+    """The inode of the file at `path`, kept from reuse by a hard link of its own in `folder`."""
+    held = folder / f"held-{len(list(folder.glob('held-*')))}"
+    os.link(path, held)
+    return held.stat().st_ino
+
+
 def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_and_its_rule_hold(tmp_path):
     from relaion_pipeline import demo, pipeline
 
@@ -170,22 +178,28 @@ def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_a
 
     def research_safe(settings: Settings, staged: bool) -> tuple[bytes, bytes, dict]:
         pipeline.write_research(settings, name)
+        inode = _held(work.staged_safe(name)[0], tmp_path)
         if not staged:  # research-safe written alone, from the shard
             Path(work.staged_safe(name)[2]).unlink()
         stats = pipeline.write_research_safe(settings, name)
         assert not any(Path(p).exists() for p in work.staged_safe(name)), "a staged copy is used once"
         variant, unsafe = Path(work.variant("research-safe", name)), Path(work.unsafe_rows(name))
+        assert (variant.stat().st_ino == inode) == staged, "the staged file itself is published, renamed"
         return variant.read_bytes(), unsafe.read_bytes(), {k: v for k, v in stats.items() if k != "seconds"}
 
     assert research_safe(settings, staged=True) == research_safe(settings, staged=False)
     stricter = settings.with_(safe_threshold=0.1)  # the rule changed after research was written
     pipeline.write_research(settings, name)
+    staged_inode = _held(work.staged_safe(name)[0], tmp_path)
     stats = pipeline.write_research_safe(stricter, name)
+    assert Path(work.variant("research-safe", name)).stat().st_ino != staged_inode, "written alone, not the copy"
     assert research_safe(stricter, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
     assert stats["safe_threshold"] == 0.1 and stats["rows_dropped_unsafe"] > 0
     pipeline.write_research(settings, name)
     Path(work.variant("research", name)).write_bytes(b"")  # research changed after it staged its copy
+    staged_inode = _held(work.staged_safe(name)[0], tmp_path)
     stats = pipeline.write_research_safe(settings, name)  # written alone, not the staged copy
+    assert Path(work.variant("research-safe", name)).stat().st_ino != staged_inode
     assert not any(Path(p).exists() for p in work.staged_safe(name))
     assert research_safe(settings, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
 
