@@ -166,15 +166,23 @@ def _held(path: str, folder: Path) -> int:
     return held.stat().st_ino
 
 
-def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_and_its_rule_hold(tmp_path):
+@pytest.fixture
+def matched(tmp_path):
+    """A generated shard matched against its lists: (settings, shard name, work folders)."""
     from relaion_pipeline import demo, pipeline
 
     demo.generate(tmp_path / "in", shards=1, rows=3_000, seed=3)
     settings = Settings.layout(tmp_path / "in", tmp_path / "out")
     name = "joined/part-00000"
-    work = pipeline.Work(settings.work)
     pipeline.build_blocklist(settings)
     pipeline.compute_removals(settings, name)
+    return settings, name, pipeline.Work(settings.work)
+
+
+def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_and_its_rule_hold(matched, tmp_path):
+    from relaion_pipeline import pipeline
+
+    settings, name, work = matched
 
     def research_safe(settings: Settings, staged: bool) -> tuple[bytes, bytes, dict]:
         pipeline.write_research(settings, name)
@@ -204,17 +212,12 @@ def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_a
     assert research_safe(settings, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
 
 
-def test_research_safe_written_alone_refuses_removals_newer_than_research(tmp_path):
+def test_research_safe_written_alone_refuses_removals_newer_than_research(matched):
     """Written alone, research-safe comes from the shard and its removals: only while those are the ones
     research was written from, so that it stays research minus its unsafe rows."""
-    from relaion_pipeline import demo, pipeline
+    from relaion_pipeline import pipeline
 
-    demo.generate(tmp_path / "in", shards=1, rows=2_000, seed=4)
-    settings = Settings.layout(tmp_path / "in", tmp_path / "out")
-    name = "joined/part-00000"
-    work = pipeline.Work(settings.work)
-    pipeline.build_blocklist(settings)
-    pipeline.compute_removals(settings, name)
+    settings, name, work = matched
     pipeline.write_research(settings, name)
     removals = pq.read_table(work.removals(name))
     assert removals.num_rows > 1
