@@ -34,6 +34,12 @@ PARTS = 4  # tasks per slot: each takes a quarter of the probing side, in slot o
 
 
 @numba.njit(inline="always")
+def _slot(words, i, s):
+    """The 16-bit value of slot `s` (0..15) of hash `i` of (n, 4) words."""
+    return (words[i, s // 4] >> np.uint64(16 * (3 - s % 4))) & np.uint64(0xFFFF)
+
+
+@numba.njit(inline="always")
 def _found(found_a, found_b, found_d, task, count, a, b, d):
     """Keep the pair (a, b) at distance d as the task's `count`-th, if it has room (its capacity): the count
     goes on, so that the caller sees an overflow."""
@@ -112,14 +118,13 @@ def _counting_sort(words):
     offsets = np.zeros((pdq.SLOTS, buckets + 1), np.int64)
     head = np.empty((pdq.SLOTS, n, 2), np.uint64)
     for s in numba.prange(pdq.SLOTS):
-        shift = np.uint64(16 * (3 - s % 4))
         for i in range(n):
-            offsets[s, ((words[i, s // 4] >> shift) & np.uint64(0xFFFF)) + 1] += 1
+            offsets[s, _slot(words, i, s) + 1] += 1
         for v in range(buckets):
             offsets[s, v + 1] += offsets[s, v]
         at = offsets[s, :buckets].copy()
         for i in range(n):
-            v = (words[i, s // 4] >> shift) & np.uint64(0xFFFF)
+            v = _slot(words, i, s)
             j = at[v]
             at[v] += 1
             order[s, j] = i
@@ -138,16 +143,15 @@ def _expand(words, masks):
     offsets = np.zeros((pdq.SLOTS, buckets + 1), np.int64)
     members = np.empty((pdq.SLOTS, n * k), np.int32)
     for s in numba.prange(pdq.SLOTS):
-        shift = np.uint64(16 * (3 - s % 4))
         for i in range(n):
-            v = (words[i, s // 4] >> shift) & np.uint64(0xFFFF)
+            v = _slot(words, i, s)
             for m in range(k):
                 offsets[s, (v ^ np.uint64(masks[m])) + 1] += 1
         for v in range(buckets):
             offsets[s, v + 1] += offsets[s, v]
         at = offsets[s, :buckets].copy()
         for i in range(n):
-            v = (words[i, s // 4] >> shift) & np.uint64(0xFFFF)
+            v = _slot(words, i, s)
             for m in range(k):
                 x = v ^ np.uint64(masks[m])
                 members[s, at[x]] = i
@@ -171,8 +175,7 @@ def _search_expanded(queries, offsets, members, words, limits, radius, capacity)
         for q in range(task * n // tasks, (task + 1) * n // tasks):
             q0, q1, q2, q3 = queries[q, 0], queries[q, 1], queries[q, 2], queries[q, 3]
             for s in range(pdq.SLOTS):
-                shift = np.uint64(16 * (3 - s % 4))
-                v = (queries[q, s // 4] >> shift) & np.uint64(0xFFFF)
+                v = _slot(queries, q, s)
                 for j in range(offsets[s, v], offsets[s, v + 1]):
                     e = members[s, j]
                     d = popcount(q0 ^ words[e, 0]) + popcount(q1 ^ words[e, 1])
@@ -183,10 +186,7 @@ def _search_expanded(queries, offsets, members, words, limits, radius, capacity)
                         continue
                     first = True  # not already found in an earlier slot
                     for t in range(s):
-                        u = np.uint64(16 * (3 - t % 4))
-                        a = (queries[q, t // 4] >> u) & np.uint64(0xFFFF)
-                        b = (words[e, t // 4] >> u) & np.uint64(0xFFFF)
-                        if popcount(a ^ b) <= np.uint64(radius):
+                        if popcount(_slot(queries, q, t) ^ _slot(words, e, t)) <= np.uint64(radius):
                             first = False
                             break
                     if first:
