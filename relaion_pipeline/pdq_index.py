@@ -195,6 +195,18 @@ def _search_expanded(queries, offsets, members, words, limits, radius, capacity)
     return found_q, found_e, found_d, counts
 
 
+def _with_room(search):
+    """The pairs `search(capacity)` finds (a kernel giving pairs and per-task counts), with room for them all:
+    when many near copies overflow a task's capacity, searched again with as much room as the fullest needed."""
+    capacity = CAPACITY
+    while True:
+        with LAUNCH:
+            *pairs, counts = search(capacity)
+        if counts.max() <= capacity:
+            return pairs
+        capacity = int(counts.max())
+
+
 EXPANDED_PROBES = 1 << 16  # entries x masks up to which queries read an expanded index (16 x 4 bytes each)
 CAPACITY = 16384  # matches one task holds at first (64 tasks x 16384 x 18 bytes = 19 MB); more: searched again
 
@@ -229,16 +241,22 @@ class PdqIndex:
         by_entries = len(queries) > len(self.words)
         batch = _Sorted.of(queries)
         probers, buckets = (self.entries, batch) if by_entries else (batch, self.entries)
-        capacity = CAPACITY
-        while True:
-            with LAUNCH:
-                fp, fb, fd, counts = _search(
-                    probers.words, probers.order, probers.slot_values, buckets.head, buckets.order, buckets.offsets,
-                    buckets.words, self.limits, by_entries, masks, np.uint64(reach), capacity,
-                )  # fmt: skip
-            if counts.max() <= capacity:
-                break
-            capacity = int(counts.max())  # many near copies in one batch: again, with room for all of them
+        fp, fb, fd = _with_room(
+            lambda capacity: _search(
+                probers.words,
+                probers.order,
+                probers.slot_values,
+                buckets.head,
+                buckets.order,
+                buckets.offsets,
+                buckets.words,
+                self.limits,
+                by_entries,
+                masks,
+                np.uint64(reach),
+                capacity,
+            )  # fmt: skip
+        )
         keep = fp >= 0
         fq, fe = (fb[keep], fp[keep]) if by_entries else (fp[keep], fb[keep])
         pairs = np.unique(np.stack([fq, fe, fd[keep].astype(np.int64)], axis=1), axis=0)
@@ -252,15 +270,11 @@ class PdqIndex:
             with LAUNCH:
                 self.expanded = _expand(self.words, masks)
         offsets, members = self.expanded
-        capacity = CAPACITY
-        while True:
-            with LAUNCH:
-                fq, fe, fd, counts = _search_expanded(
-                    queries, offsets, members, self.words, self.limits, np.uint64(radius), capacity
-                )
-            if counts.max() <= capacity:
-                break
-            capacity = int(counts.max())
+        fq, fe, fd = _with_room(
+            lambda capacity: _search_expanded(
+                queries, offsets, members, self.words, self.limits, np.uint64(radius), capacity
+            )
+        )
         keep = fq >= 0
         fq, fe, fd = fq[keep], fe[keep], fd[keep]
         order = np.lexsort((fe, fq))
