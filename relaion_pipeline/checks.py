@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -263,10 +264,14 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     roles = shards.roles(shard)
     con = matching.connect(settings)
     try:
-        found, audit = leaks.find(settings, con, name, shard, blocklist_path, research_path)
-        not_in_input = _rows_not_in(con, research_path, shard.path, roles, work.removed_rows(name))
+        with ThreadPoolExecutor(max_workers=1) as pool:  # research's digest and order, read while leaks are sought
+            validated = pool.submit(_validated, research_path)
+            removed = work.removed_rows(name)
+            not_in_input = matching.on_cursor(con, pool, _rows_not_in, research_path, shard.path, roles, removed)
+            found, audit = leaks.find(settings, con, name, shard, blocklist_path, research_path)
     finally:
         con.close()
+    validated, not_in_input = validated.result(), not_in_input.result()
     frame = pd.DataFrame(found, columns=["row_key", "kind", "source", "category"])
     no_match = quality.validate(
         RESEARCH_NO_MATCH,
@@ -300,7 +305,6 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
             ),
         ],
     )
-    validated = _validated(research_path)
     return [_record(settings, no_match, validated), _record(settings, rows_add_up, validated)]
 
 

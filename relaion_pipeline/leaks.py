@@ -11,6 +11,7 @@ only, never a URL.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -93,20 +94,36 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
     if meta is None:
         raise StageError(f"shard {name!r}: its lookup-hash index is missing or older than the input: rerun removals")
     index_path = index.paths(settings.work, name)[0]
-    listed = f"SELECT * FROM read_parquet({sql_string(blocklist_path)})"
-    # 1. Every published row the index ties to a URL or domain entry, confirmed by the reference implementation
-    #    (research is the input minus the rows of the removals table: check 5 and the counts check hold it to
-    #    that, so a removed candidate cannot leak and is not derived again).
-    candidates = index.candidates(con, index_path, listed)
-    removed = storage.read_table(removals, columns=["row_number"]).column("row_number").to_numpy()
-    published = np.setdiff1d(candidates, removed)
-    # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
-    #    matched against the list directly as well.
     sample = _sample_rows(name, rows_in) if rows_in else np.zeros(0, np.int64)
-    rows = _urls_of(con, shard, name, np.union1d(published, sample))
-    derived_of = {row: index.reference(url) for row, (_, url) in rows.items()}
+    rows = _urls_of(con, shard, name, sample)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # DuckDB scans the index while Python derives the sample
+        # 1. Every published row the index ties to a URL or domain entry, confirmed by the reference
+        #    implementation (research is the input minus the rows of the removals table: check 5 and the counts
+        #    check hold it to that, so a removed candidate cannot leak and is not derived again).
+        #    The rows the index names are those removals found for this index and list file, when it kept them.
+        candidates_later = matching.on_cursor(
+            con, pool, index.list_candidates, settings.work, name, blocklist_path, False
+        )
+        # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
+        #    matched against the list directly as well.
+        entries_later = matching.on_cursor(con, pool, index.entries_of, index_path, sample)
+        # 3. Image hashes through the sidecar: exact ones re-joined with the list, PDQ ones of a sample compared
+        #    with every pdq entry.
+        sidecar_path, columns = pipeline.sidecar_of(settings, shard)
+        images_later = matching.on_cursor(con, pool, _image_matches, sidecar_path, columns, blocklist_path)
+        near_later = matching.on_cursor(con, pool, _pdq_audit, name, shard, sidecar_path, columns, blocklist_path)
+        on_research = matching.on_cursor(con, pool, _research_leaks, settings, name, roles, research_path, removals)
+        derived_of = {row: index.reference(url) for row, (_, url) in rows.items()}
+        candidates = candidates_later.result()
+        removed = storage.read_table(removals, columns=["row_number"]).column("row_number").to_numpy()
+        published = np.setdiff1d(candidates, removed)
+        unsampled = np.setdiff1d(published, sample)
+        if unsampled.size:
+            more = _urls_of(con, shard, name, unsampled)
+            derived_of |= {row: index.reference(url) for row, (_, url) in more.items()}
+            rows |= more
+        entries = entries_later.result()
     derived = [(rows[row][0], derived_of[row][1]) for row in published.tolist()]
-    entries = index.entries_of(con, index_path, sample)
     mismatched = []
     for row in sample.tolist():
         key = rows[row][0]
@@ -120,20 +137,23 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         derived.append((key, pairs))
     leaks = [(key, "index-mismatch", "", "") for key in mismatched]
     matched = _reference_matches(con, blocklist_path, derived)
-    # 3. Image hashes through the sidecar.
-    sidecar_path, columns = pipeline.sidecar_of(settings, shard)
-    image_kinds = [c for c in columns if c in ("md5", "sha1", "sha256")]
-    if sidecar_path and image_kinds:
-        joins = " UNION ".join(
-            f"SELECT CAST(c.key AS VARCHAR), b.kind, b.source, b.category FROM read_parquet({sql_string(sidecar_path)}) c "
-            f"JOIN read_parquet({sql_string(blocklist_path)}) b "
-            f"ON b.kind = 'image_{column}' AND b.value = {matching.lower_hex_sql('c.' + column)}"
-            for column in image_kinds
-        )
-        matched += con.execute(joins).fetchall()
-    near, near_audited = _pdq_audit(con, name, shard, sidecar_path, columns, blocklist_path)
-    matched += near
+    matched += images_later.result() + near_later.result()[0]
     leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles)
+    leaks += on_research.result()
+    audit = {
+        "index_entries": meta["entries"],
+        "candidate_rows": int(candidates.size),
+        "rows_matched_by_reference": len({m[0] for m in matched}),
+        "audited_rows": len(sample),
+        "audit_mismatches": len(mismatched),
+        "pdq_audited_rows": near_later.result()[1],
+    }
+    return leaks, audit
+
+
+def _research_leaks(con, settings: Settings, name: str, roles, research_path: str, removals: str) -> list[tuple]:
+    """Rows of research itself that the keyword rule matches (4), and removed row keys still in it (5)."""
+    leaks = []
     # 4. The keyword rule, on the research file itself.
     pattern = matching.keyword_pattern(settings.keywords)
     unsafe = matching.unsafe_condition(roles, settings.research_threshold, settings)
@@ -149,15 +169,21 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
             f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' FROM read_parquet({sql_string(research_path)}) "
             f"WHERE CAST({quote(roles.key)} AS VARCHAR) IN (SELECT row_key FROM read_parquet({sql_string(removals)}))"
         ).fetchall()
-    audit = {
-        "index_entries": meta["entries"],
-        "candidate_rows": int(candidates.size),
-        "rows_matched_by_reference": len({m[0] for m in matched}),
-        "audited_rows": len(sample),
-        "audit_mismatches": len(mismatched),
-        "pdq_audited_rows": near_audited,
-    }
-    return leaks, audit
+    return leaks
+
+
+def _image_matches(con, sidecar_path: str | None, columns: tuple, blocklist_path: str) -> list[tuple]:
+    """(row key, kind, source, category) of every exact image hash of the sidecar that the list holds."""
+    image_kinds = [c for c in columns if c in ("md5", "sha1", "sha256")]
+    if not sidecar_path or not image_kinds:
+        return []
+    joins = " UNION ".join(
+        f"SELECT CAST(c.key AS VARCHAR), b.kind, b.source, b.category FROM read_parquet({sql_string(sidecar_path)}) c "
+        f"JOIN read_parquet({sql_string(blocklist_path)}) b "
+        f"ON b.kind = 'image_{column}' AND b.value = {matching.lower_hex_sql('c.' + column)}"
+        for column in image_kinds
+    )
+    return con.execute(joins).fetchall()
 
 
 PDQ_AUDIT_PAIRS = 100_000_000  # sidecar rows x pdq entries compared by brute force per shard (~0.1 s)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import duckdb
@@ -96,6 +98,20 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
         null_handling="special",
     )
     return con
+
+
+def on_cursor(con: duckdb.DuckDBPyConnection, pool: Executor, function: Callable, *args) -> Future:
+    """`function(cursor, *args)` run on a thread of `pool`, on a cursor of `con` of its own (one DuckDB
+    connection runs one query at a time): for a query that can run while Python works."""
+
+    def run():
+        cursor = con.cursor()
+        try:
+            return function(cursor, *args)
+        finally:
+            cursor.close()
+
+    return pool.submit(run)
 
 
 def _escape_sql(value: str) -> str:

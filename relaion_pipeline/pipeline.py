@@ -280,9 +280,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
             else (0, 0, 0)
         )
         index_path = index.paths(settings.work, name)[0]
-        candidates = index.candidates(
-            con, index_path, f"SELECT * FROM read_parquet({matching.sql_string(blocklist_path)})"
-        )
+        candidates = index.list_candidates(con, settings.work, name, blocklist_path)
         near, near_how = None, None
         if matching.near_kinds(inputs, kinds):
             from relaion_pipeline import near_matching

@@ -129,6 +129,40 @@ def test_research_check_passes_on_a_correct_run(settings):
     assert no_match.statistics["audit_mismatches"] == 0
 
 
+def test_the_research_check_reads_the_rows_removals_found_only_for_the_same_index_and_list(settings, monkeypatch):
+    """removals keeps the rows the index names for the list file beside the index; the research check reads them
+    instead of scanning the index again, but finds its own for a list version removals has not run with (and
+    then finds the row that version matches), and keeps none of its own."""
+    scans = []
+    original = index.candidates
+    monkeypatch.setattr(index, "candidates", lambda *args: scans.append(args[1]) or original(*args))
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, "good-1")
+    pipeline.write_research(settings, "good-1")
+    kept_path = index.beside(settings.work, "good-1", index.CANDIDATES)
+    assert pq.read_table(kept_path).column("row_number").to_pylist() == [1]
+    assert len(scans) == 1
+
+    no_match, _ = checks.check_research(settings, "good-1")
+    assert no_match.success and no_match.statistics["candidate_rows"] == 1
+    assert len(scans) == 1, "the check read the rows removals found"
+
+    _add_list(settings, "hrw", "later.example.net/photos/")  # a new list version matches row 2 too
+    pipeline.build_blocklist(settings)
+    kept = open(kept_path, "rb").read()
+    no_match, _ = checks.check_research(settings, "good-1")
+    assert len(scans) == 2 and not no_match.success
+    assert no_match.statistics["candidate_rows"] == 2
+    assert no_match.failures[0].sample_row_keys == ["good-1-2"]
+    assert open(kept_path, "rb").read() == kept, "the check keeps nothing"
+
+    pipeline.compute_removals(settings, "good-1")
+    pipeline.write_research(settings, "good-1")
+    assert pq.read_table(kept_path).column("row_number").to_pylist() == [1, 2]
+    no_match, _ = checks.check_research(settings, "good-1")
+    assert no_match.success and len(scans) == 3
+
+
 def test_domain_entries_are_kept_only_while_a_list_has_domain_entries(settings):
     """A list of URL hashes alone cannot match a bare host suffix: the index leaves out its domain entries (a
     fifth of them), the research check's audit expects none, and a list version with a domain entry gets an
