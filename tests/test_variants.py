@@ -224,3 +224,42 @@ def test_research_safe_written_alone_refuses_removals_newer_than_research(matche
     pq.write_table(removals.slice(1), work.removals(name))  # a newer removals table, research not rewritten
     with pytest.raises(pipeline.StageError, match="its removals changed since research was written"):
         pipeline.write_research_safe(settings.with_(safe_threshold=0.2), name)  # not the staged rule
+
+
+def test_variants_dictionary_encode_every_column_but_floating_point_ones_nested_ones_too(tmp_path):
+    """Scores are written as plain values (a dictionary of nearly as many values as rows only costs), every
+    other column, nested or not, dictionary-encoded; the rows are the shard's either way."""
+    n = 1_000
+    table = pa.table(
+        {
+            "URL": [f"http://h{i % 7}.example/{i}.jpg" for i in range(n)],
+            "tags": pa.array([["a", "b"][: i % 3] if i % 5 else None for i in range(n)], pa.list_(pa.string())),
+            "box": pa.array(
+                [{"score": i / n, "label": f"l{i % 3}"} for i in range(n)],
+                pa.struct([("score", pa.float32()), ("label", pa.string())]),
+            ),
+            "scores": pa.array([[i / n, 1 - i / n] for i in range(n)], pa.list_(pa.float64())),
+            "punsafe": pa.array(np.linspace(0, 1, n), pa.float64()),
+        }
+    )
+    source, research = tmp_path / "in.parquet", tmp_path / "research.parquet"
+    pq.write_table(table, source)
+
+    variants.write_research(str(source), np.array([3], np.int64), str(research))
+
+    kept = np.ones(n, bool)
+    kept[3] = False
+    assert pq.read_table(research).equals(table.filter(pa.array(kept)))
+    chunks = pq.ParquetFile(research).metadata.row_group(0)
+    dictionary = {
+        chunks.column(i).path_in_schema: "RLE_DICTIONARY" in chunks.column(i).encodings
+        for i in range(chunks.num_columns)
+    }
+    assert dictionary == {
+        "URL": True,
+        "tags.list.element": True,
+        "box.score": False,
+        "box.label": True,
+        "scores.list.element": False,
+        "punsafe": False,
+    }
