@@ -164,7 +164,7 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     DuckDB counts the rows breaking each rule in one pass; GX asserts every count is zero. Failures carry a
     few row keys of offending rows (never their values). The counts hold while the shard file does: the
     removals stage's pass over the shard makes them, or this check, and a rerun for a new list version
-    does not count them again."""
+    does not count them again, nor digest the file again."""
     gx = quality.expectations()
     shard = shards.resolve(settings.shards, name)
     rules = _input_rules(shards.roles(shard))
@@ -183,10 +183,15 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
         gx.ExpectColumnMaxToBeBetween(column=column, min_value=0, max_value=0, notes=why[column])
         for column in frame.columns
     ]
-    outcome = quality.validate(INPUT_WELL_FORMED, name, frame, expectations)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the shard's digest, once per input file like its counts
+        key = {"input": pipeline.fingerprint(shard.path)}
+        validated = pool.submit(
+            index.remembered, settings.work, name, "input-digest", key, lambda: _validated(shard.path)
+        )
+        outcome = quality.validate(INPUT_WELL_FORMED, name, frame, expectations)
     for failure in outcome.failures:
         failure.sample_row_keys = [str(k) for k in samples.get(failure.column, [])]
-    return [_record(settings, outcome, shard.path)]
+    return [_record(settings, outcome, validated.result())]
 
 
 def check_blocklist(settings: Settings) -> list[quality.Outcome]:
@@ -264,7 +269,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     roles = shards.roles(shard)
     con = matching.connect(settings)
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # research's digest and order, read while leaks are sought
+        with ThreadPoolExecutor(max_workers=2) as pool:  # research's digest and order, read while leaks are sought
             validated = pool.submit(_validated, research_path)
             removed = work.removed_rows(name)
             not_in_input = matching.on_cursor(con, pool, _rows_not_in, research_path, shard.path, roles, removed)
@@ -319,8 +324,15 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
     key = roles.key_sql(name)
+    removed, unsafe = work.removed_rows(name), np.zeros(0, np.int64)
+    if storage.exists(work.unsafe_rows(name)):  # else no copy is recognized: the join counts
+        unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
+    dropped = unsafe - np.searchsorted(removed, unsafe)  # research positions of the unsafe shard rows
     con = matching.connect(settings)
+    pool = ThreadPoolExecutor(max_workers=2)  # its digest and order, read while its scores are validated
     try:
+        validated = pool.submit(_validated, safe_path)
+        not_in_research = matching.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
         if roles.punsafe is not None:
             column = quote(roles.punsafe)
             frame = con.sql(
@@ -352,18 +364,11 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         else:
             frame = pd.DataFrame({"row_key": pd.Series([], dtype="str")})
             rules = [gx.ExpectTableRowCountToEqual(value=0, notes="shard has no safety score; nothing to exceed")]
+        below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
     finally:
+        pool.shutdown()
         con.close()
-    below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
-    removed, unsafe = work.removed_rows(name), np.zeros(0, np.int64)
-    if storage.exists(work.unsafe_rows(name)):  # else no copy is recognized: the join below counts
-        unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
-    dropped = unsafe - np.searchsorted(removed, unsafe)  # research positions of the unsafe shard rows
-    con = matching.connect(settings)
-    try:
-        not_in_research = _rows_not_in(con, safe_path, research_path, roles, dropped)
-    finally:
-        con.close()
+    validated, not_in_research = validated.result(), not_in_research.result()
     same_schema = shards.open_parquet(safe_path).schema_arrow.equals(
         shards.open_parquet(shard.path).schema_arrow, check_metadata=True
     )
@@ -396,7 +401,6 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             ),
         ],
     )
-    validated = _validated(safe_path)
     return [_record(settings, below, validated), _record(settings, adds_up, validated)]
 
 

@@ -145,7 +145,7 @@ def paths(work: str, name: str) -> tuple[str, str]:
     return base + ".parquet", base + ".json"
 
 
-REMEMBERED = ("sidecar", "input-check")  # what `remembered` keeps beside a shard's index
+REMEMBERED = ("sidecar", "input-check", "input-digest")  # what `remembered` keeps beside a shard's index
 NEAR_MATCHES = "pdq-matches.parquet"  # the shard's PDQ near matches, kept by `near_matching.shard_matches`
 CANDIDATES = "url-candidates.parquet"  # the rows the index names for a list file, kept by `list_candidates`
 CANDIDATES_FORMAT = 1  # bump when `candidates_sql` changes: kept candidates of an older query are found again

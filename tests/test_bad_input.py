@@ -298,8 +298,9 @@ def test_duplicate_row_keys_are_counted_warned_and_hold_the_shard_back(settings)
 
 
 def test_input_check_counts_are_remembered_until_the_shard_changes(settings, monkeypatch):
-    """The input check runs with every removals run; its counts (and sample keys) are made once per shard
-    file, validated by Great Expectations each time, and made again when the file changes."""
+    """The input check runs with every removals run; its counts (and sample keys) and the shard's digest are
+    made once per shard file, validated by Great Expectations each time, and made again when the file
+    changes."""
     import os
 
     from relaion_pipeline import matching
@@ -313,9 +314,15 @@ def test_input_check_counts_are_remembered_until_the_shard_changes(settings, mon
     again = checks.check_input(settings, "part")[0]
     assert connected == [] and [(f.column, f.observed) for f in again.failures] == [("duplicate_row_keys", 1)]
     assert again.failures[0].sample_row_keys == ["a"]
+    record = pipeline.Work(settings.work).validation(checks.INPUT_WELL_FORMED, "part")
+    digest = json.loads(Path(record).read_text())["validated_sha256"]
+    assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
     write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL, FINE_URL], keys=["a", "b", "c"]))
     os.utime(path, (1, 1))
     assert checks.check_input(settings, "part")[0].success and connected == [1]
+    validated = json.loads(Path(record).read_text())
+    assert validated["validated_sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest(), "the new file's"
+    assert validated["validated_fingerprint"] == pipeline.fingerprint(str(path))
 
 
 def test_removals_counts_for_the_input_check_in_its_own_pass_exactly_as_the_check_would(settings, monkeypatch):
