@@ -269,7 +269,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     roles = shards.roles(shard)
     con = matching.connect(settings)
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:  # research's digest and order, read while leaks are sought
+        with ThreadPoolExecutor(max_workers=1) as pool:  # research's digest and order, read while leaks are sought
             validated = pool.submit(_validated, research_path)
             removed = work.removed_rows(name)
             not_in_input = matching.on_cursor(con, pool, _rows_not_in, research_path, shard.path, roles, removed)

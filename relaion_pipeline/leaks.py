@@ -96,7 +96,7 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
     index_path = index.paths(settings.work, name)[0]
     sample = _sample_rows(name, rows_in) if rows_in else np.zeros(0, np.int64)
     rows = _urls_of(con, shard, name, sample)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # DuckDB scans the index while Python derives the sample
+    with ThreadPoolExecutor(max_workers=1) as pool:  # DuckDB scans the index while Python derives the sample
         # 1. Every published row the index ties to a URL or domain entry, confirmed by the reference
         #    implementation (research is the input minus the rows of the removals table: check 5 and the counts
         #    check hold it to that, so a removed candidate cannot leak and is not derived again).
