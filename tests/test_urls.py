@@ -719,6 +719,7 @@ def test_index_entries_agree_with_reference(con, generated, tmp_path, compiled, 
         "http://" + "a." * 2000 + "example/x",  # 2,000 dots
         "http://a.example/" + "x" * 20_000,  # longer than the compiled canonicalization takes
     ]
+    values += [f"http://b{n % 3}.example/d/" + "y" * n + "?q" for n in range(300)]  # MD5 of 1 to 5 blocks
     shard = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": pa.array(values, pa.string()), "caption": [""] * len(values)}), shard)
     inputs = matching.MatchInputs("urls", str(shard), schemas.detect(pq.read_schema(shard), str(shard)), "", None)
