@@ -72,9 +72,12 @@ def _still_published(con, matched: list[tuple], research_path: str, removals: st
     con.register("relaion_matched", table)
     try:
         if roles.key is not None:  # research's keys are filtered by the few matched ones before any hash table
+            among = matching.key_in_sql(
+                roles, matching.integer_key(research_path, roles), "SELECT row_key FROM relaion_matched"
+            )
             present = (
-                f"SELECT k FROM (SELECT CAST({quote(roles.key)} AS VARCHAR) AS k FROM "
-                f"read_parquet({sql_string(research_path)})) SEMI JOIN relaion_matched m ON m.row_key = k"
+                f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({sql_string(research_path)}) "
+                f"WHERE {among}"
             )
             return con.execute(f"SELECT * FROM relaion_matched WHERE row_key IN ({present})").fetchall()
         removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
@@ -165,9 +168,11 @@ def _research_leaks(con, settings: Settings, name: str, roles, research_path: st
         ).fetchall()
     # 5. No removed row key is still in research.
     if roles.key is not None:
+        removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
+        among = matching.key_in_sql(roles, matching.integer_key(research_path, roles), removed)
         leaks += con.execute(
-            f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' FROM read_parquet({sql_string(research_path)}) "
-            f"WHERE CAST({quote(roles.key)} AS VARCHAR) IN (SELECT row_key FROM read_parquet({sql_string(removals)}))"
+            f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' "
+            f"FROM read_parquet({sql_string(research_path)}) WHERE {among}"
         ).fetchall()
     return leaks
 

@@ -467,12 +467,22 @@ def duplicate_key_sql(inputs: MatchInputs) -> str:
     )
 
 
-def _integer_key(inputs: MatchInputs) -> bool:
-    """Whether the shard's row key column holds signed integers of up to 64 bits (row keys are their text)."""
-    if inputs.roles.key is None:
+def integer_key(path: str, roles: schemas.Roles) -> bool:
+    """Whether the row key column of the parquet file `path` (a shard or its variant) holds signed integers of
+    up to 64 bits (row keys are their text)."""
+    if roles.key is None:
         return False
-    key_type = shards.open_parquet(inputs.shard_path).schema_arrow.field(inputs.roles.key).type
-    return pa.types.is_signed_integer(key_type)
+    return pa.types.is_signed_integer(shards.open_parquet(path).schema_arrow.field(roles.key).type)
+
+
+def key_in_sql(roles: schemas.Roles, integer: bool, texts: str) -> str:
+    """SQL: true for a row whose row key's text is one of the values of `texts` (a query of one VARCHAR
+    column). With an `integer` key column (`integer_key`), the few texts that read back as a number are
+    turned into numbers instead of every row's key into text (18M keys: 0.5 s -> 0.1 s)."""
+    if integer:
+        number = "TRY_CAST(t AS BIGINT)"
+        return f"{quote(roles.key)} IN (SELECT {number} FROM ({texts}) AS texts(t) WHERE CAST({number} AS VARCHAR) = t)"
+    return f"CAST({quote(roles.key)} AS VARCHAR) IN ({texts})"
 
 
 def sidecar_counts_sql(inputs: MatchInputs) -> str:
@@ -485,7 +495,7 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
         else "false"
     )
     key, in_shard = inputs.roles.key_sql(inputs.shard_name), "CAST(key AS VARCHAR) IN (SELECT row_key FROM src)"
-    if _integer_key(inputs):  # numbers hash and compare faster than their text (18M keys: 8.0 s -> 5.8 s)
+    if integer_key(inputs.shard_path, inputs.roles):  # numbers hash faster than text (18M keys: 8.0 s -> 5.8 s)
         key, number = f"CAST({quote(inputs.roles.key)} AS BIGINT)", "TRY_CAST(CAST(key AS VARCHAR) AS BIGINT)"
         # a sidecar key is a row key when it is exactly the row key's text: a number that reads back as it is
         in_shard = f"{number} IN (SELECT row_key FROM src) AND CAST({number} AS VARCHAR) = CAST(key AS VARCHAR)"

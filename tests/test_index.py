@@ -163,6 +163,25 @@ def test_the_research_check_reads_the_rows_removals_found_only_for_the_same_inde
     assert no_match.success and len(scans) == 3
 
 
+def test_research_check_finds_a_listed_row_left_in_research_by_an_integer_row_key(settings, tmp_path):
+    """With integer row keys, research rows are found by their key's text all the same: a research file that
+    still holds the blocked row (key 11) fails the check, naming the key."""
+    shard = tmp_path / "shards" / "good-1.parquet"
+    table = pq.read_table(shard)
+    pq.write_table(table.set_column(2, "key", pa.array([10, 11, 12, 13], pa.int64())), shard)
+    pipeline.build_blocklist(settings)
+    no_match, _ = _shard_stages(settings, "good-1")
+    assert no_match.success and _removed_keys(settings, "good-1") == [("11", "iwf")]
+
+    research = pipeline.Work(settings.work).variant(pipeline.RESEARCH, "good-1")
+    pq.write_table(pq.read_table(shard), research)  # the blocked row is back
+    no_match, _ = checks.check_research(settings, "good-1")
+
+    assert not no_match.success
+    assert no_match.failures[0].sample_row_keys == ["11"]
+    assert no_match.failures[0].observed == 2, "listed by the reference's match and still a removed row key"
+
+
 def test_domain_entries_are_kept_only_while_a_list_has_domain_entries(settings):
     """A list of URL hashes alone cannot match a bare host suffix: the index leaves out its domain entries (a
     fifth of them), the research check's audit expects none, and a list version with a domain entry gets an
