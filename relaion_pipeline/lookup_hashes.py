@@ -2,13 +2,12 @@
 
 What `index.build_sql` computes in DuckDB (every lookup expression's sha256 and md5 prefix, every host
 suffix's sha256 prefix for domain lists), at a fraction of its cost: the expressions are never built as
-strings, each one is fed piece by piece (host suffix, path prefix, `?`, query) to OpenSSL's SHA-256 and MD5,
-the libcrypto that Python's own hashlib uses (SHA-NI where the CPU has it), called from a numba kernel on
-both cores. URLs are canonicalized by the compiled reference (`canonical_kernel`), but for what it leaves to
+strings, each one is fed piece by piece (host suffix, path prefix, `?`, query) to OpenSSL's SHA-256, the
+libcrypto that Python's own hashlib uses (SHA-NI where the CPU has it), called from a numba kernel on both
+cores; for MD5, the pieces are copied into lanes of 64 expressions hashed at once (see MD5_LANES). URLs are canonicalized by the compiled reference (`canonical_kernel`), but for what it leaves to
 DuckDB's `matching.canonical_parts_sql` (possible IP hosts, IPv6, URLs without a canonical form): both give
 exactly the reference parts.
 
-MD5 prefixes are computed 64 expressions at a time by vector code of their own (see MD5_LANES).
 `available()` says whether libcrypto was found and hashes correctly; without it the index is built by SQL.
 """
 
