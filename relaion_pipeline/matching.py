@@ -475,13 +475,21 @@ def integer_key(path: str, roles: schemas.Roles) -> bool:
     return pa.types.is_signed_integer(shards.open_parquet(path).schema_arrow.field(roles.key).type)
 
 
+def _key_number_sql(text: str) -> tuple[str, str]:
+    """SQL: the integer that `text` reads as, and whether it is exactly that integer's text (as `key_sql` makes
+    a row key's): '7' is 7's, but '07', '+7', ' 7', '7.0' and a number beyond 64 bits are no integer key's
+    text. Test the number first: the second is for the few rows that pass."""
+    number = f"TRY_CAST({text} AS BIGINT)"
+    return number, f"CAST({number} AS VARCHAR) = {text}"
+
+
 def key_in_sql(roles: schemas.Roles, integer: bool, texts: str) -> str:
     """SQL: true for a row whose row key's text is one of the values of `texts` (a query of one VARCHAR
-    column). With an `integer` key column (`integer_key`), the few texts that read back as a number are
-    turned into numbers instead of every row's key into text (18M keys: 0.5 s -> 0.1 s)."""
+    column). With an `integer` key column (`integer_key`), the few texts are turned into numbers instead of
+    every row's key into text (18M keys: 0.5 s -> 0.1 s)."""
     if integer:
-        number = "TRY_CAST(t AS BIGINT)"
-        return f"{quote(roles.key)} IN (SELECT {number} FROM ({texts}) AS texts(t) WHERE CAST({number} AS VARCHAR) = t)"
+        number, exact = _key_number_sql("t")
+        return f"{quote(roles.key)} IN (SELECT {number} FROM ({texts}) AS texts(t) WHERE {exact})"
     return f"CAST({quote(roles.key)} AS VARCHAR) IN ({texts})"
 
 
@@ -495,10 +503,9 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
         else "false"
     )
     key, in_shard = inputs.roles.key_sql(inputs.shard_name), "CAST(key AS VARCHAR) IN (SELECT row_key FROM src)"
-    if integer_key(inputs.shard_path, inputs.roles):  # numbers hash faster than text (18M keys: 8.0 s -> 5.8 s)
-        key, number = f"CAST({quote(inputs.roles.key)} AS BIGINT)", "TRY_CAST(CAST(key AS VARCHAR) AS BIGINT)"
-        # a sidecar key is a row key when it is exactly the row key's text: a number that reads back as it is
-        in_shard = f"{number} IN (SELECT row_key FROM src) AND CAST({number} AS VARCHAR) = CAST(key AS VARCHAR)"
+    if integer_key(inputs.shard_path, inputs.roles):  # numbers hash faster than text (18M keys: 7.2 s -> 6.4 s)
+        key, (number, exact) = f"CAST({quote(inputs.roles.key)} AS BIGINT)", _key_number_sql("CAST(key AS VARCHAR)")
+        in_shard = f"{number} IN (SELECT row_key FROM src) AND {exact}"
     return f"""
     WITH src AS (
         SELECT {key} AS row_key FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
