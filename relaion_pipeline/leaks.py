@@ -64,17 +64,16 @@ def _reference_matches(con, blocklist_path: str, derived: list[tuple[str, list[t
 _DERIVED = pa.schema([("row_key", pa.string()), ("kind", pa.string()), ("value", pa.string())])
 
 
-def _still_published(con, matched: list[tuple], research_path: str, removals: str, roles) -> list[tuple]:
+def _still_published(con, matched: list[tuple], research_path: str, removals: str, roles, integer: bool) -> list[tuple]:
     """The matches (row_key, kind, source, category) whose row is in research: by its key where the shard has
-    keys, else (positional keys) by its absence from the removals table."""
+    keys (`integer`: an integer key column, `matching.integer_key`), else (positional keys) by its absence
+    from the removals table."""
     columns = ("row_key", "kind", "source", "category")
     table = pa.table({c: pa.array([m[i] for m in matched], pa.string()) for i, c in enumerate(columns)})
     con.register("relaion_matched", table)
     try:
         if roles.key is not None:  # research's keys are filtered by the few matched ones before any hash table
-            among = matching.key_in_sql(
-                roles, matching.integer_key(research_path, roles), "SELECT row_key FROM relaion_matched"
-            )
+            among = matching.key_in_sql(roles, integer, "SELECT row_key FROM relaion_matched")
             present = (
                 f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({sql_string(research_path)}) "
                 f"WHERE {among}"
@@ -115,7 +114,10 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         sidecar_path, columns = pipeline.sidecar_of(settings, shard)
         images_later = matching.on_cursor(con, pool, _image_matches, sidecar_path, columns, blocklist_path)
         near_later = matching.on_cursor(con, pool, _pdq_audit, name, shard, sidecar_path, columns, blocklist_path)
-        on_research = matching.on_cursor(con, pool, _research_leaks, settings, name, roles, research_path, removals)
+        integer = matching.integer_key(research_path, roles)
+        on_research = matching.on_cursor(
+            con, pool, _research_leaks, settings, name, roles, research_path, removals, integer
+        )
         derived_of = {row: index.reference(url) for row, (_, url) in rows.items()}
         candidates = candidates_later.result()
         removed = storage.read_table(removals, columns=["row_number"]).column("row_number").to_numpy()
@@ -141,7 +143,7 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
     leaks = [(key, "index-mismatch", "", "") for key in mismatched]
     matched = _reference_matches(con, blocklist_path, derived)
     matched += images_later.result() + near_later.result()[0]
-    leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles)
+    leaks += _still_published(con, sorted(set(matched)), research_path, removals, roles, integer)
     leaks += on_research.result()
     audit = {
         "index_entries": meta["entries"],
@@ -154,8 +156,11 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
     return leaks, audit
 
 
-def _research_leaks(con, settings: Settings, name: str, roles, research_path: str, removals: str) -> list[tuple]:
-    """Rows of research itself that the keyword rule matches (4), and removed row keys still in it (5)."""
+def _research_leaks(
+    con, settings: Settings, name: str, roles, research_path: str, removals: str, integer: bool
+) -> list[tuple]:
+    """Rows of research itself that the keyword rule matches (4), and removed row keys still in it (5;
+    `integer`: an integer key column)."""
     leaks = []
     # 4. The keyword rule, on the research file itself.
     pattern = matching.keyword_pattern(settings.keywords)
@@ -169,7 +174,7 @@ def _research_leaks(con, settings: Settings, name: str, roles, research_path: st
     # 5. No removed row key is still in research.
     if roles.key is not None:
         removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
-        among = matching.key_in_sql(roles, matching.integer_key(research_path, roles), removed)
+        among = matching.key_in_sql(roles, integer, removed)
         leaks += con.execute(
             f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' "
             f"FROM read_parquet({sql_string(research_path)}) WHERE {among}"
