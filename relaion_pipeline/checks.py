@@ -176,7 +176,8 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
         finally:
             con.close()
 
-    remembered = index.remembered(settings.work, name, "input-check", _input_key(shard, name), count)
+    key = _input_key(shard, name)
+    remembered = index.remembered(settings.work, name, "input-check", key, count)
     frame, samples = pd.DataFrame([remembered["counts"]]), remembered["samples"]
     why = {column: text for column, _, text in rules} | {"duplicate_row_keys": "a row key names one row"}
     expectations = [
@@ -184,9 +185,9 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
         for column in frame.columns
     ]
     with ThreadPoolExecutor(max_workers=1) as pool:  # the shard's digest, once per input file like its counts
-        key = {"input": pipeline.fingerprint(shard.path)}
+        digest_key = {"input": key["input"]}
         validated = pool.submit(
-            index.remembered, settings.work, name, "input-digest", key, lambda: _validated(shard.path)
+            index.remembered, settings.work, name, "input-digest", digest_key, lambda: _validated(shard.path)
         )
         outcome = quality.validate(INPUT_WELL_FORMED, name, frame, expectations)
     for failure in outcome.failures:
