@@ -112,7 +112,9 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         # 3. Image hashes through the sidecar: exact ones re-joined with the list, PDQ ones of a sample compared
         #    with every pdq entry.
         sidecar_path, columns = pipeline.sidecar_of(settings, shard)
-        images_later = matching.on_cursor(con, pool, _image_matches, sidecar_path, columns, blocklist_path)
+        images_later = matching.on_cursor(
+            con, pool, _image_matches, settings, name, shard, sidecar_path, columns, blocklist_path
+        )
         near_later = matching.on_cursor(con, pool, _pdq_audit, name, shard, sidecar_path, columns, blocklist_path)
         integer = matching.integer_key(research_path, roles)
         on_research = matching.on_cursor(
@@ -182,18 +184,23 @@ def _research_leaks(
     return leaks
 
 
-def _image_matches(con, sidecar_path: str | None, columns: tuple, blocklist_path: str) -> list[tuple]:
-    """(row key, kind, source, category) of every exact image hash of the sidecar that the list holds."""
-    image_kinds = [c for c in columns if c in ("md5", "sha1", "sha256")]
-    if not sidecar_path or not image_kinds:
+def _image_matches(
+    con,
+    settings: Settings,
+    name: str,
+    shard: shards.Shard,
+    sidecar_path: str | None,
+    columns: tuple,
+    blocklist_path: str,
+) -> list[tuple]:
+    """(row key, kind, source, category) of every exact image hash of the sidecar that the list holds: the
+    sidecar joined with the list (`matching.image_hits`), or what removals found for this sidecar and list file
+    when it kept them (`index.list_image_hits`; the check keeps none of its own)."""
+    if not sidecar_path or not {"md5", "sha1", "sha256"} & set(columns):
         return []
-    joins = " UNION ".join(
-        f"SELECT CAST(c.key AS VARCHAR), b.kind, b.source, b.category FROM read_parquet({sql_string(sidecar_path)}) c "
-        f"JOIN read_parquet({sql_string(blocklist_path)}) b "
-        f"ON b.kind = 'image_{column}' AND b.value = {matching.lower_hex_sql('c.' + column)}"
-        for column in image_kinds
-    )
-    return con.execute(joins).fetchall()
+    inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), blocklist_path, sidecar_path, columns)
+    hits = index.list_image_hits(con, settings.work, name, inputs, None, keep=False)
+    return sorted(set(zip(*(hits.column(c).to_pylist() for c in ("key", "kind", "source", "category")), strict=True)))
 
 
 PDQ_AUDIT_PAIRS = 100_000_000  # sidecar rows x pdq entries compared by brute force per shard (~0.1 s)

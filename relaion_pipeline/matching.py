@@ -322,7 +322,7 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
                     lambda i: array_to_string(string_split(host, '.')[i:], '.')) END) AS suffix
               FROM canonical) c
         JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
-    if _image_kinds(inputs, kinds):  # exact image hash matches, found beforehand by `image_hits` (few rows)
+    if image_kinds(inputs, kinds):  # exact image hash matches, found beforehand by `image_hits` (few rows)
         selects.append(f"""
         SELECT s.row_number, s.row_key, h.kind, h.source, h.category, h.hash, 'image' AS match, NULL::SMALLINT
         FROM {IMAGE_HITS} h JOIN src s ON s.row_key = h.key""")
@@ -349,7 +349,7 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
     ORDER BY ALL"""
 
 
-def _image_kinds(inputs: MatchInputs, kinds: set[str]) -> list[str]:
+def image_kinds(inputs: MatchInputs, kinds: set[str]) -> list[str]:
     """The image-hash kinds of the list that the shard's sidecar has a column for."""
     if not inputs.sidecar_path:
         return []
@@ -365,18 +365,28 @@ def lower_hex_sql(column: str) -> str:
     return f"(CASE WHEN {upper} THEN lower({text}) ELSE {text} END)"
 
 
+def list_kinds(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> set[str]:
+    """The kinds of entries that the merged list file holds."""
+    return {k for (k,) in con.sql(f"SELECT DISTINCT kind FROM read_parquet({sql_string(blocklist_path)})").fetchall()}
+
+
+IMAGE_HITS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "kind", "source", "category", "hash")])
+
+
 def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str]) -> pa.Table:
     """(key, kind, source, category, hash) of every sidecar row whose image hash a list entry has: the sidecar
     joined with the list alone, so that only these few rows meet the shard's row keys (joining every sidecar
-    row with the shard would hold a hash table of all its keys)."""
+    row with the shard would hold a hash table of all its keys). Sorted; none without image kinds."""
+    if not image_kinds(inputs, kinds):
+        return IMAGE_HITS_SCHEMA.empty_table()
     selects = [
         f"""SELECT CAST(c.key AS VARCHAR) AS key, b.kind, b.source, b.category, b.value AS hash
         FROM read_parquet({sql_string(inputs.sidecar_path)}) c
         JOIN (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}) WHERE kind = '{kind}') b
           ON b.value = {lower_hex_sql("c." + kind.removeprefix("image_"))}"""
-        for kind in _image_kinds(inputs, kinds)
+        for kind in image_kinds(inputs, kinds)
     ]
-    return con.sql(" UNION ALL ".join(selects)).to_arrow_table()
+    return con.sql(" UNION ALL ".join(selects) + " ORDER BY ALL").to_arrow_table().cast(IMAGE_HITS_SCHEMA)
 
 
 def near_kinds(inputs: MatchInputs, kinds: set[str]) -> bool:
@@ -385,14 +395,19 @@ def near_kinds(inputs: MatchInputs, kinds: set[str]) -> bool:
 
 
 def _run(
-    con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], sql: str, near: pa.Table | None = None
+    con: duckdb.DuckDBPyConnection,
+    inputs: MatchInputs,
+    kinds: set[str],
+    sql: str,
+    near: pa.Table | None = None,
+    image: pa.Table | None = None,
 ) -> pa.Table:
-    """Run a removals query, with the shard's exact image hash matches and PDQ near matches (`near`, else
-    found here) registered first when the list has such entries."""
+    """Run a removals query, with the shard's exact image hash matches (`image`, else found here) and PDQ near
+    matches (`near`, else found here) registered first when the list has such entries."""
     registered = []
     try:
-        if _image_kinds(inputs, kinds):
-            con.register(IMAGE_HITS, image_hits(con, inputs, kinds))
+        if image_kinds(inputs, kinds):
+            con.register(IMAGE_HITS, image if image is not None else image_hits(con, inputs, kinds))
             registered.append(IMAGE_HITS)
         if near_kinds(inputs, kinds):
             if near is None:
@@ -420,13 +435,16 @@ def match_candidates(
     settings: Settings,
     candidates: pa.Array,
     near: pa.Table | None = None,
+    image: pa.Table | None = None,
 ) -> pa.Table:
     """The removals table of one shard when only the rows `candidates` (input row numbers) can match a URL or
     domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal.
-    `near`: the shard's PDQ near matches when they were found beforehand (`near_matching.shard_matches`)."""
+    `near` and `image`: the shard's PDQ near matches and exact image hash matches when they were found
+    beforehand (`near_matching.shard_matches`, `index.list_image_hits`)."""
     con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
     try:
-        return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings, "relaion_candidates"), near)
+        sql = removals_sql(inputs, kinds, settings, "relaion_candidates")
+        return _run(con, inputs, kinds, sql, near, image)
     finally:
         con.unregister("relaion_candidates")
 

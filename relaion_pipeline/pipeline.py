@@ -254,12 +254,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
     input_fingerprint = fingerprints["input"]
     con = matching.connect(settings)
     try:
-        kinds = {
-            k
-            for (k,) in con.sql(
-                f"SELECT DISTINCT kind FROM read_parquet({matching.sql_string(blocklist_path)})"
-            ).fetchall()
-        }
+        kinds = matching.list_kinds(con, blocklist_path)
         md5, domains = "url_md5" in kinds, "domain" in kinds  # what the index needs to hold for this list
         meta = index.current(settings.work, name, input_fingerprint, md5=md5, domains=domains)
         reused = meta is not None
@@ -294,7 +289,12 @@ def compute_removals(settings: Settings, name: str) -> dict:
                 },
             )
             near, near_how = near_matching.shard_matches(con, inputs, remember)
-        removals = matching.match_candidates(con, inputs, kinds, settings, candidates, near)
+        image = (
+            index.list_image_hits(con, settings.work, name, inputs, kinds)
+            if matching.image_kinds(inputs, kinds)
+            else None
+        )
+        removals = matching.match_candidates(con, inputs, kinds, settings, candidates, near, image)
         unusable = index.unusable_rows(con, index_path)
     except duckdb.Error as error:
         raise shards.unreadable(error, shard.path, sidecar_path, blocklist_path) from None

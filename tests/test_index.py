@@ -87,8 +87,8 @@ def test_research_check_finds_a_row_the_matching_query_missed(settings, monkeypa
     pipeline.build_blocklist(settings)
     original = matching.match_candidates
 
-    def forgetful(con, inputs, kinds, settings, candidates, near=None):
-        return original(con, inputs, kinds, settings, candidates, near).slice(0, 0)
+    def forgetful(*args):
+        return original(*args).slice(0, 0)
 
     monkeypatch.setattr(matching, "match_candidates", forgetful)
     no_match, rows_add_up = _shard_stages(settings, "good-2")
@@ -161,6 +161,61 @@ def test_the_research_check_reads_the_rows_removals_found_only_for_the_same_inde
     assert pq.read_table(kept_path).column("row_number").to_pylist() == [1, 2]
     no_match, _ = checks.check_research(settings, "good-1")
     assert no_match.success and len(scans) == 3
+
+
+def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_same_sidecar_and_list(
+    tmp_path, monkeypatch
+):
+    """removals keeps the sidecar rows whose image hash the list file has (keys and hashes, never a URL) beside
+    the index; a rerun with the same list and the research check read them instead of joining the sidecar with
+    the list again. For a list version removals has not run with, the check joins them itself, finds the row
+    that version matches, and keeps nothing."""
+    from relaion_pipeline import demo
+    from relaion_pipeline.settings import Settings
+
+    planted = demo.generate(tmp_path / "in", shards=1, rows=500, seed=5)
+    settings = Settings.layout(tmp_path / "in", tmp_path / "out")
+    name = "joined/part-00000"
+    joins = []
+    original = matching.image_hits
+    monkeypatch.setattr(matching, "image_hits", lambda *args: joins.append(1) or original(*args))
+    pipeline.build_blocklist(settings)
+    pipeline.compute_removals(settings, name)
+    pipeline.write_research(settings, name)
+    kept_path = index.beside(settings.work, name, index.IMAGE_HITS)
+    kept = pq.read_table(kept_path)
+    assert kept.column_names == ["key", "kind", "source", "category", "hash"]
+    image_keys = {k for kind in ("image_md5", "image_sha1", "image_sha256") for k in planted[name][kind]}
+    assert set(kept.column("key").to_pylist()) == image_keys
+    assert len(joins) == 1
+
+    no_match, _ = checks.check_research(settings, name)
+    assert no_match.success and len(joins) == 1, "the check read the hits removals found"
+    pipeline.compute_removals(settings, name)
+    assert len(joins) == 1, "a rerun with the same list read them too"
+
+    removed = set(pq.read_table(pipeline.Work(settings.work).removals(name)).column("row_key").to_pylist())
+    sidecar = pq.read_table(os.path.join(settings.sidecars, name + ".parquet"))
+    key, md5 = next(
+        (k, h)
+        for k, h in zip(sidecar.column("key").to_pylist(), sidecar.column("md5").to_pylist(), strict=True)
+        if h and k not in removed
+    )
+    os.makedirs(os.path.join(settings.blocklists, "late"))
+    with open(os.path.join(settings.blocklists, "late", "image_md5.txt"), "w") as handle:
+        handle.write(md5.upper() + "\n")  # a new list version matches one more image, in either case
+    pipeline.build_blocklist(settings)
+    kept_bytes = open(kept_path, "rb").read()
+    no_match, _ = checks.check_research(settings, name)
+    assert len(joins) == 2 and not no_match.success
+    assert no_match.failures[0].sample_row_keys == [key]
+    assert open(kept_path, "rb").read() == kept_bytes, "the check keeps nothing"
+
+    pipeline.compute_removals(settings, name)
+    pipeline.write_research(settings, name)
+    assert set(pq.read_table(kept_path).column("key").to_pylist()) == image_keys | {key}
+    no_match, _ = checks.check_research(settings, name)
+    assert no_match.success and len(joins) == 3
 
 
 def test_research_check_finds_a_listed_row_left_in_research_by_an_integer_row_key(settings, tmp_path):
