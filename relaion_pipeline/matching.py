@@ -297,7 +297,7 @@ def _src_sql(inputs: MatchInputs) -> str:
 def candidate_rows_sql(inputs: MatchInputs, candidates: str) -> str:
     """SQL: the `src` rows of `removals_sql` whose row number the relation `candidates` has. Taken beforehand,
     so that DuckDB knows how few they are: estimating a fifth of the shard, it built its hash tables of the
-    list's entries instead of these rows' lookup expressions (2 x 2M entries of a 20M-row shard's list, 300 MB).
+    list's entries instead of these rows' lookup expressions (2 x 2M entries of a 20M-row shard's list, ~200 MiB).
     """
     return f"SELECT s.* FROM ({_src_sql(inputs)}) s SEMI JOIN {candidates} k ON k.row_number = s.row_number"
 
