@@ -1,11 +1,13 @@
 """Time every stage of the pipeline on one generated shard and report peak memory.
 
-    python benchmarks/stages.py --rows 2000000 [--dir /tmp/relaion-bench]
+    python benchmarks/stages.py --rows 2000000 [--dir /tmp/relaion-bench] [--list-rows 2000000]
 
 Generates the shard with the project's own generator (once per --dir), then runs blocklist, removals,
 research (+ checks) and research-safe (+ checks) through the library, exactly as the Dagster assets do.
 The shard's lookup-hash index is deleted first, so removals builds it; a last line re-runs removals as a new
 list version would (the index is reused). Importing Great Expectations (once per process) is timed apart.
+The generator sizes the lists for the shard (10x the entries for 10x the rows); with --list-rows, shards of
+any size get the same lists, to see what the shard alone adds.
 """
 
 from __future__ import annotations
@@ -45,11 +47,14 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/relaion-bench")
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default: the pipeline's)")
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: the CPUs the process may use)")
+    parser.add_argument(
+        "--list-rows", type=int, default=None, help="size the lists' noise for shards of this many rows (default: --rows)"
+    )
     args = parser.parse_args()
-    root = Path(args.dir) / f"rows-{args.rows}"
+    root = Path(args.dir) / f"rows-{args.rows}{f'-lists-{args.list_rows}' if args.list_rows else ''}"
     if not (root / "shards").exists():
         started = time.perf_counter()
-        demo.generate(root, shards=1, rows=args.rows, seed=0)
+        demo.generate(root, shards=1, rows=args.rows, seed=0, list_rows=args.list_rows)
         print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
     limit = {"duckdb_memory_limit": args.memory_limit} if args.memory_limit else {}
     settings = Settings.layout(root, root, duckdb_threads=args.threads, **limit)

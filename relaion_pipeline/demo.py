@@ -423,8 +423,12 @@ def _matches(
     return {kind: sorted(keys) for kind, keys in found.items()}
 
 
-def generate(out: str | Path, shards: int = 4, rows: int = 5000, seed: int = 0) -> dict:
-    """Write OUT/shards/, OUT/sidecars/, OUT/blocklists/ and OUT/planted.json; return the planted dict."""
+def generate(out: str | Path, shards: int = 4, rows: int = 5000, seed: int = 0, list_rows: int | None = None) -> dict:
+    """Write OUT/shards/, OUT/sidecars/, OUT/blocklists/ and OUT/planted.json; return the planted dict.
+
+    The lists' noise (entries that match nothing) is sized for shards of `rows` rows, or of `list_rows` rows:
+    with one `list_rows`, shards of different sizes get lists of the same size (and the same noise), as a
+    shard's memory is measured apart from the lists'."""
     out = Path(out)
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing:
@@ -439,7 +443,7 @@ def generate(out: str | Path, shards: int = 4, rows: int = 5000, seed: int = 0) 
         built.append(_build_shard(out, i, rows, seed, pools, keywords, entries))
         if not full:
             built[-1].trim()
-    counts = _write_blocklists(out / "blocklists", entries, np.random.default_rng([seed, 2 * 10**6]), rows)
+    counts = _write_blocklists(out / "blocklists", entries, np.random.default_rng([seed, 2 * 10**6]), list_rows or rows)
     sets = {kind: {v for (_, k), got in entries.items() if k == kind for v, _ in got} for kind in KINDS}
     planted: dict = {"_entries": counts}
     for shard in built:

@@ -88,16 +88,22 @@ def cluster(tmp_path):
             _stop(process)
 
 
-def _dagster(env: dict, *args: str) -> None:
-    done = subprocess.run(
+def _dagster(env: dict, *args: str) -> subprocess.Popen:
+    """Start `dagster job execute` of the Celery definitions (bounded: with no worker, a run would hang)."""
+    return subprocess.Popen(
         ["timeout", "-s", "KILL", "240", str(BIN / "dagster"), "job", "execute", "-m", "assets.celery_definitions"]
         + list(args),
         env=env,
         cwd=Path(__file__).parent.parent,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
-    return done.stdout.decode() + done.stderr.decode()
+
+
+def _finished(run: subprocess.Popen) -> str:
+    output = run.communicate()[0].decode()
+    assert run.returncode == 0, output[-6000:]
+    return output
 
 
 def _tasks(logs: list[Path], state: str = "received") -> set[str]:
@@ -131,10 +137,10 @@ def test_shards_on_two_celery_workers_match_the_single_machine_run(cluster, tmp_
         env=env,
         check=True,
     )
-    _dagster(env, "-j", "blocklist_job")
-    for name in names:
-        output = _dagster(env, "-j", "shard_job", "--tags", f'{{"dagster/partition": "{name}"}}')
-        assert 'Submitting celery task for step "removals"' in output
+    _finished(_dagster(env, "-j", "blocklist_job"))
+    runs = [_dagster(env, "-j", "shard_job", "--tags", f'{{"dagster/partition": "{name}"}}') for name in names]
+    for run in runs:  # the shards' runs at once, their steps spread over the two workers
+        assert 'Submitting celery task for step "removals"' in _finished(run)
 
     received = _tasks(logs, "received")
     assert len(received) >= 3 * len(names), "every step (removals, research, research_safe) ran as a Celery task"

@@ -183,6 +183,19 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(out, tmp_path
     assert all(first[name] != second[name] for name in first if not name.endswith("source.json")), "data differs"
 
 
+def test_list_rows_gives_shards_of_any_size_the_same_lists(tmp_path):
+    def entries(folder: str) -> set[str]:
+        return set((tmp_path / folder / "blocklists" / "partner-b" / "url_md5.txt").read_text().splitlines()[1:])
+
+    demo.generate(tmp_path / "small", shards=1, rows=4000, seed=2)
+    demo.generate(tmp_path / "large", shards=1, rows=8000, seed=2)
+    demo.generate(tmp_path / "fixed", shards=1, rows=8000, seed=2, list_rows=4000)
+    small, large, fixed = entries("small"), entries("large"), entries("fixed")
+    assert len(large) > 1.8 * len(small), "the noise is sized for the shard"
+    assert len(fixed & small) > 0.9 * len(small) and len(fixed) < 1.1 * len(small), "the same noise for list_rows"
+    assert pq.read_metadata(tmp_path / "fixed" / "shards" / "joined" / "part-00000.parquet").num_rows == 8000
+
+
 def test_every_kind_is_planted_in_every_shard_that_can_hold_it(out, planted):
     assert set(planted) == {"_entries", *NAMES}
     for name in NAMES:

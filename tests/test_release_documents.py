@@ -12,14 +12,27 @@ from relaion_pipeline import demo, release
 from relaion_pipeline.settings import Settings
 
 
-def _run(tmp_path, monkeypatch, **overrides):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
-    if not (tmp_path / "in").exists():
-        demo.generate(tmp_path / "in", shards=4, rows=800, seed=11)
-    settings = Settings.layout(tmp_path / "in", tmp_path, **overrides)
-    summary = run_all(settings, progress=lambda line: None)
+def _run(root: Path, **overrides) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(root / "unused"))
+        demo.generate(root / "in", shards=4, rows=800, seed=11)
+        settings = Settings.layout(root / "in", root, **overrides)
+        summary = run_all(settings, progress=lambda line: None)
     assert summary.ok
     return Path(release.resolve(settings.release))
+
+
+# Two runs that the tests only read: one with the defaults (the removal list withheld), one that publishes it.
+@pytest.fixture(scope="module")
+def withheld(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("withheld")
+    return root, _run(root)
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("listed")
+    return root, _run(root, removal_list_max_match_share=1.0)
 
 
 def _secrets(tmp_path):
@@ -40,8 +53,8 @@ def _secrets(tmp_path):
     return out
 
 
-def test_card_and_transparency_report_count_without_revealing(tmp_path, monkeypatch):
-    published = _run(tmp_path, monkeypatch)
+def test_card_and_transparency_report_count_without_revealing(withheld):
+    tmp_path, published = withheld
     manifest = json.loads((published / "manifest.json").read_text())
     card = (published / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\n")
@@ -72,8 +85,8 @@ def test_card_and_transparency_report_count_without_revealing(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("family", ["joined", "plain", "relaion", "minimal"])
-def test_removal_list_holds_laion_hashes_of_every_row_missing_from_research_safe(tmp_path, monkeypatch, family):
-    published = _run(tmp_path, monkeypatch, removal_list_max_match_share=1.0)
+def test_removal_list_holds_laion_hashes_of_every_row_missing_from_research_safe(listed, family):
+    tmp_path, published = listed
     manifest = json.loads((published / "manifest.json").read_text())
     assert manifest["removal_list"]["published"]
     listed = set(pq.read_table(published / "removal-list.parquet").column("hash").to_pylist())
@@ -92,11 +105,11 @@ def test_removal_list_holds_laion_hashes_of_every_row_missing_from_research_safe
 
 
 @pytest.mark.parametrize("by", ["removal-list", "difference"])
-def test_clean_turns_an_old_copy_into_research_safe(tmp_path, monkeypatch, by):
+def test_clean_turns_an_old_copy_into_research_safe(listed, tmp_path, by):
     from relaion_pipeline import clean
 
-    published = _run(tmp_path, monkeypatch, removal_list_max_match_share=1.0)
-    result = clean.clean(str(tmp_path / "releases"), str(tmp_path / "in" / "shards"), str(tmp_path / "cleaned"), by=by,
+    root, published = listed
+    result = clean.clean(str(root / "releases"), str(root / "in" / "shards"), str(tmp_path / "cleaned"), by=by,
                          progress=lambda line: None)  # fmt: skip
     manifest = json.loads((published / "manifest.json").read_text())
     for name in manifest["shards"]:
@@ -109,12 +122,12 @@ def test_clean_turns_an_old_copy_into_research_safe(tmp_path, monkeypatch, by):
     )
 
 
-def test_clean_by_removal_list_explains_when_the_list_is_withheld(tmp_path, monkeypatch):
+def test_clean_by_removal_list_explains_when_the_list_is_withheld(withheld, tmp_path):
     from relaion_pipeline import clean
 
-    _run(tmp_path, monkeypatch)
+    root, _ = withheld
     with pytest.raises(
         clean.CleanError, match=r"no removal list \(rows matching a list would be .* use --by difference"
     ):
-        clean.clean(str(tmp_path / "releases"), str(tmp_path / "in" / "shards"), str(tmp_path / "out"))
+        clean.clean(str(root / "releases"), str(root / "in" / "shards"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -23,36 +23,54 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """The test server's endpoint and credentials in the environment, as a user's shell would have them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", s3_server)
+        patch.setenv("AWS_ACCESS_KEY_ID", "relaion-test")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "relaion-test-secret")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield
+
+
 @pytest.fixture
-def s3(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "relaion-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "relaion-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3(s3_env):
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(use_listings_cache=False)
     yield fs
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def test_pipeline_runs_bucket_to_bucket(s3, tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
-    planted = demo.generate(tmp_path / "in", shards=4, rows=600, seed=5)
+@pytest.fixture(scope="module")
+def bucket_run(s3_env, tmp_path_factory):
+    """One run of the whole pipeline from a bucket of inputs to buckets of work and releases, that the tests
+    below read (and one runs again)."""
+    root = tmp_path_factory.mktemp("bucket")
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3 = s3fs.S3FileSystem(use_listings_cache=False)
+    planted = demo.generate(root / "in", shards=4, rows=600, seed=5)
     for bucket in ("laion", "relaion-work", "relaion-releases"):
         s3.mkdir(bucket)
-    s3.put(str(tmp_path / "in") + "/", "laion/input/", recursive=True)
+    s3.put(str(root / "in") + "/", "laion/input/", recursive=True)
     settings = Settings(
         shards="s3://laion/input/shards",
         blocklists="s3://laion/input/blocklists",
         sidecars="s3://laion/input/sidecars",
         work="s3://relaion-work/run-1",
         release="s3://relaion-releases/re-laion",
-        dagster_home=str(tmp_path / "dagster"),
+        dagster_home=str(root / "dagster"),
     )
-    assert [s.name for s in shards.discover(settings.shards)] == sorted(k for k in planted if not k.startswith("_"))
+    discovered = [s.name for s in shards.discover(settings.shards)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(root / "unused"))
+        summary = run_all(settings, progress=lambda line: None)
+    return root, planted, settings, discovered, summary
 
-    summary = run_all(settings, progress=lambda line: None)
 
+def test_pipeline_runs_bucket_to_bucket(bucket_run, s3):
+    root, planted, settings, discovered, summary = bucket_run
+    assert discovered == sorted(k for k in planted if not k.startswith("_"))
     assert summary.ok, [s.error for s in summary.shards]
     manifest, problems = release.verify("s3://relaion-releases/re-laion")
     assert problems == []
@@ -66,31 +84,23 @@ def test_pipeline_runs_bucket_to_bucket(s3, tmp_path, monkeypatch):
         assert {r["row_key"] for r in removals} == {k for keys in kinds.values() for k in keys}
         with s3.open(f"relaion-releases/re-laion/{latest}/research/{name}.parquet", "rb") as handle:
             published = pq.read_table(handle)
-        source = pq.read_table(tmp_path / "in" / "shards" / f"{name}.parquet")
+        source = pq.read_table(root / "in" / "shards" / f"{name}.parquet")
         assert published.schema.equals(source.schema, check_metadata=True)
         assert published.num_rows == source.num_rows - len({r["row_number"] for r in removals})
-    assert not list((tmp_path / "in").glob("**/.tmp-*")), "nothing temporary left in the input"
+    assert not list((root / "in").glob("**/.tmp-*")), "nothing temporary left in the input"
 
 
-def _demo_bucket(s3, tmp_path, monkeypatch, bucket: str, **generate) -> Settings:
-    """Generate demo data, upload it to `s3://<bucket>/input/` and return settings keeping everything in the bucket."""
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
-    demo.generate(tmp_path / "in", **generate)
-    s3.mkdir(bucket)
-    s3.put(str(tmp_path / "in") + "/", f"{bucket}/input/", recursive=True)
-    return Settings.layout(f"s3://{bucket}/input", f"s3://{bucket}", dagster_home=str(tmp_path / "dagster"))
-
-
-def test_publishing_the_same_inputs_again_is_idempotent(s3, tmp_path, monkeypatch):
-    settings = _demo_bucket(s3, tmp_path, monkeypatch, "again", shards=2, rows=300, seed=6)
-    first = run_all(settings, progress=lambda line: None)
-    objects = {p: s3.info(p)["ETag"] for p in s3.find("again/releases")}
+def test_publishing_the_same_inputs_again_is_idempotent(bucket_run, s3, monkeypatch):
+    root, _, settings, _, first = bucket_run
+    monkeypatch.setenv("DAGSTER_HOME", str(root / "unused"))
+    objects = {p: s3.info(p)["ETag"] for p in s3.find("relaion-releases/re-laion")}
+    assert len(objects) > 10
     second = run_all(settings, progress=lambda line: None)
     assert first.ok and second.ok
     assert first.release["version"] == second.release["version"]
-    assert {p: s3.info(p)["ETag"] for p in s3.find("again/releases")} == objects
-    manifest = json.loads(s3.cat_file(f"again/releases/{first.release['version']}/manifest.json"))
-    assert manifest["totals"]["shards"] == 2
+    assert {p: s3.info(p)["ETag"] for p in s3.find("relaion-releases/re-laion")} == objects
+    manifest = json.loads(s3.cat_file(f"relaion-releases/re-laion/{first.release['version']}/manifest.json"))
+    assert manifest["totals"]["shards"] == 4
 
 
 def test_missing_bucket_is_a_clear_error(s3):
@@ -98,28 +108,26 @@ def test_missing_bucket_is_a_clear_error(s3):
         shards.discover("s3://no-such-bucket/shards")
 
 
-def test_clean_and_verify_work_on_the_bucket(s3, tmp_path, monkeypatch):
+def test_clean_and_verify_work_on_the_bucket(bucket_run, s3):
     from relaion_pipeline import clean
 
-    settings = _demo_bucket(s3, tmp_path, monkeypatch, "cleaning", shards=2, rows=400, seed=8)
-    assert run_all(settings, progress=lambda line: None).ok
+    settings = bucket_run[2]
     manifest, problems = release.verify(settings.release, blocklist_location=settings.blocklists)
     assert problems == []
-    clean.clean(settings.release, settings.shards, "s3://cleaning/old-copy-cleaned", by="difference",
+    clean.clean(settings.release, settings.shards, "s3://relaion-work/old-copy-cleaned", by="difference",
                 progress=lambda line: None)  # fmt: skip
     for name, entry in manifest["shards"].items():
-        cleaned = storage.read_table(f"s3://cleaning/old-copy-cleaned/{name}.parquet")
+        cleaned = storage.read_table(f"s3://relaion-work/old-copy-cleaned/{name}.parquet")
         published = storage.read_table(
-            f"s3://cleaning/releases/{manifest['version']}/{entry['files']['research-safe']['path']}"
+            f"{settings.release}/{manifest['version']}/{entry['files']['research-safe']['path']}"
         )
         assert cleaned.equals(published)
-    assert json.loads(s3.cat_file("cleaning/old-copy-cleaned/clean-report.json"))["rows_removed"] > 0
+    assert json.loads(s3.cat_file("relaion-work/old-copy-cleaned/clean-report.json"))["rows_removed"] > 0
 
 
 def test_more_than_a_thousand_shards_are_all_discovered(s3):
     s3.mkdir("many")
-    for i in range(1_050):
-        s3.pipe(f"many/shards/part-{i:05d}.parquet", b"PAR1")
+    s3.pipe({f"many/shards/part-{i:05d}.parquet": b"PAR1" for i in range(1_050)})  # uploaded concurrently
     found = shards.discover("s3://many/shards")
     assert len(found) == 1_050
     assert found[-1].name == "part-01049" and found[-1].path == "s3://many/shards/part-01049.parquet"
