@@ -48,7 +48,10 @@ def main() -> None:
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default: the pipeline's)")
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: the CPUs the process may use)")
     parser.add_argument(
-        "--list-rows", type=int, default=None, help="size the lists' noise for shards of this many rows (default: --rows)"
+        "--list-rows",
+        type=int,
+        default=None,
+        help="size the lists' noise for shards of this many rows (default: --rows)",
     )
     args = parser.parse_args()
     root = Path(args.dir) / f"rows-{args.rows}{f'-lists-{args.list_rows}' if args.list_rows else ''}"

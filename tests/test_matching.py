@@ -252,3 +252,19 @@ def test_blank_text_is_what_trim_leaves_empty_for_every_code_point():
     differ = con.execute(f"SELECT s FROM mixes WHERE (trim(s) = '') <> {matching.blank_sql('s')}").fetchall()
     blank = con.execute(f"SELECT count(*) FROM mixes WHERE {matching.blank_sql('s')}").fetchall()[0][0]
     assert single == [(0, 0)] and differ == [] and blank == 1 + 4 + 16 + 64 + 256, "the 4 spaces, up to 4 long"
+
+
+def test_local_parquet_files_are_read_without_prefetching_and_remote_ones_with_it(tmp_path):
+    """Prefetching held whole column chunks of rows that a filter skips, in memory that grew with the shard;
+    for object stores it merges many small reads into a few requests."""
+
+    def prefetching(settings: Settings) -> bool:
+        con = matching.connect(settings)
+        try:
+            return not con.sql("SELECT current_setting('disable_parquet_prefetching')").fetchall()[0][0]
+        finally:
+            con.close()
+
+    assert not prefetching(Settings.layout(tmp_path / "in", tmp_path / "out"))
+    assert prefetching(Settings.layout("s3://inputs", tmp_path / "out"))
+    assert prefetching(Settings.layout(tmp_path / "in", "s3://outputs"))
