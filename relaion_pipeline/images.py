@@ -260,7 +260,7 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
         raise ImagesError(f"{hashes}: no image hashes yet: hash the downloaded tars first")
     relative = [p[len(root.rstrip("/")) + 1 :] for p in files]
     located = {rel: storage.join(hashes, rel) for rel in relative}
-    con = matching.connect(settings.with_(sidecars=out))
+    con = matching.connect(settings.with_(sidecars=out), writes_inputs=True)
     written, shared = {}, False
     try:
         for shard in shards.discover(settings.shards):

@@ -78,8 +78,9 @@ def _canonical_udf(url_array: pa.Array) -> pa.Array:
     )
 
 
-def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the pipeline's UDF and resource limits."""
+def connect(settings: Settings | None = None, writes_inputs: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the pipeline's UDF and resource limits. Unless it `writes_inputs` (as `relaion
+    hash-images` writes sidecars), what an object store says about an input file is asked once."""
     settings = settings or Settings()
     con = duckdb.connect()
     threads = settings.threads()
@@ -97,7 +98,17 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
         # memory that grew with the shard (a scan of 2 columns: 213 MiB at 2M rows, 398 at 20M; 141 and 152
         # without) and reads of pages that a filter skips. Remote files keep it: it merges their reads.
         con.execute("SET disable_parquet_prefetching = true")
-    storage.register(con, settings.shards, settings.blocklists, settings.sidecars, settings.work)
+    merged = storage.join(settings.work, "blocklist", "blocklist-")  # merged lists, named by their content
+    storage.register(
+        con,
+        settings.shards,
+        settings.blocklists,
+        settings.sidecars,
+        settings.work,
+        unchanging=()
+        if writes_inputs
+        else (*(storage.join(inputs, "") for inputs in (settings.shards, settings.sidecars) if inputs), merged),
+    )
     con.create_function(
         "relaion_canonical",
         _canonical_udf,

@@ -9,6 +9,7 @@ import http.server
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,12 @@ class FlakyProxy(http.server.ThreadingHTTPServer):
         self.upstream, self.fail_every, self.drop_every = upstream, fail_every, drop_every
         self.lock = threading.Lock()
         self.seen = self.failed = self.dropped = 0
+        self.requests: Counter = Counter()  # (method, path) of every request
 
-    def verdict(self) -> str:
+    def verdict(self, method: str, path: str) -> str:
         with self.lock:
             self.seen += 1
+            self.requests[method, path.split("?")[0]] += 1
             if self.drop_every and self.seen % self.drop_every == 0:
                 self.dropped += 1
                 return "drop"
@@ -67,7 +70,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _any(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        verdict = self.server.verdict()
+        verdict = self.server.verdict(self.command, self.path)
         if verdict == "drop":
             self.close_connection = True
             self.connection.close()
@@ -189,3 +192,47 @@ def test_a_server_that_keeps_failing_stops_the_run_clearly(moto, tmp_path):
     assert "relaion-test-secret" not in done.stderr.decode()
     fs = s3fs.S3FileSystem(use_listings_cache=False)
     assert not fs.exists("broken/releases"), "no release is visible"
+
+
+def test_duckdb_asks_about_an_input_once_and_about_a_work_file_at_every_open(moto, tmp_path, monkeypatch):
+    """DuckDB asks the store about a file (HEAD) at every reference and every thread's open; inputs never change
+    during a run and are asked about once per connection, while a work file is seen as it is now."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from relaion_pipeline import matching
+    from relaion_pipeline.settings import Settings
+
+    (tmp_path / "in" / "shards").mkdir(parents=True)
+    pq.write_table(pa.table({"x": list(range(5000))}), tmp_path / "in" / "shards" / "s.parquet", row_group_size=1000)
+    root = _bucket(moto, tmp_path, "asked")
+    s3fs.S3FileSystem(use_listings_cache=False).pipe("asked/work/t.parquet", _parquet(3))
+    proxy = _proxy(moto, fail_every=0, drop_every=0)
+    for variable, value in _env(f"http://127.0.0.1:{proxy.server_address[1]}").items():
+        if variable.startswith("AWS_"):
+            monkeypatch.setenv(variable, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    con = matching.connect(Settings.layout(f"{root}/input", root))
+    shard, work = f"{root}/input/shards/s.parquet", f"{root}/work/t.parquet"
+    query = f"SELECT (SELECT sum(x) FROM read_parquet('{shard}')), (SELECT count(*) FROM read_parquet('{work}'))"
+    try:
+        assert con.sql(query).fetchall() == [(sum(range(5000)), 3)]
+        assert con.sql(query).fetchall() == [(sum(range(5000)), 3)]
+        s3fs.S3FileSystem(use_listings_cache=False).pipe("asked/work/t.parquet", _parquet(7))  # rewritten
+        assert con.sql(query).fetchall() == [(sum(range(5000)), 7)], "the work file as it is now"
+    finally:
+        con.close()
+        proxy.shutdown()
+    assert proxy.requests["HEAD", "/asked/input/shards/s.parquet"] == 1
+    assert proxy.requests["HEAD", "/asked/work/t.parquet"] >= 3
+
+
+def _parquet(rows: int) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"y": list(range(rows))}), sink)
+    return sink.getvalue()
