@@ -435,7 +435,7 @@ def image_rows_sql(inputs: MatchInputs, hits: str) -> str:
     """SQL: the shard's rows whose row key the image hits `hits` (a relation of `image_hits`) name, as removals
     rows (row_number, row_key, kind, source, category, hash). With an integer key column the few keys are turned
     into numbers and filter the scan itself (`key_in_sql`), instead of every row's key becoming text to meet
-    them: 0.7 s of a 20M-row rerun, and memory that grew with the shard."""
+    them (a 20M-row rerun with the same list: 2.7 s -> 1.8-2.1 s)."""
     roles = inputs.roles
     rows = f"""
         SELECT file_row_number AS row_number, {roles.key_sql(inputs.shard_name)} AS row_key

@@ -86,7 +86,7 @@ def register(con, *locations: str, unchanging: tuple[str, ...] = ()) -> None:
     """Let a DuckDB connection read the object stores among `locations` through fsspec.
 
     DuckDB asks the store about a file (a HEAD request) at every reference to it in a query and at every
-    thread's open: ~350 times per shard's stages for the merged list alone. Files under the prefixes
+    thread's open: ~160 times per shard's stages for the merged list alone. Files under the prefixes
     `unchanging` (inputs, which a run never writes, and content-addressed files) are asked about once per
     connection; every other file at every open, so that a file the stage writes is read as it is now.
     Reads of S3 objects also carry the ETag they were opened with (s3fs), so a file that did change would
