@@ -3,7 +3,7 @@
     python benchmarks/incremental.py --rows 2000000 --shards 50 [--dir /tmp/relaion-bench] [--change 1000]
 
 Runs the pipeline's stages once on one generated shard (as `stages.py` does), then lays out `--shards` shards
-that share its content by hard links (the shard, its lookup-hash index and its outputs: same bytes, same
+that share its content by hard links (the shard, its sidecar, its lookup-hash index and its outputs: same bytes, same
 fingerprint, distinct names), adds a partner list of `--change` new entries, rebuilds the blocklist and times
 `incremental.verify_untouched` over all shards. A full rerun is timed as N x the measured per-shard time.
 Asserts that no output byte of an untouched shard changed.
@@ -65,6 +65,7 @@ def main() -> None:
     names = [f"part-{i:05d}" for i in range(args.shards)]
     for name in names:
         _link(root / "shards" / f"{NAME}.parquet", bench / "shards" / f"{name}.parquet")
+        _link(root / "sidecars" / f"{NAME}.parquet", bench / "sidecars" / f"{name}.parquet")
         for src, dst in zip(index.paths(one.work, NAME), index.paths(settings.work, name), strict=True):
             _link(Path(src), Path(dst))
         _link(Path(source_work.removals(NAME)), Path(work.removals(name)))
@@ -72,7 +73,7 @@ def main() -> None:
             _link(Path(source_work.variant(variant, NAME)), Path(work.variant(variant, name)))
         for stage in ("removals", "research", "research-safe"):
             stats = json.loads(Path(source_work.stats(stage, NAME)).read_text()) | {"shard": name}
-            stats["input"] = pipeline.fingerprint(str(bench / "shards" / f"{name}.parquet"))
+            stats |= pipeline.input_fingerprints(settings, name)  # the links' (the same file's)
             Path(work.stats(stage, name)).parent.mkdir(parents=True, exist_ok=True)
             Path(work.stats(stage, name)).write_text(json.dumps(stats))
     before = {name: hashlib.sha256(Path(work.variant("research", name)).read_bytes()).hexdigest() for name in names}
