@@ -318,17 +318,17 @@ def _src_sql(inputs: MatchInputs) -> str:
 FEW_CANDIDATES = 1_000  # up to this many candidate rows, the shard's scan filters on their row numbers itself
 
 
-def candidate_rows_sql(inputs: MatchInputs, candidates: str, few: list[int] | None = None) -> str:
-    """SQL: the `src` rows of `removals_sql` whose row number the relation `candidates` has. Taken beforehand,
-    so that DuckDB knows how few they are: estimating a fifth of the shard, it built its hash tables of the
-    list's entries instead of these rows' lookup expressions (2 x 2M entries of a 20M-row shard's list, ~200 MiB).
+def candidate_rows_sql(inputs: MatchInputs, candidates: str | list[int]) -> str:
+    """SQL: the `src` rows of `removals_sql` whose row number is one of `candidates`: a relation with a
+    row_number column, or the row numbers themselves (at most FEW_CANDIDATES). Taken beforehand, so that
+    DuckDB knows how few they are: estimating a fifth of the shard, it built its hash tables of the list's
+    entries instead of these rows' lookup expressions (2 x 2M entries of a 20M-row shard's list, ~200 MiB).
 
-    With `few` (those row numbers, at most FEW_CANDIDATES), the scan filters on them and reads the URLs and
-    keys of the row groups and vectors that hold one: 15 rows of a 20M-row shard, 1.2 s / 463 MiB -> 0.3 s /
-    270 MiB (a join with the relation decodes every URL). Beyond a thousand rows spread over the shard, the
-    join is faster."""
-    if few is not None:
-        listed = ", ".join(str(int(row)) for row in few) or "NULL"
+    Given the row numbers, the scan filters on them and reads the URLs and keys of the row groups and vectors
+    that hold one: 15 rows of a 20M-row shard, 1.2 s / 463 MiB -> 0.3 s / 270 MiB (a join with the relation
+    decodes every URL). Beyond a thousand rows spread over the shard, the join is faster."""
+    if isinstance(candidates, list):
+        listed = ", ".join(str(int(row)) for row in candidates) or "NULL"
         return f"SELECT * FROM ({_src_sql(inputs)}) s WHERE s.row_number IN ({listed})"
     return f"SELECT s.* FROM ({_src_sql(inputs)}) s SEMI JOIN {candidates} k ON k.row_number = s.row_number"
 
@@ -502,12 +502,15 @@ def match_candidates(
     domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal.
     `near` and `image`: the shard's PDQ near matches and exact image hash matches when they were found
     beforehand (`near_matching.shard_matches`, `index.list_image_hits`)."""
-    few = pa.array(candidates, pa.int64()).to_pylist() if len(candidates) <= FEW_CANDIDATES else None
-    con.register("relaion_candidates", pa.table({"row_number": pa.array(candidates, pa.int64())}))
-    try:
-        rows = con.sql(candidate_rows_sql(inputs, "relaion_candidates", few)).to_arrow_table()
-    finally:
-        con.unregister("relaion_candidates")
+    numbers = pa.array(candidates, pa.int64())
+    if len(numbers) <= FEW_CANDIDATES:
+        rows = con.sql(candidate_rows_sql(inputs, numbers.to_pylist())).to_arrow_table()
+    else:
+        con.register("relaion_candidates", pa.table({"row_number": numbers}))
+        try:
+            rows = con.sql(candidate_rows_sql(inputs, "relaion_candidates")).to_arrow_table()
+        finally:
+            con.unregister("relaion_candidates")
     con.register("relaion_candidate_rows", rows)
     try:
         return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings, "relaion_candidate_rows"), near, image)

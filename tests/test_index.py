@@ -163,6 +163,30 @@ def test_the_research_check_reads_the_rows_removals_found_only_for_the_same_inde
     assert no_match.success and len(scans) == 3
 
 
+@pytest.mark.parametrize("by", ["row numbers", "join"])
+def test_candidate_rows_taken_by_their_row_numbers_or_by_a_join_give_the_planted_removals(tmp_path, monkeypatch, by):
+    """Up to FEW_CANDIDATES candidate rows are filtered by row number inside the shard's scan, more by a join
+    with them: both find every planted row of every kind, and nothing else."""
+    from relaion_pipeline import demo
+    from relaion_pipeline.settings import Settings
+
+    planted = demo.generate(tmp_path / "in", shards=2, rows=400, seed=8)
+    if by == "join":
+        monkeypatch.setattr(matching, "FEW_CANDIDATES", 0)
+    taken = []
+    original = matching.candidate_rows_sql
+    monkeypatch.setattr(matching, "candidate_rows_sql", lambda i, c: taken.append(type(c)) or original(i, c))
+    settings = Settings.layout(tmp_path / "in", tmp_path / "out")
+    pipeline.build_blocklist(settings)
+    for name, kinds in planted.items():
+        if name.startswith("_"):
+            continue
+        pipeline.compute_removals(settings, name)
+        removed = {key for key, _ in _removed_keys(settings, name)}
+        assert removed == {key for keys in kinds.values() for key in keys}, name
+    assert taken == [list if by == "row numbers" else str] * 2
+
+
 def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_same_sidecar_and_list(
     tmp_path, monkeypatch
 ):
