@@ -1,7 +1,7 @@
 """An S3 server that fails: a proxy on 127.0.0.1 in front of a real S3 protocol server (moto) answers some
 requests with HTTP 500 and drops some connections without an answer. Transient failures are retried and the
 run gives the same bytes as a local one; a server that never answers well fails the run with a clear error and
-leaves no half-visible release."""
+leaves no half-visible release. The same proxy counts what DuckDB asks the server about each file."""
 
 import hashlib
 import http.client
