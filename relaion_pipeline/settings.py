@@ -47,6 +47,24 @@ def memory_cap(cgroup: str = "/sys/fs/cgroup") -> int | None:
         return None
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse(name: str, kind: type, raw: str):
+    """`raw` as a value of `kind` (bool, int, float or str); a ValueError naming `name` (a variable or flag)
+    and what was expected otherwise."""
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() in TRUE + FALSE:
+            return text.lower() in TRUE
+        raise ValueError(f"{name}={raw!r}: expected one of {', '.join(TRUE + FALSE)}")
+    try:
+        return kind(text)
+    except ValueError:
+        expected = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+        raise ValueError(f"{name}={raw!r}: expected {expected}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Locations and thresholds of a run. Locations are local paths or fsspec URLs."""
@@ -66,6 +84,9 @@ class Settings:
     removal_list_max_match_share: float = 0.01  # publish the removal list only if list matches are <= this share
     duckdb_threads: int = 0  # 0: the CPUs this process may use (affinity, capped by a cgroup CPU quota)
     duckdb_memory_limit: str = ""  # per process; "": 128MB per DuckDB thread, at least 512MB (BENCHMARKS.md)
+    # fail closed unless the operator says otherwise (each is recorded in the release's manifest and card):
+    skip_image_matching: bool = False  # True: shards without an image-hash sidecar are matched by URL only
+    allow_partial_release: bool = False  # True: publish although shards of the input failed or are held back
 
     def threads(self) -> int:
         """DuckDB's threads: the setting, or else the CPUs this process may use (`available_cpus`)."""
@@ -108,13 +129,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:
-        """Settings from `RELAION_*` variables, then `overrides` (None values ignored)."""
+        """Settings from `RELAION_*` variables, then `overrides` (None values ignored). A value that is not of
+        the setting's type fails naming the variable."""
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
-            raw = environ.get(f"RELAION_{f.name.upper()}")
+            variable = f"RELAION_{f.name.upper()}"
+            raw = environ.get(variable)
             if raw not in (None, ""):
-                values[f.name] = type(getattr(cls(), f.name))(raw)
+                values[f.name] = parse(variable, type(getattr(cls(), f.name)), raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
