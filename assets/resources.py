@@ -41,6 +41,8 @@ class RelaionSettings(dg.ConfigurableResource):
     removal_list_max_match_share: float
     duckdb_threads: int
     duckdb_memory_limit: str
+    skip_image_matching: bool
+    allow_partial_release: bool
 
     @classmethod
     def from_settings(cls, settings: Settings, s3: S3Storage | None = None) -> RelaionSettings:
