@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
-from relaion_pipeline import pipeline, shards, storage
+from relaion_pipeline import interrupts, pipeline, shards, storage
 from relaion_pipeline.release import plan as release_plan
 from relaion_pipeline.settings import Settings
 
@@ -27,7 +27,8 @@ run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
 """
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the CLI prints each failure itself
+DEBUG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # with --debug: Dagster's tracebacks too
 
 
 @dataclass
@@ -111,8 +112,15 @@ def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOu
     return outcome
 
 
-def run_all(settings: Settings, progress=print, force: bool = False) -> RunSummary:
-    """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish."""
+def run_all(settings: Settings, progress=print, force: bool = False, debug: bool = False) -> RunSummary:
+    """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish.
+    A SIGINT or SIGTERM, even one that Dagster turned into a failed step, stops it before the next step
+    (`interrupts.Interrupted`): no release is published."""
+    with interrupts.deferred():
+        return _run_all(settings, progress, force, DEBUG if debug else QUIET)
+
+
+def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> RunSummary:
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]
@@ -123,8 +131,9 @@ def run_all(settings: Settings, progress=print, force: bool = False) -> RunSumma
     progress(f"{len(found)} shards under {settings.shards} ({len(new)} new)")
 
     result = defs.resolve_job_def("blocklist_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET
+        instance=instance, raise_on_error=False, run_config=run_config
     )
+    interrupts.raise_if_signalled()
     if not result.success:
         return RunSummary(blocklist={}, shards=[], release=None, error=f"blocklist: {_failure(result)}")
     version = storage.read_json(storage.join(pipeline.Work(settings.work).blocklist_dir, "current.json"))
@@ -133,6 +142,7 @@ def run_all(settings: Settings, progress=print, force: bool = False) -> RunSumma
     shard_job = defs.resolve_job_def("shard_job")
     outcomes = []
     for index, name in enumerate(found, start=1):
+        interrupts.raise_if_signalled()
         started = time.perf_counter()
         if not force and _up_to_date(settings, name):
             outcome = _outcome(settings, name, ok=True, seconds=time.perf_counter() - started)
@@ -140,8 +150,9 @@ def run_all(settings: Settings, progress=print, force: bool = False) -> RunSumma
             progress(f"[{index}/{len(found)}] {name}: up to date for blocklist {version['version']}, skipped")
             continue
         result = shard_job.execute_in_process(
-            partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
+            partition_key=name, instance=instance, raise_on_error=False, run_config=run_config
         )
+        interrupts.raise_if_signalled()
         outcome = _outcome(settings, name, ok=result.success, seconds=time.perf_counter() - started)
         outcome.failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
         if not result.success:
@@ -160,8 +171,9 @@ def run_all(settings: Settings, progress=print, force: bool = False) -> RunSumma
             progress(line)
 
     result = defs.resolve_job_def("release_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET
+        instance=instance, raise_on_error=False, run_config=run_config
     )
+    interrupts.raise_if_signalled()
     if not result.success:
         return RunSummary(blocklist=version, shards=outcomes, release=None, error=f"release: {_failure(result)}")
     materialization = result.asset_materializations_for_node("release")[-1]

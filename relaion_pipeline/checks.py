@@ -157,7 +157,7 @@ def remember_input_counts(settings: Settings, name: str, con, found: dict) -> No
     )
 
 
-@pipeline.locked
+@pipeline.locked("check-input")
 def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     """The input shard: URLs present and plausible, scores in range, sizes positive, row keys unique.
 
@@ -258,7 +258,7 @@ def _rows_not_in(con, subset: str, superset: str, roles, dropped: np.ndarray) ->
     return con.execute(query).fetchall()[0][0]
 
 
-@pipeline.locked
+@pipeline.locked("check-research")
 def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     """No research row matches the list (found without the matching query), and rows in = removed + out."""
     gx = quality.expectations()
@@ -314,7 +314,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     return [_record(settings, no_match, validated), _record(settings, rows_add_up, validated)]
 
 
-@pipeline.locked
+@pipeline.locked("check-research-safe")
 def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     """No score above the safe threshold in research-safe; its rows are research minus the unsafe ones."""
     gx = quality.expectations()

@@ -10,16 +10,10 @@ import argparse
 import functools
 import sys
 import traceback
+from dataclasses import fields
 
-from relaion_pipeline.settings import Settings
-
-LOCATION_FLAGS = {
-    "shards": "input shards: every *.parquet below is one shard",
-    "blocklists": "partner lists: one folder per source",
-    "sidecars": "image-hash sidecars, <shard>.parquet keyed by row key",
-    "release": "where releases are published (<release>/<version>/ and <release>/latest)",
-    "work": "working files (and the Dagster instance, when local)",
-}
+from relaion_pipeline import interrupts
+from relaion_pipeline.settings import Settings, parse
 
 
 def _demo_data(args) -> int:
@@ -33,17 +27,43 @@ def _demo_data(args) -> int:
 
 
 def _settings(args) -> Settings:
-    overrides = {name: getattr(args, name, None) for name in LOCATION_FLAGS}
-    for name in ("keywords", "research_threshold", "safe_threshold"):
-        overrides[name] = getattr(args, name, None)
-    return Settings.from_env(**overrides)
+    """The environment's `RELAION_*` settings, overridden by the flags given."""
+    return Settings.from_env(**{f.name: getattr(args, f.name, None) for f in fields(Settings)})
+
+
+def _flag_type(flag: str, setting: str, kind: type):
+    """argparse's `type` for a setting's flag: parsed and checked like its variable, the error naming the flag."""
+
+    def convert(raw: str):
+        try:
+            return parse(flag, kind, raw, setting)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag}=")) from None
+
+    return convert
+
+
+def _setting_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
+    """A flag for every setting (or the settings `only`), each named with its `RELAION_*` variable and default."""
+    base = Settings()
+    for f in fields(Settings):
+        if only and f.name not in only:
+            continue
+        flag, variable = "--" + f.name.replace("_", "-"), f"RELAION_{f.name.upper()}"
+        default = getattr(base, f.name)
+        text = f"{f.metadata['help']} [{variable}; default: {default if default != '' else 'none'}]"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                type=_flag_type(flag, f.name, type(f.default)), help=text)  # fmt: skip
 
 
 def _run(args) -> int:
     from assets.runner import run_all
 
     settings = _settings(args)
-    summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force)
+    summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force, debug=args.debug)
     if summary.error:
         print(f"error: {summary.error}", file=sys.stderr)
     if summary.shards:
@@ -97,7 +117,7 @@ def _clean(args) -> int:
 def _hash_images(args) -> int:
     from relaion_pipeline import images
 
-    settings = Settings.from_env(shards=args.shards)
+    settings = _settings(args)
     progress = functools.partial(print, flush=True)
     results = images.hash_tars(args.images, args.out, workers=args.workers, progress=progress)
     written = images.write_sidecars(settings, args.out, progress=progress)
@@ -121,13 +141,20 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="relaion", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(prog="relaion", description=__doc__.splitlines()[0], allow_abbrev=False)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     top.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = top.add_subparsers(dest="command", required=True)
     defaults = _Defaults
-    commands.add_parser = functools.partial(commands.add_parser, parents=[common])
+    add_parser = functools.partial(commands.add_parser, parents=[common], allow_abbrev=False)
+
+    def subcommand(*args, **kwargs) -> argparse.ArgumentParser:  # no abbreviated flags; its own usage on errors
+        command = add_parser(*args, **kwargs)
+        command.set_defaults(usage=command)
+        return command
+
+    commands.add_parser = subcommand
 
     demo = commands.add_parser(
         "demo-data", help="write synthetic LAION-like shards and partner lists", formatter_class=defaults
@@ -141,12 +168,7 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="rebuild the blocklist, run every shard not up to date, then publish", formatter_class=defaults
     )
-    base = Settings()
-    for name, text in LOCATION_FLAGS.items():
-        run.add_argument(f"--{name}", default=None, help=f"{text} (default: {getattr(base, name)})")
-    run.add_argument("--keywords", default=None, help=f"caption keyword file (default: {base.keywords})")
-    run.add_argument("--research-threshold", type=float, default=None, help=f"default {base.research_threshold}")
-    run.add_argument("--safe-threshold", type=float, default=None, help=f"default {base.safe_threshold}")
+    _setting_flags(run)
     run.add_argument(
         "--force", action="store_true", help="re-run every shard, also those up to date for the current lists"
     )
@@ -161,9 +183,7 @@ def parser() -> argparse.ArgumentParser:
     hashing.add_argument(
         "--out", required=True, help="where the sidecars go (<out>/<shard>.parquet): the sidecars location"
     )
-    hashing.add_argument(
-        "--shards", default=None, help=f"the metadata shards to key the sidecars by (default: {base.shards})"
-    )
+    _setting_flags(hashing, only=("shards",))
     hashing.add_argument(
         "--workers", type=int, default=0, help="processes hashing tars at once (0: one per CPU the process may use)"
     )
@@ -189,9 +209,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Exit codes: 0 done; 1 done, but checks failed, shards were held back or a release did not verify; 2 the
+    command could not run (usage, settings, unreadable input or location); 130/143 SIGINT/SIGTERM."""
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one
+        args.usage.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.handler(args)
+        with interrupts.interruptible():
+            return args.handler(args)
+    except interrupts.Interrupted as interrupted:
+        print("interrupted", file=sys.stderr)
+        return interrupted.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -316,6 +316,8 @@ def _build_shard(out: Path, i: int, rows: int, seed: int, pools: Pools, keywords
     if family != "minimal":
         _plant_images(shard, rng, entries)
         _plant_keywords(shard, r, keywords)
+    else:  # images hashed too (a run needs every shard's sidecar when the lists hold image hashes), none listed
+        shard.covered = rng.random(shard.rows) >= 0.05
     shard.hashes = _unique_hashes(urls, captions)
     _write_parquet(_table(shard, cols), out / "shards" / f"{shard.name}.parquet")
     if shard.covered is not None:

@@ -22,6 +22,7 @@ from relaion_pipeline.pipeline import (
     RESEARCH_SAFE,
     StageError,
     Work,
+    image_gap,
     inputs_changed,
     read_stats,
     sidecar_of,
@@ -76,6 +77,8 @@ def _touches(
         if rows.size:
             return f"{rows.size:,} rows may match a changed URL or domain entry"
     sidecar_path, columns = sidecar_of(settings, shard)
+    if gap := image_gap(settings, name, kinds, sidecar_path, columns):
+        return gap
     image = [c for c in columns if f"image_{c}" in kinds]
     if sidecar_path and image:
         hits = con.execute(

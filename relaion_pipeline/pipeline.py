@@ -68,6 +68,10 @@ class Work:
         base = storage.join(self.root, "staged", RESEARCH_SAFE, name)
         return base + ".parquet", base + ".unsafe-rows.parquet", base + ".json"
 
+    def failure(self, stage: str, name: str) -> str:
+        """The first line of the error of the stage's last run for the shard, when it failed (`locked`)."""
+        return storage.join(self.root, "failures", stage, name + ".json")
+
     def validation(self, suite: str, name: str) -> str:
         return storage.join(self.root, "validation", suite, name + ".json")
 
@@ -122,6 +126,35 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
     return path, columns
 
 
+SIDECAR_COLUMN_OF = {"image_md5": "md5", "image_sha1": "sha1", "image_sha256": "sha256", "pdq": "pdq"}
+
+
+def image_gap(settings: Settings, name: str, kinds, sidecar_path: str | None, columns: tuple[str, ...]) -> str:
+    """Why the shard cannot be matched against every image-hash entry of lists with these `kinds`: it has no
+    sidecar, or its sidecar lacks the column of a listed kind (empty when it can, or when the operator set
+    `skip_image_matching`). Without it the listed images would be published unseen: fail closed."""
+    needed = sorted(k for k in set(kinds) if k in SIDECAR_COLUMN_OF)
+    if not needed or settings.skip_image_matching:
+        return ""
+    how = (
+        "; hash the images (relaion hash-images) or set skip_image_matching (--skip-image-matching,"
+        " RELAION_SKIP_IMAGE_MATCHING=1) to match this run by URL only"
+    )
+    if sidecar_path is None:
+        listed = f"shard {name!r}: the lists hold image hashes ({', '.join(needed)})"
+        if not settings.sidecars:
+            return f"{listed} and no sidecar location is set (sidecars, --sidecars, RELAION_SIDECARS){how}"
+        expected = storage.join(settings.sidecars, name + shards.SUFFIX)
+        if not storage.exists(settings.sidecars):
+            return f"{listed} and the sidecar location {settings.sidecars} does not exist (looked for {expected}){how}"
+        return f"{listed} and its image-hash sidecar {expected} does not exist{how}"
+    missing = [k for k in needed if SIDECAR_COLUMN_OF[k] not in columns]
+    if missing:
+        wanted = ", ".join(f"{SIDECAR_COLUMN_OF[k]!r} for {k}" for k in missing)
+        return f"shard {name!r}: its image-hash sidecar {sidecar_path} has no column {wanted} entries of the lists{how}"
+    return ""
+
+
 def _check_sidecar(path: str, name: str, roles: schemas.Roles, rows_in: int, rows: int, unmatched: int) -> list[str]:
     """A sidecar none of whose keys is a row key belongs to another shard (or uses another key): fail, since its
     image hashes would silently match nothing. Some unmatched keys are only reported (as a warning)."""
@@ -164,20 +197,42 @@ def freeze(what: str) -> None:
         gc.freeze()
 
 
-def locked(stage):
-    """Run `stage(settings, name)` holding the shard's lock, so two runs of one partition never interleave.
-    DuckDB running out of memory is reported with the settings that decide it."""
+def locked(stage_name: str):
+    """Run the stage `stage_name` as `stage(settings, name)` holding the shard's lock, so two runs of one
+    partition never interleave. DuckDB running out of memory is reported with the settings that decide it.
+    When the stage fails, the first line of its error is kept (`failure`), so that whoever asks why the shard
+    has no output (the release, `relaion run`) gets the real cause."""
 
-    @functools.wraps(stage)
-    def run(settings: Settings, name: str, *args, **kwargs):
-        freeze("imports")
-        with shard_lock.holding(settings.work, name, waiting=log.info):
-            try:
-                return stage(settings, name, *args, **kwargs)
-            except duckdb.OutOfMemoryException as error:
-                raise out_of_memory(settings, f"{stage.__name__} of shard {name!r}", error) from None
+    def wrap(stage):
+        @functools.wraps(stage)
+        def run(settings: Settings, name: str, *args, **kwargs):
+            freeze("imports")
+            failed = Work(settings.work).failure(stage_name, name)
+            with shard_lock.holding(settings.work, name, waiting=log.info):
+                storage.remove(failed)
+                try:
+                    return stage(settings, name, *args, **kwargs)
+                except duckdb.OutOfMemoryException as error:
+                    error = out_of_memory(settings, f"{stage.__name__} of shard {name!r}", error)
+                    _record_failure(failed, error)
+                    raise error from None
+                except Exception as error:
+                    _record_failure(failed, error)
+                    raise
 
-    return run
+        return run
+
+    return wrap
+
+
+def _record_failure(path: str, error: Exception) -> None:
+    """Keep the first line of a stage's error (the library's messages name files, rows and columns, never a
+    row's URL or caption); a failure to keep it never hides the error itself."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0][:1000]
+    try:
+        storage.write_json_atomic({"error": line, "type": type(error).__name__}, path)
+    except Exception:  # the stage's own error is what the caller must see
+        log.warning("could not record the failure of a stage in %s", path)
 
 
 def out_of_memory(settings: Settings, what: str, error: Exception) -> StageError:
@@ -228,7 +283,7 @@ def _shard_counts(settings: Settings, name: str, con: duckdb.DuckDBPyConnection,
     return dict(zip(COUNTS, row[: len(COUNTS)], strict=True))
 
 
-@locked
+@locked("removals")
 def compute_removals(settings: Settings, name: str) -> dict:
     """Match one shard against the current merged blocklist and write its removals table.
 
@@ -255,6 +310,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
     con = matching.connect(settings)
     try:
         kinds = matching.list_kinds(con, blocklist_path)
+        if gap := image_gap(settings, name, kinds, sidecar_path, sidecar_columns):
+            raise StageError(gap)
         md5, domains = "url_md5" in kinds, "domain" in kinds  # what the index needs to hold for this list
         meta = index.current(settings.work, name, input_fingerprint, md5=md5, domains=domains)
         reused = meta is not None
@@ -339,6 +396,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "sidecar": sidecar_path is not None,
         "sidecar_input": fingerprints["sidecar_input"],
         "sidecar_rows": sidecar_rows,
+        "image_hash_rows": max(0, sidecar_rows - unmatched_keys) if sidecar_path else 0,
+        "image_matching": "skipped" if settings.skip_image_matching else "required",
         "sidecar_unmatched_keys": unmatched_keys,
         "pdq_low_quality_rows": low_quality,
         "near_matching": near_how,
@@ -356,6 +415,7 @@ def removal_rules(settings: Settings) -> dict:
         "research_threshold": settings.research_threshold,
         "keywords_sha256": hashlib.sha256(keywords.encode("utf-8")).hexdigest(),
         "unsafe_tags": settings.unsafe_tags,
+        "skip_image_matching": settings.skip_image_matching,
     }
 
 
@@ -366,7 +426,7 @@ def settings_changed(settings: Settings, name: str) -> str:
     except StageError as error:
         return str(error)
     if removals.get("rules") != removal_rules(settings):
-        return "matched with another keyword rule (research threshold, keywords or unsafe tags)"
+        return "matched with another keyword rule or image matching (research threshold, keywords, unsafe tags or skip_image_matching)"
     if safe.get("safe_threshold") != settings.safe_threshold or safe.get("missing_score") != settings.missing_score:
         return "research-safe was written with another safe threshold or missing-score rule"
     return ""
@@ -393,8 +453,12 @@ def inputs_changed(settings: Settings, name: str, removals: dict) -> str:
 
 
 def read_stats(settings: Settings, stage: str, name: str) -> dict:
-    path = Work(settings.work).stats(stage, name)
+    work = Work(settings.work)
+    path = work.stats(stage, name)
     if not storage.exists(path):
+        failed = work.failure(stage, name)
+        if storage.exists(failed):
+            raise StageError(f"shard {name!r}: {stage} failed: {storage.read_json(failed)['error']}")
         raise StageError(f"shard {name!r}: no {stage} output yet: materialize '{stage}' for this partition first")
     return storage.read_json(path)
 
@@ -414,7 +478,7 @@ def _safe_rule(settings: Settings, roles: schemas.Roles) -> dict:
     }
 
 
-@locked
+@locked(RESEARCH)
 def write_research(settings: Settings, name: str) -> dict:
     """research: the shard minus every row in its removals table. research-safe is written in the same pass
     and staged (one read of the shard for both, their encoders on two threads); the research-safe stage
@@ -475,7 +539,7 @@ def _take_staged_safe(work: Work, name: str, research_sha256: str, rule: dict) -
             storage.remove(path)
 
 
-@locked
+@locked(RESEARCH_SAFE)
 def write_research_safe(settings: Settings, name: str) -> dict:
     """research-safe: research minus rows whose safety score is above the safe threshold: the copy research's
     pass staged when research and the rule are still what it was made from, else written from the shard

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B|[KMGT]B)", re.IGNORECASE)  # what DuckDB's memory_limit takes
 DEFAULT_KEYWORDS = str(Path(__file__).parent / "data" / "keywords.txt")
 
 
@@ -47,46 +49,75 @@ def memory_cap(cgroup: str = "/sys/fs/cgroup") -> int | None:
         return None
 
 
+def _setting(default, text: str):
+    """A setting's default and the one line that describes it (the CLI's help, README's table)."""
+    return field(default=default, metadata={"help": text})
+
+
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def parse(name: str, kind: type, raw: str):
-    """`raw` as a value of `kind` (bool, int, float or str); a ValueError naming `name` (a variable or flag)
-    and what was expected otherwise."""
+def _problem(name: str, value) -> str:
+    """What is wrong with `value` for the setting `name` (empty when nothing is)."""
+    if name == "missing_score" and value not in ("keep", "drop"):
+        return f"expected 'keep' or 'drop', got {value!r}"
+    if name in ("research_threshold", "safe_threshold", "removal_list_max_match_share") and not 0.0 <= value <= 1.0:
+        return f"expected a number between 0 and 1, got {value}"
+    if name == "duckdb_threads" and value < 0:
+        return f"expected 0 (the CPUs this process may use) or more, got {value}"
+    if name == "duckdb_memory_limit" and value and not MEMORY.fullmatch(value.strip()):
+        return f"expected a size such as 512MB, 2GB or 1.5GiB, got {value!r}"
+    return ""
+
+
+def parse(name: str, kind: type, raw: str, setting: str = ""):
+    """`raw` as a value of `kind` (bool, int, float or str), valid for the setting `setting` when given; a
+    ValueError naming `name` (a variable or flag) and what was expected otherwise."""
     text = raw.strip()
     if kind is bool:
         if text.lower() in TRUE + FALSE:
             return text.lower() in TRUE
         raise ValueError(f"{name}={raw!r}: expected one of {', '.join(TRUE + FALSE)}")
     try:
-        return kind(text)
+        value = kind(text) if kind is not str else raw
     except ValueError:
         expected = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
         raise ValueError(f"{name}={raw!r}: expected {expected}") from None
+    if setting and (problem := _problem(setting, value)):
+        raise ValueError(f"{name}={raw!r}: {problem}")
+    return value
 
 
 @dataclass(frozen=True)
 class Settings:
     """Locations and thresholds of a run. Locations are local paths or fsspec URLs."""
 
-    shards: str = ""  # input shards: every *.parquet below is one shard
-    blocklists: str = ""  # partner lists: one folder per source
-    sidecars: str = ""  # optional image-hash sidecars, <shard>.parquet, keyed by row key
-    work: str = ""  # working files (removals, variants, validation) and the Dagster instance
-    release: str = ""  # releases: <release>/<version>/ plus a `latest` pointer
-    dagster_home: str = ""  # Dagster instance (SQLite): <work>/dagster when work is local, else data/dagster
-    keywords: str = DEFAULT_KEYWORDS  # caption keyword list for the research rule
-    research_threshold: float = 0.95  # research drops rows above this punsafe whose caption hits a keyword
-    safe_threshold: float = 0.45  # research-safe drops rows above this punsafe
-    unsafe_tags: str = "NSFW"  # for shards without punsafe: NSFW tag values treated as above both thresholds
-    missing_score: str = "keep"  # rows with neither punsafe nor NSFW tag: "keep" or "drop" from research-safe
-    license: str = "apache-2.0"  # license named in the release's dataset card
-    removal_list_max_match_share: float = 0.01  # publish the removal list only if list matches are <= this share
-    duckdb_threads: int = 0  # 0: the CPUs this process may use (affinity, capped by a cgroup CPU quota)
-    duckdb_memory_limit: str = ""  # per process; "": 128MB per DuckDB thread, at least 512MB (BENCHMARKS.md)
+    shards: str = _setting("", "input shards: every *.parquet below is one shard")
+    blocklists: str = _setting("", "partner lists: one folder per source")
+    sidecars: str = _setting("", "image-hash sidecars, <shard>.parquet keyed by row key")
+    work: str = _setting("", "working files (removals, variants, validation; the Dagster instance when local)")
+    release: str = _setting("", "where releases are published (<release>/<version>/ and <release>/latest)")
+    dagster_home: str = _setting("", "the Dagster instance (SQLite), a local folder (default: <work>/dagster)")
+    keywords: str = _setting(DEFAULT_KEYWORDS, "caption keyword list of the research rule")
+    research_threshold: float = _setting(0.95, "research drops rows above this punsafe whose caption hits a keyword")
+    safe_threshold: float = _setting(0.45, "research-safe drops rows above this punsafe")
+    unsafe_tags: str = _setting("NSFW", "shards without punsafe: NSFW tag values treated as above both thresholds")
+    missing_score: str = _setting("keep", "rows with neither punsafe nor NSFW tag: 'keep' or 'drop' from research-safe")
+    license: str = _setting("apache-2.0", "license named in the release's dataset card")
+    removal_list_max_match_share: float = _setting(
+        0.01, "publish the removal list only if list matches are at most this share of it"
+    )
+    duckdb_threads: int = _setting(0, "DuckDB threads; 0: the CPUs this process may use (affinity, cgroup quota)")
+    duckdb_memory_limit: str = _setting(
+        "", "DuckDB memory limit per process, e.g. 2GB; empty: 128MB a thread, at least 512MB (BENCHMARKS.md)"
+    )
     # fail closed unless the operator says otherwise (each is recorded in the release's manifest and card):
-    skip_image_matching: bool = False  # True: shards without an image-hash sidecar are matched by URL only
-    allow_partial_release: bool = False  # True: publish although shards of the input failed or are held back
+    skip_image_matching: bool = _setting(
+        False, "match shards without an image-hash sidecar by URL only, although the lists hold image hashes"
+    )
+    allow_partial_release: bool = _setting(
+        False, "publish a release without the shards of the input that failed or are held back"
+    )
 
     def threads(self) -> int:
         """DuckDB's threads: the setting, or else the CPUs this process may use (`available_cpus`)."""
@@ -117,11 +148,9 @@ class Settings:
         if not self.dagster_home:
             local_work = "://" not in self.work
             object.__setattr__(self, "dagster_home", f"{self.work}/dagster" if local_work else f"{data}/dagster")
-        if self.missing_score not in ("keep", "drop"):
-            raise ValueError(f"missing_score must be 'keep' or 'drop', got {self.missing_score!r}")
-        for name in ("research_threshold", "safe_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        for f in fields(self):
+            if problem := _problem(f.name, getattr(self, f.name)):
+                raise ValueError(f"setting {f.name}: {problem}")
 
     @property
     def unsafe_tag_values(self) -> list[str]:
@@ -137,7 +166,7 @@ class Settings:
             variable = f"RELAION_{f.name.upper()}"
             raw = environ.get(variable)
             if raw not in (None, ""):
-                values[f.name] = parse(variable, type(getattr(cls(), f.name)), raw)
+                values[f.name] = parse(variable, type(f.default), raw, f.name)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

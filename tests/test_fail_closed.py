@@ -1,0 +1,149 @@
+"""Fail closed, through the CLI as an operator runs it: a run that cannot match a shard against every list
+entry that applies to it holds the shard back and says why; Ctrl-C and SIGTERM stop a run before it
+publishes; a mistyped flag, variable or value stops the command before any work, naming what was wrong."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from relaion_pipeline import demo
+
+IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256", "pdq")
+
+
+def relaion(*args, env=None, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "relaion_pipeline.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=600, env=env, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("closed")
+    planted = demo.generate(root / "in", shards=2, rows=1500, seed=11)
+    return root / "in", planted
+
+
+def _layout(inputs: Path, out: Path, sidecars: str | None = None) -> list[str]:
+    return [
+        "--shards", inputs / "shards", "--blocklists", inputs / "blocklists",
+        "--sidecars", sidecars or inputs / "sidecars", "--work", out / "work", "--release", out / "releases",
+    ]  # fmt: skip
+
+
+def _published_keys(out: Path) -> set[str]:
+    """Row keys of every published shard file of every release under `out`, hidden folders included."""
+    keys = set()
+    for path in (out / "releases").rglob("*.parquet"):
+        if path.parent.name in ("research", "research-safe") or "research" in path.relative_to(out).parts:
+            table = pq.read_table(path)
+            column = next(c for c in ("key", "SAMPLE_ID", "hash", "__index_level_0__") if c in table.column_names)
+            keys |= {str(k) for k in table.column(column).to_pylist()}
+    return keys
+
+
+def _image_keys(planted: dict) -> set[str]:
+    return {str(k) for name, kinds in planted.items() if not name.startswith("_") for kind in IMAGE_KINDS
+            for k in kinds.get(kind, [])}  # fmt: skip
+
+
+def test_a_mistyped_sidecar_location_holds_every_shard_back_naming_the_sidecar(inputs, tmp_path):
+    source, planted = inputs
+    wrong = str(source / "sidecar")  # the operator's typo: sidecars
+    ran = relaion("run", *_layout(source, tmp_path, sidecars=wrong))
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert f"the sidecar location {wrong} does not exist" in ran.stdout
+    assert "skip_image_matching" in ran.stdout, "the message says how to proceed on purpose"
+    assert "Traceback" not in ran.stdout + ran.stderr, "one line per failure without --debug"
+    assert _image_keys(planted) and not (_published_keys(tmp_path) & _image_keys(planted))
+
+
+def test_a_shard_without_its_sidecar_is_held_back_and_the_others_are_matched(inputs, tmp_path):
+    source, planted = inputs
+    sidecars = tmp_path / "sidecars"
+    names = sorted(n for n in planted if not n.startswith("_"))
+    for name in names[1:]:  # the first shard's images were never hashed
+        (sidecars / name).parent.mkdir(parents=True, exist_ok=True)
+        (sidecars / f"{name}.parquet").write_bytes((source / "sidecars" / f"{name}.parquet").read_bytes())
+    ran = relaion("run", *_layout(source, tmp_path, sidecars=str(sidecars)))
+    assert ran.returncode == 1
+    missing = f"{sidecars}/{names[0]}.parquet"
+    assert f"its image-hash sidecar {missing} does not exist" in ran.stdout
+    removals = json.loads((tmp_path / "work" / "stats" / "removals" / f"{names[1]}.json").read_text())
+    assert removals["image_matching"] == "required" and removals["image_hash_rows"] > 0
+    assert not (tmp_path / "work" / "stats" / "removals" / f"{names[0]}.json").exists()
+    assert not (_published_keys(tmp_path) & _image_keys(planted))
+
+
+def test_skipping_image_matching_is_an_explicit_recorded_choice(inputs, tmp_path):
+    source, planted = inputs
+    ran = relaion("run", *_layout(source, tmp_path, sidecars=str(tmp_path / "none")), "--skip-image-matching")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for name in (n for n in planted if not n.startswith("_")):
+        stats = json.loads((tmp_path / "work" / "stats" / "removals" / f"{name}.json").read_text())
+        assert stats["image_matching"] == "skipped" and stats["image_hash_rows"] == 0
+        assert set(stats["removed_by_kind"]) == {"domain", "keyword", "url_md5", "url_sha256"}
+    again = relaion("run", *_layout(source, tmp_path, sidecars=str(tmp_path / "none")))
+    assert again.returncode == 1, "without the setting the same shards are matched again, and held back"
+    assert "does not exist" in again.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_shard_stops_the_run_before_anything_is_published(tmp_path, signum):
+    demo.generate(tmp_path / "in", shards=2, rows=60_000, seed=4)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relaion_pipeline.cli", "run", *map(str, _layout(tmp_path / "in", tmp_path))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in process.stdout:  # the blocklist is built: the first shard's Dagster steps run next
+        if line.startswith("blocklist "):
+            break
+    time.sleep(0.5)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, out + err
+    assert err.strip().splitlines() == ["interrupted"], err
+    assert "release " not in out
+    releases = tmp_path / "releases"
+    assert not releases.exists() or not any(releases.iterdir()), "no release, not even a hidden one"
+    partial = [p for p in (tmp_path / "work").rglob("*") if p.name.startswith(".tmp-")]
+    assert not partial
+
+
+def test_mistyped_flags_values_and_variables_stop_before_any_work(tmp_path):
+    layout = _layout(tmp_path / "in", tmp_path)
+    abbreviated = relaion("run", "--shard", tmp_path / "in")
+    assert abbreviated.returncode == 2
+    assert "usage: relaion run" in abbreviated.stderr and "unrecognized arguments: --shard" in abbreviated.stderr
+    value = relaion("run", *layout, "--safe-threshold", "abc")
+    assert value.returncode == 2 and "argument --safe-threshold: 'abc': expected a number" in value.stderr
+    for variable, raw, expected in (
+        ("RELAION_SAFE_THRESHOLD", "abc", "expected a number"),
+        ("RELAION_DUCKDB_MEMORY_LIMIT", "lots", "expected a size such as 512MB"),
+        ("RELAION_DUCKDB_THREADS", "-1", "expected 0 (the CPUs this process may use) or more"),
+        ("RELAION_SKIP_IMAGE_MATCHING", "maybe", "expected one of 1, true"),
+    ):
+        ran = relaion("run", *layout, env=dict(os.environ, **{variable: raw}))
+        assert ran.returncode == 2, variable
+        assert ran.stderr.strip() == f"error: {variable}={raw!r}: {expected}" or (
+            ran.stderr.startswith(f"error: {variable}={raw!r}: {expected}")
+        ), ran.stderr
+    assert not (tmp_path / "work").exists(), "nothing was started"
+
+
+def test_every_setting_is_a_flag_and_a_variable_in_help():
+    from dataclasses import fields
+
+    from relaion_pipeline.settings import Settings
+
+    shown = relaion("run", "--help").stdout
+    for f in fields(Settings):
+        assert f"--{f.name.replace('_', '-')}" in shown and f"RELAION_{f.name.upper()}" in shown, f.name
