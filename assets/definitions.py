@@ -27,6 +27,7 @@ def build_definitions(
     """Definitions for one set of settings; the CLI and the UI build theirs the same way. Alert channels come
     from the `RELAION_ALERT_*` environment at every tick unless `alert_settings` is given; `shard_executor`
     runs the steps of `shard_job` elsewhere (e.g. on Celery workers, see `assets.celery_definitions`)."""
+    settings.check_layout()  # the UI's code location fails to load, naming the setting, rather than ingest outputs
     blocklist_job = dg.define_asset_job("blocklist_job", selection=[blocklist], description="Rebuild the blocklist.")
     shard_job = dg.define_asset_job(
         "shard_job",

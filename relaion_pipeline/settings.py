@@ -49,6 +49,14 @@ def memory_cap(cgroup: str = "/sys/fs/cgroup") -> int | None:
         return None
 
 
+def _normalized(location: str) -> str:
+    """A location as compared for nesting: local paths absolute and resolved, URLs without a trailing slash."""
+    location = str(location)
+    if "://" in location and not location.startswith("file://"):
+        return location.rstrip("/")
+    return os.path.realpath(location.removeprefix("file://")).rstrip("/")
+
+
 def _setting(default, text: str):
     """A setting's default and the one line that describes it (the CLI's help, README's table)."""
     return field(default=default, metadata={"help": text})
@@ -151,6 +159,25 @@ class Settings:
         for f in fields(self):
             if problem := _problem(f.name, getattr(self, f.name)):
                 raise ValueError(f"setting {f.name}: {problem}")
+
+    def check_layout(self) -> None:
+        """Refuse locations that would feed the pipeline its own files: every *.parquet below the shard location
+        is a shard, so a work, release, sidecar or list location inside it would be read (and published) as
+        input on the next run; and the reverse, shards inside an output location, would be overwritten."""
+        shards = _normalized(self.shards)
+        for name in ("work", "release", "sidecars", "blocklists", "dagster_home"):
+            other = _normalized(getattr(self, name))
+            if other == shards or other.startswith(shards + "/"):
+                raise ValueError(
+                    f"setting {name} ({getattr(self, name)}) is inside the shard location ({self.shards}): every"
+                    " *.parquet below it is read as a shard, so these files would be taken as input; give"
+                    f" {name} a location outside {self.shards}"
+                )
+            if name in ("work", "release") and shards.startswith(other + "/"):
+                raise ValueError(
+                    f"the shard location ({self.shards}) is inside setting {name} ({getattr(self, name)}), where"
+                    " the pipeline writes: give the shards a location of their own"
+                )
 
     @property
     def unsafe_tag_values(self) -> list[str]:

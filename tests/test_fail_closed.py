@@ -147,3 +147,18 @@ def test_every_setting_is_a_flag_and_a_variable_in_help():
     shown = relaion("run", "--help").stdout
     for f in fields(Settings):
         assert f"--{f.name.replace('_', '-')}" in shown and f"RELAION_{f.name.upper()}" in shown, f.name
+
+
+def test_outputs_inside_the_shard_location_are_refused_before_any_work(inputs, tmp_path):
+    source, _ = inputs
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "part.parquet").write_bytes((source / "shards" / "joined" / "part-00000.parquet").read_bytes())
+    ran = relaion("run", "--shards", data, "--blocklists", source / "blocklists", "--sidecars", source / "sidecars",
+                  "--work", data / "work", "--release", data / "releases")  # fmt: skip
+    assert ran.returncode == 2
+    assert ran.stderr.strip() == (
+        f"error: setting work ({data}/work) is inside the shard location ({data}): every *.parquet below it is"
+        f" read as a shard, so these files would be taken as input; give work a location outside {data}"
+    )
+    assert sorted(p.name for p in data.iterdir()) == ["part.parquet"], "nothing was written"
