@@ -15,7 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from relaion_pipeline import blocklists, index, leaks, matching, pdq, pipeline, quality, shards, storage, variants
+from relaion_pipeline import (
+    blocklists,
+    index,
+    leaks,
+    matching,
+    pdq,
+    pipeline,
+    quality,
+    row_keys,
+    shards,
+    storage,
+    variants,
+)
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -123,8 +135,9 @@ def input_count_columns(roles) -> dict[str, str]:
 
 def _input_counts(con, shard: shards.Shard, name: str, found: dict | None = None) -> dict:
     """The input check's counts (`found`, when another pass counted them) and a few row keys of the rows
-    breaking each rule that some row breaks."""
+    breaking each rule that some row breaks (as `row_keys` writes them)."""
     roles = shards.roles(shard)
+    keys = row_keys.Writer(shard.path, roles, shards.open_parquet(shard.path).schema_arrow)
     source = f"read_parquet({sql_string(shard.path)}, file_row_number = true)"
     if found is None:
         columns = ", ".join(f"{sql} AS {column}" for column, sql in input_count_columns(roles).items())
@@ -132,13 +145,13 @@ def _input_counts(con, shard: shards.Shard, name: str, found: dict | None = None
     samples = {}
     for column, condition, _ in _input_rules(roles):
         if found[column]:
-            keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
-            samples[column] = [k for (k,) in keys]
+            found_keys = con.sql(f"SELECT {roles.key_sql(name)} FROM {source} WHERE {condition} LIMIT 5").fetchall()
+            samples[column] = keys.many(k for (k,) in found_keys)
     if roles.key is not None and found["duplicate_row_keys"]:
-        keys = con.sql(
+        found_keys = con.sql(
             f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
         ).fetchall()
-        samples["duplicate_row_keys"] = [k for (k,) in keys]
+        samples["duplicate_row_keys"] = keys.many(k for (k,) in found_keys)
     return {"counts": found, "samples": samples}
 
 
@@ -153,7 +166,11 @@ def remember_input_counts(settings: Settings, name: str, con, found: dict) -> No
     (`input_count_columns`), with their sample row keys, for the check to validate without a pass of its own."""
     shard = shards.resolve(settings.shards, name)
     index.remembered(
-        settings.work, name, "input-check", _input_key(shard, name), lambda: _input_counts(con, shard, name, found)
+        settings.work,
+        name,
+        "input-check",
+        _input_key(shard, name),
+        lambda: _input_counts(con, shard, name, found),
     )
 
 
@@ -279,6 +296,9 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
         con.close()
     validated, not_in_input = validated.result(), not_in_input.result()
     frame = pd.DataFrame(found, columns=["row_key", "kind", "source", "category"])
+    frame["row_key"] = row_keys.Writer(shard.path, roles, shards.open_parquet(shard.path).schema_arrow).many(
+        frame["row_key"]
+    )  # the keys of listed rows: shown in the failure, kept in the validation files
     no_match = quality.validate(
         RESEARCH_NO_MATCH,
         name,

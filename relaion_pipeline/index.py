@@ -150,7 +150,7 @@ NEAR_MATCHES = "pdq-matches.parquet"  # the shard's PDQ near matches, kept by `n
 CANDIDATES = "url-candidates.parquet"  # the rows the index names for a list file, kept by `list_candidates`
 CANDIDATES_FORMAT = 1  # bump when `candidates_sql` changes: kept candidates of an older query are found again
 IMAGE_HITS = "image-hits.parquet"  # the sidecar rows a list file has an image hash of, kept by `list_image_hits`
-IMAGE_HITS_FORMAT = 1  # bump when `matching.image_hits` changes
+IMAGE_HITS_FORMAT = 2  # bump when `matching.image_hits` changes (2: sidecar row numbers, no keys)
 
 
 def beside(work: str, name: str, what: str) -> str:
@@ -319,7 +319,32 @@ def list_image_hits(
 
     key = {"format": IMAGE_HITS_FORMAT, "sidecar": pipeline.fingerprint(inputs.sidecar_path)}
     key |= {"list": pipeline.fingerprint(inputs.blocklist_path)}
-    return _kept(beside(work, name, IMAGE_HITS), key, compute, keep)
+    found = {}
+    without_keys = _kept(beside(work, name, IMAGE_HITS), key, lambda: _keyless(found, compute()), keep)
+    return found["hits"] if "hits" in found else _sidecar_keys(con, inputs.sidecar_path, without_keys)
+
+
+def _keyless(found: dict, hits: pa.Table) -> pa.Table:
+    """The image hits as they are kept: without the row key, which may be text of a listed row's URL
+    (`row_keys`); the sidecar row number finds it again. `found` keeps the hits with their keys."""
+    found["hits"] = hits
+    return hits.set_column(1, "key", pa.nulls(hits.num_rows, pa.string()))
+
+
+def _sidecar_keys(con: duckdb.DuckDBPyConnection, sidecar_path: str, hits: pa.Table) -> pa.Table:
+    """Kept image hits with the key of each one's sidecar row, read from the sidecar (a scan filtered on the few
+    row numbers)."""
+    if not hits.num_rows:
+        return hits
+    rows = sorted(set(hits.column("sidecar_row").to_pylist()))
+    keys = dict(
+        con.execute(
+            f"SELECT file_row_number, CAST(key AS VARCHAR) FROM read_parquet({sql_string(sidecar_path)},"
+            f" file_row_number = true) WHERE file_row_number IN ({', '.join(str(int(r)) for r in rows)})"
+        ).fetchall()
+    )
+    column = pa.array([keys[r] for r in hits.column("sidecar_row").to_pylist()], pa.string())
+    return hits.set_column(1, "key", column)
 
 
 def unusable_rows(con: duckdb.DuckDBPyConnection, index_path: str) -> np.ndarray:

@@ -173,14 +173,21 @@ def _research_leaks(
             f"'{matching.KEYWORD_CATEGORY}' FROM read_parquet({sql_string(research_path)}, file_row_number = true) "
             f"WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})"
         ).fetchall()
-    # 5. No removed row key is still in research.
+    # 5. No removed row key is still in research: the keys of the removed rows, as the shard has them at their
+    #    row numbers (the removals table writes them in a form that cannot disclose a URL, `row_keys`).
     if roles.key is not None:
-        removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
-        among = matching.key_in_sql(roles, integer, removed)
-        leaks += con.execute(
-            f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' "
-            f"FROM read_parquet({sql_string(research_path)}) WHERE {among}"
-        ).fetchall()
+        shard = shards.resolve(settings.shards, name)
+        inputs = matching.MatchInputs(name, shard.path, roles, "", None)
+        removed = matching.rows_of(con, inputs, Work(settings.work).removed_rows(name)).select(["row_key"])
+        con.register("relaion_removed_keys", removed)
+        try:
+            among = matching.key_in_sql(roles, integer, "SELECT row_key FROM relaion_removed_keys")
+            leaks += con.execute(
+                f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' "
+                f"FROM read_parquet({sql_string(research_path)}) WHERE {among}"
+            ).fetchall()
+        finally:
+            con.unregister("relaion_removed_keys")
     return leaks
 
 

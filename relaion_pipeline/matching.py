@@ -414,18 +414,22 @@ def list_kinds(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> set[str]:
     return {k for (k,) in con.sql(f"SELECT DISTINCT kind FROM read_parquet({sql_string(blocklist_path)})").fetchall()}
 
 
-IMAGE_HITS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "kind", "source", "category", "hash")])
+IMAGE_HITS_SCHEMA = pa.schema(
+    [("sidecar_row", pa.int64()), *((name, pa.string()) for name in ("key", "kind", "source", "category", "hash"))]
+)
 
 
 def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str]) -> pa.Table:
-    """(key, kind, source, category, hash) of every sidecar row whose image hash a list entry has: the sidecar
+    """(sidecar row number, key, kind, source, category, hash) of every sidecar row whose image hash a list
+    entry has: the sidecar
     joined with the list alone, so that only these few rows meet the shard's row keys (joining every sidecar
     row with the shard would hold a hash table of all its keys). Sorted; none without image kinds."""
     if not image_kinds(inputs, kinds):
         return IMAGE_HITS_SCHEMA.empty_table()
     selects = [
-        f"""SELECT CAST(c.key AS VARCHAR) AS key, b.kind, b.source, b.category, b.value AS hash
-        FROM read_parquet({sql_string(inputs.sidecar_path)}) c
+        f"""SELECT c.file_row_number AS sidecar_row, CAST(c.key AS VARCHAR) AS key, b.kind, b.source, b.category,
+               b.value AS hash
+        FROM read_parquet({sql_string(inputs.sidecar_path)}, file_row_number = true) c
         JOIN (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}) WHERE kind = '{kind}') b
           ON b.value = {lower_hex_sql("c." + kind.removeprefix("image_"))}"""
         for kind in image_kinds(inputs, kinds)
@@ -486,6 +490,30 @@ def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: se
     return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings))
 
 
+def rows_of(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, numbers) -> pa.Table:
+    """The `src` rows (row_number, row_key, url) of the shard with these row numbers, in memory only."""
+    numbers = pa.array(numbers, pa.int64())
+    if len(numbers) <= FEW_CANDIDATES:
+        return con.sql(candidate_rows_sql(inputs, numbers.to_pylist())).to_arrow_table()
+    con.register("relaion_candidates", pa.table({"row_number": numbers}))
+    try:
+        return con.sql(candidate_rows_sql(inputs, "relaion_candidates")).to_arrow_table()
+    finally:
+        con.unregister("relaion_candidates")
+
+
+def with_shard_keys(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, removals: pa.Table) -> pa.Table:
+    """`removals` with each row's key as the shard has it at its row number: kept near matches and image hits
+    are stored without keys (`row_keys`), so the key of every removal comes from the shard itself."""
+    if not removals.num_rows:
+        return removals
+    numbers = removals.column("row_number").to_numpy().astype("int64")
+    found = rows_of(con, inputs, sorted(set(numbers.tolist())))
+    key_of = dict(zip(found.column("row_number").to_pylist(), found.column("row_key").to_pylist(), strict=True))
+    keys = pa.array([key_of[int(n)] for n in numbers], pa.string())
+    return removals.set_column(removals.schema.get_field_index("row_key"), "row_key", keys)
+
+
 def match_candidates(
     con: duckdb.DuckDBPyConnection,
     inputs: MatchInputs,
@@ -499,16 +527,7 @@ def match_candidates(
     domain entry: what the lookup-hash index says. Full hashes decide; a prefix collision is no removal.
     `near` and `image`: the shard's PDQ near matches and exact image hash matches when they were found
     beforehand (`near_matching.shard_matches`, `index.list_image_hits`)."""
-    numbers = pa.array(candidates, pa.int64())
-    if len(numbers) <= FEW_CANDIDATES:
-        rows = con.sql(candidate_rows_sql(inputs, numbers.to_pylist())).to_arrow_table()
-    else:
-        con.register("relaion_candidates", pa.table({"row_number": numbers}))
-        try:
-            rows = con.sql(candidate_rows_sql(inputs, "relaion_candidates")).to_arrow_table()
-        finally:
-            con.unregister("relaion_candidates")
-    con.register("relaion_candidate_rows", rows)
+    con.register("relaion_candidate_rows", rows_of(con, inputs, candidates))
     try:
         return _run(con, inputs, kinds, removals_sql(inputs, kinds, settings, "relaion_candidate_rows"), near, image)
     finally:

@@ -138,7 +138,7 @@ def _removal_rows(con: duckdb.DuckDBPyConnection, hits: pa.Table, blocklist_path
         con.unregister("relaion_hits")
 
 
-HITS_FORMAT = 1  # bump when what the remembered near matches hold (or the rule of `near`) changes
+HITS_FORMAT = 2  # bump when what the remembered near matches hold (or the rule of `near`) changes (2: no keys)
 HITS_SCHEMA = pa.schema(
     [("row_number", pa.int64()), ("row_key", pa.string()), ("value", pa.string()), ("distance", pa.int16())]
 )
@@ -221,10 +221,12 @@ def shard_matches(
         index, entries = list_index(con, inputs.blocklist_path)
         hits, how["hashes_searched"] = _hits(con, inputs, index, entries.column("value"))
         how["entries_searched"] = len(entries)
-    if remember is not None:
+    if remember is not None:  # kept without row keys (`row_keys`): removals takes each key from the shard
         record = {"key": remember[1], "list": list_name}
-        hits = hits.cast(HITS_SCHEMA).replace_schema_metadata({"relaion": json.dumps(record, sort_keys=True)})
-        storage.write_parquet_atomic(hits, remember[0])
+        kept = hits.cast(HITS_SCHEMA).set_column(1, "row_key", pa.nulls(hits.num_rows, pa.string()))
+        storage.write_parquet_atomic(
+            kept.replace_schema_metadata({"relaion": json.dumps(record, sort_keys=True)}), remember[0]
+        )
     log.info(
         f"{inputs.shard_name}: {how['hashes_searched']:,} PDQ hashes near-matched against {how['entries_searched']:,}"
         f" entries{' (the rest remembered from ' + how['from_list'] + ')' if how['from_list'] else ''}"

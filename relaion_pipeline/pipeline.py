@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, index, matching, schemas, shard_lock, shards, storage, variants
+from relaion_pipeline import blocklists, index, matching, row_keys, schemas, shard_lock, shards, storage, variants
 from relaion_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
     shard = shards.resolve(settings.shards, name)
     _start(settings, "removals", name, work.removals(name))
     roles = shards.roles(shard)
+    keys = row_keys.Writer(shard.path, roles, shards.open_parquet(shard.path).schema_arrow)
     version, blocklist_path = blocklists.read_current(work.blocklist_dir)
     sidecar_path, sidecar_columns = sidecar_of(settings, shard)
     inputs = matching.MatchInputs(
@@ -352,6 +353,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
             else None
         )
         removals = matching.match_candidates(con, inputs, kinds, settings, candidates, near, image)
+        removals = keys.column(matching.with_shard_keys(con, inputs, removals))
         unusable = index.unusable_rows(con, index_path)
     except duckdb.Error as error:
         raise shards.unreadable(error, shard.path, sidecar_path, blocklist_path) from None
@@ -368,7 +370,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
     if duplicate_keys:
         warnings.append(
             f"{shard.path}: {duplicate_keys:,} of {rows_in:,} rows repeat the row key of another row in column"
-            f" {roles.key!r} (e.g. {duplicate_sample!r}), expected unique keys; each row is matched on its own,"
+            f" {roles.key!r} (e.g. {keys.one(duplicate_sample)!r}), expected unique keys; each row is matched on its own,"
             " by row number"
         )
     storage.write_parquet_atomic(removals, work.removals(name))
@@ -385,6 +387,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "rows_without_caption": null_captions,
         "rows_other_scheme": other_scheme,
         "duplicate_row_keys": duplicate_keys,
+        "row_keys": keys.how,
         "rows_removed": len(set(removals.column("row_number").to_pylist())),
         "matches": removals.num_rows,
         "removed_by_kind": _count_by(removals, "kind"),

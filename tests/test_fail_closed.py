@@ -162,3 +162,48 @@ def test_outputs_inside_the_shard_location_are_refused_before_any_work(inputs, t
         f" read as a shard, so these files would be taken as input; give work a location outside {data}"
     )
     assert sorted(p.name for p in data.iterdir()) == ["part.parquet"], "nothing was written"
+
+
+def test_row_keys_holding_urls_never_reach_a_work_or_release_file(tmp_path):
+    """A shard whose key column is the URL itself: removals, kept image hits, validation results, stats, the
+    Dagster instance and the release hold no form of a removed row's URL (the keys are keyed hashes)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    listed = "http://listed-by-key.example.org/private/photo-1.jpg"
+    by_image = "http://image-by-key.example.net/album/photo-2.jpg"
+    urls = [listed, by_image] + [f"http://fine-{i}.example.com/p/{i}.jpg" for i in range(40)]
+    (tmp_path / "shards").mkdir()
+    pq.write_table(pa.table({"url": urls, "caption": [f"a photo {i}" for i in range(len(urls))], "key": urls,
+                             "punsafe": pa.array([0.1] * len(urls), pa.float32())}), tmp_path / "shards" / "s.parquet")  # fmt: skip
+    image = hashlib.md5(b"listed image bytes").hexdigest()
+    (tmp_path / "sidecars").mkdir()
+    md5s = [image if u == by_image else hashlib.md5(u.encode()).hexdigest() for u in urls]
+    pq.write_table(pa.table({"key": urls, "md5": md5s}), tmp_path / "sidecars" / "s.parquet")
+    (tmp_path / "lists" / "iwf").mkdir(parents=True)
+    expression = listed.removeprefix("http://")
+    (tmp_path / "lists" / "iwf" / "url_sha256.txt").write_text(hashlib.sha256(expression.encode()).hexdigest() + "\n")
+    (tmp_path / "lists" / "iwf" / "image_md5.txt").write_text(image + "\n")
+    layout = ["--shards", tmp_path / "shards", "--blocklists", tmp_path / "lists", "--sidecars", tmp_path / "sidecars",
+              "--work", tmp_path / "work", "--release", tmp_path / "releases"]  # fmt: skip
+    ran = relaion("run", *layout)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    stats = json.loads((tmp_path / "work" / "stats" / "removals" / "s.json").read_text())
+    assert stats["rows_removed"] == 2 and stats["row_keys"].startswith("hmac-sha256 of column 'key'")
+    removals = pq.read_table(tmp_path / "work" / "removals" / "s.parquet").to_pylist()
+    assert sorted(r["row_number"] for r in removals) == [0, 1]
+    assert all(r["row_key"].startswith("hmac:") and len(r["row_key"]) == 37 for r in removals)
+    secrets = []
+    for url in (listed, by_image):
+        host, _, path = url.removeprefix("http://").partition("/")
+        secrets += [url, url.removeprefix("http://"), host, path, url.replace("/", "%2F")]
+    for path in [*(tmp_path / "work").rglob("*"), *(tmp_path / "releases").rglob("*"), *tmp_path.glob("*.log")]:
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("latin-1")
+        if path.suffix == ".parquet":
+            text += str(pq.read_table(path).to_pylist())
+        for secret in secrets:
+            assert secret not in text, f"{path.relative_to(tmp_path)} holds {secret!r}"
+    assert not any(secret in ran.stdout + ran.stderr for secret in secrets)
