@@ -122,6 +122,7 @@ def run_all(settings: Settings, progress=print, force: bool = False, debug: bool
 
 def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> RunSummary:
     settings.check_layout()
+    pipeline.removal_rules(settings)  # the keyword file is read before any work: an error names it and its flag
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]

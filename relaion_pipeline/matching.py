@@ -270,9 +270,27 @@ def lookup_expressions_sql(con: duckdb.DuckDBPyConnection, url_values: list[str]
     return out
 
 
+def read_keywords(path: str) -> str:
+    """The text of the keyword file, or an error naming it, the setting and what was expected."""
+    where = f"keyword file {path} (setting keywords: --keywords, RELAION_KEYWORDS)"
+    try:
+        data = storage.filesystem(path)[0].cat_file(storage.filesystem(path)[1])
+    except FileNotFoundError:
+        raise ValueError(f"{where}: does not exist, expected a text file with one keyword per line") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where}: is a folder, expected a text file with one keyword per line") from None
+    if b"\0" in data:
+        raise ValueError(f"{where}: holds binary data, expected UTF-8 text with one keyword per line")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{where}: line {line} is not UTF-8, expected UTF-8 text") from None
+
+
 def keyword_pattern(path: str) -> str | None:
     """A case-insensitive whole-word RE2 pattern for the keyword file, or None when it lists nothing."""
-    words = [line.split("#", 1)[0].strip() for line in storage.read_text(path).splitlines()]
+    words = [line.split("#", 1)[0].strip() for line in read_keywords(path).splitlines()]
     words = [w for w in words if w]
     if not words:
         return None
@@ -597,12 +615,16 @@ def key_in_sql(roles: schemas.Roles, integer: bool, texts: str) -> str:
 
 
 def sidecar_counts_sql(inputs: MatchInputs) -> str:
-    """Rows of the shard's sidecar, how many of their keys are not a row key of the shard, and how many of the
-    shard's PDQ hashes are of too low a quality to be matched. One pass: each sidecar key is marked by one
+    """Rows of the shard's sidecar, how many of their keys are not a row key of the shard, how many of the
+    shard's PDQ hashes are of too low a quality to be matched, are not 64 hex digits, or have a quality
+    outside 0-100. One pass: each sidecar key is marked by one
     lookup in the shard's row keys (a single hash table, which spills beyond the memory limit)."""
-    low = (
-        f"pdq IS NOT NULL AND pdq_quality < {pdq.MIN_QUALITY}"
-        if {"pdq", "pdq_quality"} <= set(inputs.sidecar_columns)
+    has_quality = {"pdq", "pdq_quality"} <= set(inputs.sidecar_columns)
+    low = f"pdq IS NOT NULL AND {pdq.low_quality_sql()}" if has_quality else "false"
+    odd_quality = f"pdq IS NOT NULL AND {pdq.out_of_range_sql()}" if has_quality else "false"
+    malformed = (
+        "pdq IS NOT NULL AND NOT regexp_full_match(CAST(pdq AS VARCHAR), '[0-9a-fA-F]{64}')"
+        if "pdq" in inputs.sidecar_columns
         else "false"
     )
     key, in_shard = inputs.roles.key_sql(inputs.shard_name), "CAST(key AS VARCHAR) IN (SELECT row_key FROM src)"
@@ -614,8 +636,10 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
         SELECT {key} AS row_key FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
     ),
     marked AS (
-        SELECT coalesce({in_shard}, false) AS in_shard, {low} AS low_quality
+        SELECT coalesce({in_shard}, false) AS in_shard, {low} AS low_quality, {malformed} AS malformed,
+               {odd_quality} AS odd_quality
         FROM read_parquet({sql_string(inputs.sidecar_path)})
     )
-    SELECT count(*), count(*) FILTER (WHERE NOT in_shard), count(*) FILTER (WHERE in_shard AND low_quality)
+    SELECT count(*), count(*) FILTER (WHERE NOT in_shard), count(*) FILTER (WHERE in_shard AND low_quality),
+           count(*) FILTER (WHERE in_shard AND malformed), count(*) FILTER (WHERE in_shard AND odd_quality)
     FROM marked"""

@@ -51,9 +51,9 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
 
 
 def _sidecar_sql(inputs, stride: int = 1, start: int = 0) -> str:
-    """SQL: row_key and pdq of the sidecar's hashes that have 64 characters and a quality of 50 or more, or
-    an unknown one (no quality column, or null); with a `stride`, of every stride-th row from `start` only."""
-    quality = f"pdq_quality >= {pdq.MIN_QUALITY}" if "pdq_quality" in inputs.sidecar_columns else "true"
+    """SQL: row_key and pdq of the sidecar's hashes that have 64 characters and are not of low quality
+    (`pdq.low_quality_sql`: a quality of 50 or more, none, or one outside 0-100); with a `stride`, of every stride-th row from `start` only."""
+    quality = f"NOT {pdq.low_quality_sql()}" if "pdq_quality" in inputs.sidecar_columns else "true"
     drawn = f"file_row_number % {int(stride)} = {int(start) % int(stride)} AND " if stride > 1 else ""
     return f"""
         SELECT CAST(key AS VARCHAR) AS row_key, CAST(pdq AS VARCHAR) AS pdq

@@ -24,6 +24,17 @@ MAX_DISTANCE = 63  # probes grow as C(16, floor(d / 16)): 17 masks at 31, 137 at
 MIN_QUALITY = 50  # PDQ's own advice: hashes of lower quality (flat or tiny images) are not matched
 
 
+def low_quality_sql(column: str = "pdq_quality") -> str:
+    """SQL: true for a PDQ quality that says the hash is not worth matching (0 to 49). A quality outside
+    0-100 is no quality PDQ gives: it is counted (`out_of_range_sql`) and the hash matched, as one of
+    unknown quality is: a damaged column must never hide a listed image."""
+    return f"({column} BETWEEN 0 AND {MIN_QUALITY - 1})"
+
+
+def out_of_range_sql(column: str = "pdq_quality") -> str:
+    return f"({column} NOT BETWEEN 0 AND 100)"
+
+
 def words_sql(hex_column: str) -> str:
     """SQL: the four 64-bit words h0..h3 of a 64-hex-digit PDQ column."""
     return ", ".join(f"('0x' || substr({hex_column}, {1 + 16 * w}, 16))::UBIGINT AS h{w}" for w in range(4))

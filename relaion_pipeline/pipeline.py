@@ -269,7 +269,7 @@ def _count_by(table, *columns: str) -> dict[str, int]:
     return {k: len(v) for k, v in sorted(seen.items())}
 
 
-SIDECAR_COUNTS = 1  # bump when what `matching.sidecar_counts_sql` counts changes: remembered counts are redone
+SIDECAR_COUNTS = 2  # bump when what `matching.sidecar_counts_sql` counts changes: remembered counts are redone
 
 
 def _shard_counts(settings: Settings, name: str, con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs) -> dict:
@@ -321,7 +321,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
             meta = index.build(con, inputs, settings.work, input_fingerprint, counts=counts, md5=md5, domains=domains)
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
-        sidecar_rows, unmatched_keys, low_quality = (
+        sidecar_rows, unmatched_keys, low_quality, malformed_pdq, odd_quality = (
             index.remembered(
                 settings.work,
                 name,
@@ -330,7 +330,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
                 lambda: list(con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0]),
             )
             if sidecar_path
-            else (0, 0, 0)
+            else (0, 0, 0, 0, 0)
         )
         index_path = index.paths(settings.work, name)[0]
         candidates = index.list_candidates(con, settings.work, name, blocklist_path)
@@ -360,6 +360,16 @@ def compute_removals(settings: Settings, name: str) -> dict:
     finally:
         con.close()
     warnings = _check_sidecar(sidecar_path, name, roles, rows_in, sidecar_rows, unmatched_keys) if sidecar_path else []
+    if malformed_pdq:
+        warnings.append(
+            f"{sidecar_path}: {malformed_pdq:,} PDQ hashes of the shard's rows are not 64 hex digits in column"
+            " 'pdq'; those rows cannot be near-matched (their exact image hashes still are)"
+        )
+    if odd_quality:
+        warnings.append(
+            f"{sidecar_path}: {odd_quality:,} values of column 'pdq_quality' are outside 0-100, expected PDQ's"
+            " quality; their hashes are matched as if of unknown quality"
+        )
     if unusable.size:
         first = ", ".join(str(n) for n in unusable[:5].tolist())
         warnings.append(
@@ -403,6 +413,8 @@ def compute_removals(settings: Settings, name: str) -> dict:
         "image_matching": "skipped" if settings.skip_image_matching else "required",
         "sidecar_unmatched_keys": unmatched_keys,
         "pdq_low_quality_rows": low_quality,
+        "pdq_malformed_rows": malformed_pdq,
+        "pdq_quality_out_of_range_rows": odd_quality,
         "near_matching": near_how,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
@@ -413,7 +425,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
 
 def removal_rules(settings: Settings) -> dict:
     """The settings besides the lists that decide what a shard's removals are (the keyword rule)."""
-    keywords = storage.read_text(settings.keywords) if settings.keywords else ""
+    keywords = matching.read_keywords(settings.keywords) if settings.keywords else ""
     return {
         "research_threshold": settings.research_threshold,
         "keywords_sha256": hashlib.sha256(keywords.encode("utf-8")).hexdigest(),

@@ -136,6 +136,16 @@ def test_mistyped_flags_values_and_variables_stop_before_any_work(tmp_path):
         assert ran.stderr.strip() == f"error: {variable}={raw!r}: {expected}" or (
             ran.stderr.startswith(f"error: {variable}={raw!r}: {expected}")
         ), ran.stderr
+    (tmp_path / "binary.txt").write_bytes(b"csam\0\x01")
+    for keywords, expected in (
+        (tmp_path / "missing.txt", "does not exist, expected a text file with one keyword per line"),
+        (tmp_path / "binary.txt", "holds binary data, expected UTF-8 text with one keyword per line"),
+    ):
+        ran = relaion("run", *layout, "--keywords", keywords)
+        assert ran.returncode == 2
+        assert ran.stderr.strip() == (
+            f"error: keyword file {keywords} (setting keywords: --keywords, RELAION_KEYWORDS): {expected}"
+        )
     assert not (tmp_path / "work").exists(), "nothing was started"
 
 

@@ -337,29 +337,32 @@ def test_remembered_near_matches_are_not_used_for_a_changed_sidecar_or_a_list_no
 
 
 def test_a_hash_of_unknown_quality_is_matched_and_one_of_low_quality_is_not(tmp_path):
-    """Quality and form decide which sidecar hashes can match: unknown or 50+ quality, 64 hex digits of either
-    case; a hash that is not hex digits, too short or missing is left alone, without failing the shard."""
+    """Quality and form decide which sidecar hashes can match: unknown, out-of-range or 50+ quality, 64 hex
+    digits of either case; a hash that is not hex digits, too short or missing is left alone, without failing
+    the shard, and counted with a warning, as is a quality outside 0-100."""
     rng = np.random.default_rng(4)
     entry = _hashes(rng, 1)[0]
     near = _flip(entry, 5, rng)
     (tmp_path / "in" / "shards").mkdir(parents=True)
     (tmp_path / "in" / "sidecars").mkdir()
-    keys = ["unknown", "low", "good", "upper-case", "not-hex", "short", "none"]
+    keys = ["unknown", "low", "good", "upper-case", "not-hex", "short", "none", "over-100", "negative"]
     pq.write_table(
         pa.table({"key": keys, "url": [f"http://{k}.example.com/a.jpg" for k in keys], "caption": keys}),
         tmp_path / "in" / "shards" / "s.parquet",
     )
-    hashes = [near, near, near, near.upper(), near[:-1] + "g", near[:-2], None]
+    hashes = [near, near, near, near.upper(), near[:-1] + "g", near[:-2], None, near, near]
     sidecar = pa.table(
-        {"key": keys, "pdq": hashes, "pdq_quality": pa.array([None, 10, 80, 80, 80, 80, 80], pa.int16())}
+        {"key": keys, "pdq": hashes, "pdq_quality": pa.array([None, 10, 80, 80, 80, 80, 80, 200, -5], pa.int16())}
     )
     pq.write_table(sidecar, tmp_path / "in" / "sidecars" / "s.parquet")
     _write_list(tmp_path / "in" / "blocklists", "partner", [entry])
     settings = Settings.layout(tmp_path / "in", tmp_path / "out")
     pipeline.build_blocklist(settings)
     stats = pipeline.compute_removals(settings, "s")
-    removed = pq.read_table(pipeline.Work(settings.work).removals("s")).column("row_key").to_pylist()
-    assert removed == ["unknown", "good", "upper-case"] and stats["pdq_low_quality_rows"] == 1
+    removed = [keys[n] for n in pipeline.Work(settings.work).removed_rows("s")]
+    assert removed == ["unknown", "good", "upper-case", "over-100", "negative"], "a damaged quality never hides one"
+    assert stats["pdq_low_quality_rows"] == 1 and stats["pdq_malformed_rows"] == 2
+    assert stats["pdq_quality_out_of_range_rows"] == 2 and len(stats["warnings"]) == 2
     pipeline.write_research(settings, "s")
     assert all(o.success for o in checks.check_research(settings, "s")), "the audit applies the same rule"
 
