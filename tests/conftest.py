@@ -58,3 +58,25 @@ def sensor_requests(defs: dg.Definitions, instance: dg.DagsterInstance, sensor_n
         ) as context,
     ):
         return list(sensor.evaluate_tick(context).run_requests)
+
+
+def written(shard_path, keys) -> list[str]:
+    """Row keys as the pipeline writes them for this shard (`row_keys`): a text key column's keys as keyed hashes,
+    integer and positional keys as they are."""
+    from relaion_pipeline import row_keys, schemas
+
+    schema = pq.read_schema(shard_path)
+    return row_keys.Writer(str(shard_path), schemas.detect(schema, str(shard_path)), schema).many(list(keys))
+
+
+def removed_keys(settings: Settings, name: str) -> list[str]:
+    """The shard's own row keys of its removed rows, in row order, found by row number (what removals record)."""
+    from relaion_pipeline import pipeline, schemas
+
+    path = f"{settings.shards}/{name}.parquet"
+    table = pq.read_table(path)
+    roles = schemas.detect(table.schema, path)
+    rows = pipeline.Work(settings.work).removed_rows(name)
+    if roles.key is None:
+        return [f"{name}:{n}" for n in rows]
+    return [str(table.column(roles.key)[int(n)].as_py()) for n in rows]

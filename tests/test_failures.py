@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BLOCKED_URL
+from conftest import BLOCKED_URL, written
 
 from assets.runner import run_all
 from relaion_pipeline import pipeline, release, variants
@@ -71,7 +71,7 @@ def test_failing_blocking_check_holds_the_shard_back(settings, tmp_path, monkeyp
     assert record["success"] is False
     failure = record["failures"][0]
     assert failure["observed"] == 2, "found both by re-matching the URL and by its removed row key"
-    assert failure["sample_row_keys"] == ["good-2-1"]
+    assert failure["sample_row_keys"] == written(Path(settings.shards) / "good-2.parquet", ["good-2-1"])
     assert BAD_URL not in json.dumps(record) and "secret caption" not in json.dumps(record)
 
 
@@ -94,10 +94,11 @@ def test_malformed_input_fails_its_check_and_is_held_back(settings, tmp_path):
     assert by_name["good-1"].ok and by_name["good-2"].ok
     record = json.loads((tmp_path / "work" / "validation" / "input_shard_well_formed" / "bad.json").read_text())
     failed = {f["column"]: (f["observed"], f["sample_row_keys"]) for f in record["failures"]}
+    shown = dict(zip(["bad-1", "bad-2"], written(tmp_path / "shards" / "bad.parquet", ["bad-1", "bad-2"]), strict=True))
     assert failed == {
-        "url_missing": (1, ["bad-1"]),
-        "punsafe_out_of_range": (1, ["bad-2"]),
-        "duplicate_row_keys": (1, ["bad-2"]),
+        "url_missing": (1, [shown["bad-1"]]),
+        "punsafe_out_of_range": (1, [shown["bad-2"]]),
+        "duplicate_row_keys": (1, [shown["bad-2"]]),
     }
     published = Path(release.resolve(settings.release))
     manifest = json.loads((published / "manifest.json").read_text())

@@ -8,7 +8,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BLOCKED_URL
+from conftest import BLOCKED_URL, removed_keys, written
 
 from relaion_pipeline import checks, index, matching, pipeline
 from relaion_pipeline.checks import RESEARCH_NO_MATCH
@@ -34,8 +34,18 @@ def _add_list(settings, source: str, expression: str) -> None:
 
 
 def _removed_keys(settings, name):
+    """(the shard's own row key, source) of each removal: removals record the row number (and a key that cannot
+    disclose a URL, `row_keys`)."""
     table = pq.read_table(pipeline.Work(settings.work).removals(name))
-    return sorted(zip(table.column("row_key").to_pylist(), table.column("source").to_pylist(), strict=True))
+    shard = os.path.join(settings.shards, name + ".parquet")
+    keys = dict(zip(written(shard, removed_keys(settings, name)), removed_keys(settings, name), strict=True))
+    return sorted(
+        zip(map(keys.get, table.column("row_key").to_pylist()), table.column("source").to_pylist(), strict=True)
+    )
+
+
+def _shown(settings, name, *keys):
+    return written(os.path.join(settings.shards, name + ".parquet"), keys)
 
 
 def _shard_stages(settings, name):
@@ -96,7 +106,7 @@ def test_research_check_finds_a_row_the_matching_query_missed(settings, monkeypa
     assert rows_add_up.success, "research is exactly the input minus the (incomplete) removals"
     assert not no_match.success
     record = json.loads(open(pipeline.Work(settings.work).validation(RESEARCH_NO_MATCH, "good-2")).read())
-    assert record["failures"][0]["sample_row_keys"] == ["good-2-1"]
+    assert record["failures"][0]["sample_row_keys"] == _shown(settings, "good-2", "good-2-1")
     assert record["statistics"]["rows_matched_by_reference"] == 1
     assert BLOCKED_URL not in json.dumps(record) and "secret caption" not in json.dumps(record)
 
@@ -118,7 +128,7 @@ def test_research_check_finds_a_wrong_index(settings):
     record = json.loads(open(pipeline.Work(settings.work).validation(RESEARCH_NO_MATCH, "good-1")).read())
     assert record["statistics"]["audit_mismatches"] == 1
     assert record["statistics"]["audited_rows"] == 4
-    assert record["failures"][0]["sample_row_keys"] == ["good-1-1"]
+    assert record["failures"][0]["sample_row_keys"] == _shown(settings, "good-1", "good-1-1")
 
 
 def test_research_check_passes_on_a_correct_run(settings):
@@ -153,7 +163,7 @@ def test_the_research_check_reads_the_rows_removals_found_only_for_the_same_inde
     no_match, _ = checks.check_research(settings, "good-1")
     assert len(scans) == 2 and not no_match.success
     assert no_match.statistics["candidate_rows"] == 2
-    assert no_match.failures[0].sample_row_keys == ["good-1-2"]
+    assert no_match.failures[0].sample_row_keys == _shown(settings, "good-1", "good-1-2")
     assert open(kept_path, "rb").read() == kept, "the check keeps nothing"
 
     pipeline.compute_removals(settings, "good-1")
@@ -184,7 +194,7 @@ def test_candidate_rows_taken_by_their_row_numbers_or_by_a_join_give_the_planted
         pipeline.compute_removals(settings, name)
         removed = {key for key, _ in _removed_keys(settings, name)}
         assert removed == {key for keys in kinds.values() for key in keys}, name
-    assert taken == [list if by == "row numbers" else str] * 2
+    assert taken == [list if by == "row numbers" else str] * 4, "the candidates, then the removed rows' keys"
 
 
 def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_same_sidecar_and_list(
@@ -208,9 +218,11 @@ def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_sam
     pipeline.write_research(settings, name)
     kept_path = index.beside(settings.work, name, index.IMAGE_HITS)
     kept = pq.read_table(kept_path)
-    assert kept.column_names == ["key", "kind", "source", "category", "hash"]
+    assert kept.column_names == ["sidecar_row", "key", "kind", "source", "category", "hash"]
+    assert kept.column("key").null_count == kept.num_rows, "no row key (it may be text of a URL): the sidecar row"
+    sidecar_keys = pq.read_table(os.path.join(settings.sidecars, name + ".parquet")).column("key").to_pylist()
     image_keys = {k for kind in ("image_md5", "image_sha1", "image_sha256") for k in planted[name][kind]}
-    assert set(kept.column("key").to_pylist()) == image_keys
+    assert {sidecar_keys[r] for r in kept.column("sidecar_row").to_pylist()} == image_keys
     assert len(joins) == 1
 
     no_match, _ = checks.check_research(settings, name)
@@ -218,7 +230,7 @@ def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_sam
     pipeline.compute_removals(settings, name)
     assert len(joins) == 1, "a rerun with the same list read them too"
 
-    removed = set(pq.read_table(pipeline.Work(settings.work).removals(name)).column("row_key").to_pylist())
+    removed = {key for key, _ in _removed_keys(settings, name)}
     sidecar = pq.read_table(os.path.join(settings.sidecars, name + ".parquet"))
     key, md5 = next(
         (k, h)
@@ -232,12 +244,13 @@ def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_sam
     kept_bytes = open(kept_path, "rb").read()
     no_match, _ = checks.check_research(settings, name)
     assert len(joins) == 2 and not no_match.success
-    assert no_match.failures[0].sample_row_keys == [key]
+    assert no_match.failures[0].sample_row_keys == _shown(settings, name, key)
     assert open(kept_path, "rb").read() == kept_bytes, "the check keeps nothing"
 
     pipeline.compute_removals(settings, name)
     pipeline.write_research(settings, name)
-    assert set(pq.read_table(kept_path).column("key").to_pylist()) == image_keys | {key}
+    kept = pq.read_table(kept_path).column("sidecar_row").to_pylist()
+    assert {sidecar_keys[r] for r in kept} == image_keys | {key}
     no_match, _ = checks.check_research(settings, name)
     assert no_match.success and len(joins) == 3
 
