@@ -787,7 +787,9 @@ def test_compiled_canonicalization_is_the_reference(generated):
     ascii_hosts = [u for u in values if _ascii_host(u)]
     left = [u for u, got in zip(generated, canonical_kernel.parts_of(generated), strict=True) if got is None]
     assert decided > 0.8 * len(ascii_hosts), decided
-    assert [u for u in left if _never_an_ip(u) and _ascii_host(u)] == [], "left to DuckDB though its host cannot be an IP address"
+    assert [u for u in left if _never_an_ip(u) and _ascii_host(u)] == [], (
+        "left to DuckDB though its host cannot be an IP address"
+    )
 
 
 def _ascii_host(url: str | None) -> bool:
