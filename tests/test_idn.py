@@ -3,6 +3,7 @@ and in the percent-encoded UTF-8 form, by the reference, the compiled index buil
 through `relaion run` and `relaion verify` end to end."""
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import canonical_kernel, cli, index, matching, schemas, urls
+from assets.runner import run_all
+from relaion_pipeline import canonical_kernel, cli, index, matching, schemas, urls, variants
+from relaion_pipeline.settings import Settings
 
 # (URL, the IDNA form of its canonical host; None: the host has one form, its percent-encoded one)
 UNICODE_HOSTS = [
@@ -188,3 +191,33 @@ def test_run_removes_idn_rows_listed_in_either_form(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert cli.main(["verify", str(root / "releases"), "--blocklists", str(root / "lists")]) == 1
     assert "research/idn.parquet: 1 rows match the lists ({'domain': 1})" in capsys.readouterr().out
+
+
+def test_research_check_finds_published_idn_rows_by_either_form(tmp_path, monkeypatch):
+    """A filter bug that publishes every row: the research check re-derives the IDN rows' matches with the
+    reference (both host forms) and holds the shard back, naming row keys only."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    root, listed, _ = _layout(tmp_path)
+    settings = Settings(
+        shards=str(root / "shards"),
+        blocklists=str(root / "lists"),
+        sidecars=str(root / "sidecars"),
+        work=str(root / "work"),
+        release=str(root / "releases"),
+    )
+    original = variants.write_research
+
+    def keeps_every_row(shard_path, removed, destination, safe=None):
+        return original(shard_path, np.array([], dtype=np.int64), destination, safe)
+
+    monkeypatch.setattr(variants, "write_research", keeps_every_row)
+    summary = run_all(settings, progress=lambda line: None)
+
+    assert not summary.ok
+    assert "research_has_no_blocklist_match" in summary.shards[0].failed_checks
+    record = (root / "work" / "validation" / "research_has_no_blocklist_match" / "idn.json").read_text()
+    (failure,) = json.loads(record)["failures"]
+    assert failure["observed"] == 2 * len(listed), "each found by re-matching its URL and by its removed row key"
+    assert set(failure["sample_row_keys"]) <= listed
+    assert json.loads(record)["statistics"]["rows_matched_by_reference"] == len(listed)
+    assert not any(url in record or urls.parse(url).host in record for url in LISTED)
