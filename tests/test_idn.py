@@ -221,3 +221,25 @@ def test_research_check_finds_published_idn_rows_by_either_form(tmp_path, monkey
     assert set(failure["sample_row_keys"]) <= listed
     assert json.loads(record)["statistics"]["rows_matched_by_reference"] == len(listed)
     assert not any(url in record or urls.parse(url).host in record for url in LISTED)
+
+
+def test_shard_matched_before_idna_host_forms_is_matched_again(tmp_path, monkeypatch, capsys):
+    """Outputs whose removals were found without the IDNA host forms (an older version's: no `host_forms` in
+    their rules) are not up to date: `relaion run` matches the shard again instead of skipping it."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    root, listed, _ = _layout(tmp_path)
+    flags = ["--shards", root / "shards", "--blocklists", root / "lists", "--sidecars", root / "sidecars"]
+    flags += ["--work", root / "work", "--release", root / "releases"]
+    assert cli.main(["run", *map(str, flags)]) == 0
+    assert cli.main(["run", *map(str, flags)]) == 0
+    assert "idn: up to date for blocklist" in capsys.readouterr().out
+
+    stats_path = root / "work" / "stats" / "removals" / "idn.json"
+    stats = json.loads(stats_path.read_text())
+    del stats["rules"]["host_forms"]
+    stats_path.write_text(json.dumps(stats))
+    assert cli.main(["run", *map(str, flags)]) == 0
+    out = capsys.readouterr().out
+    assert "idn: up to date" not in out
+    assert json.loads(stats_path.read_text())["rules"]["host_forms"] == urls.HOST_FORMS
+    assert set(pq.read_table(root / "work" / "removals" / "idn.parquet").column("row_key").to_pylist()) == listed
