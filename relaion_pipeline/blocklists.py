@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline import pdq, storage
+from relaion_pipeline import pdq, storage, urls
 from relaion_pipeline.schemas import sql_string
 from relaion_pipeline.settings import Settings
 
@@ -100,12 +100,18 @@ def normalize_value(kind: str, raw: str, where: str) -> str:
         raise BlocklistError(f"{where}: unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
     value = raw.strip().lower()
     if kind == "domain":
-        value = value.rstrip(".")
+        try:
+            value = urls.idna_domain(value.rstrip("."))
+        except ValueError:
+            raise BlocklistError(
+                f"{where}: {kind} value has a character that IDNA (UTS #46) does not allow in a host name"
+                " (expected e.g. 'example.com' or 'köln.example')"
+            ) from None
         labels = value.split(".")
         if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
             raise BlocklistError(
                 f"{where}: {kind} value is not a plain host name with at least two labels"
-                " (expected e.g. 'example.com', no scheme, path or port)"
+                " (expected e.g. 'example.com' or 'köln.example', no scheme, path or port)"
             )
         return value
     expected = HEX_LENGTHS[kind]
@@ -137,6 +143,25 @@ def _pattern(kind: str) -> str:
     return _DOMAIN_RE2 if kind == "domain" else f"^[0-9a-f]{{{HEX_LENGTHS[kind]}}}$"
 
 
+def _idna_domains(kinds: pa.Array, values: pa.Array) -> pa.Array:
+    """`values` with each domain value written in Unicode (`köln.example`) in its IDNA form
+    (`xn--kln-sna.example`), the form a row's non-ASCII host is matched in as well as its own (`urls.host_forms`),
+    so that an entry matches the same rows whether its partner wrote it in Unicode or in punycode. A value that
+    does not convert is left as it is, for validation to name."""
+    unicode = pc.fill_null(pc.and_(pc.equal(kinds, "domain"), pc.invert(pc.string_is_ascii(values))), False)
+    if not pc.any(unicode).as_py():
+        return values
+
+    def converted(value: str) -> str:
+        try:
+            return urls.idna_domain(value)
+        except ValueError:
+            return value
+
+    replacements = pa.array([converted(v) for v in pc.filter(values, unicode).to_pylist()], pa.string())
+    return pc.replace_with_mask(values, unicode, replacements)
+
+
 def _validated(kinds: pa.Array, values: pa.Array, categories: pa.Array | None, where) -> pa.Table:
     """Normalize and validate a file's entries at once; the first bad one fails with `where(position)`.
 
@@ -153,6 +178,7 @@ def _validated(kinds: pa.Array, values: pa.Array, categories: pa.Array | None, w
     present = pc.unique(kinds).to_pylist()
     if "domain" in present:
         values = pc.if_else(pc.equal(kinds, "domain"), pc.utf8_rtrim(values, characters="."), values)
+        values = _idna_domains(kinds, values)
     known = [kind for kind in present if kind in KINDS]
     if len(present) == 1 and known:
         ok = pc.match_substring_regex(values, _pattern(known[0]))

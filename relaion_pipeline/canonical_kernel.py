@@ -3,7 +3,9 @@
 Each URL's canonical host, path and query are written, escaped, to an output buffer; what this kernel does
 not take on is marked for DuckDB's canonicalization (`matching.canonical_parts_sql`, whose last tier is the
 reference itself): IPv4 addresses in another encoding than the dotted quad written in fewer than 5 bytes,
-IPv6 literals, and URLs with no canonical form. The steps, as in `urls.parse`: drop the fragment, strip ASCII
+IPv6 literals, URLs with no canonical form, and hosts with a byte >= 0x80 (they are matched in their IDNA form
+too, `urls.host_forms`, which the reference derives: rare, and the one test ASCII hosts pay is a comparison
+per host byte). The steps, as in `urls.parse`: drop the fragment, strip ASCII
 whitespace, remove tab/CR/LF, percent-unescape until nothing changes, split off a `scheme://`, the query at
 the first `?` and the path at the first `/`; the host loses user info, a port, repeated and outer dots, and
 is lower-cased; the path's `.`, `..` and empty segments are resolved; every part is then escaped (bytes
@@ -257,6 +259,8 @@ def _one(data, start, end, work, other, segments, out, at, hex_digits):
     ip_like = True
     for i in range(h0, h1):
         c = work[i]
+        if c >= 128:
+            return undecided  # a non-ASCII host: it has an IDNA form as well
         if c == 46 and (at == host_start or out[at - 1] == 46):
             continue  # a leading or repeated dot
         if not (c == 46 or 48 <= c <= 57 or 97 <= (c | 32) <= 102 or (c | 32) == 120):

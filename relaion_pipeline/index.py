@@ -1,8 +1,8 @@
 """The per-shard lookup-hash index: what a shard needs to be matched again without re-hashing it.
 
 For every row with a URL, the index holds one entry per lookup expression (`host/path` forms, see
-`relaion_pipeline.urls`) and per host suffix (for domain lists), each as the first 64 bits of its sha256 and
-md5; rows whose URL has no canonical form get one entry of scope `none`. It never holds a URL, an
+`relaion_pipeline.urls`) and per host suffix (for domain lists), of each host form (a non-ASCII host's
+percent-encoded and IDNA forms, `urls.host_forms`), each as the first 64 bits of its sha256 and md5; rows whose URL has no canonical form get one entry of scope `none`. It never holds a URL, an
 expression's text or a caption: only row numbers, scopes and hash prefixes.
 
 The removals stage builds it once per input file (`<work>/index/<shard>.parquet`, described by
@@ -31,7 +31,9 @@ import pyarrow.parquet as pq
 from relaion_pipeline import lookup_hashes, matching, storage, urls
 from relaion_pipeline.schemas import sql_string
 
-FORMAT = 1  # bump when what the index holds changes: older indexes are rebuilt, not misread
+# bump when what the index holds changes: older indexes are rebuilt, not misread (2: the IDNA form of non-ASCII
+# hosts, whose mapping is the idna package's: a new one may map a host otherwise)
+FORMAT = f"2/{urls.HOST_FORMS}"
 SCOPES = ("url", "path", "host", "domain", "none")
 URL, PATH, HOST, DOMAIN, NONE = range(len(SCOPES))
 BATCH_ROWS = 262_144  # URLs per batch of the compiled build: ~30 MB of URLs, ~4M entries
@@ -81,8 +83,9 @@ def _write_sql(
 
 
 def _general_sql(relation: str) -> str:
-    """SQL: row_number, host, path, query of the URLs of `relation` (row_number, url), the parts null for a
-    non-blank URL with no canonical form; blank URLs have no row."""
+    """SQL: row_number, host, path, query of the URLs of `relation` (row_number, url), one row per host form
+    (a non-ASCII host's IDNA form is a second row), the parts null for a non-blank URL with no canonical form;
+    blank URLs have no row."""
     return f"""
     WITH src AS (SELECT row_number, NULL::VARCHAR AS row_key, url FROM {relation}), {matching.canonical_parts_sql("src")}
     SELECT s.row_number, c.host, c.path, c.query
@@ -370,8 +373,10 @@ def reference(url: str | None) -> tuple[set[tuple[int, int | None, int | None]],
         sha, md5 = hashlib.sha256(data).digest(), hashlib.md5(data).digest()
         entries.add((SCOPES.index(scope), int.from_bytes(sha[:8], "big"), int.from_bytes(md5[:8], "big")))
         keys += [("url_sha256", sha.hex()), ("url_md5", md5.hex())]
-    if not canonical.host.startswith("["):
-        labels = canonical.host.split(".")
+    for host in urls.host_forms(canonical.host):
+        if host.startswith("["):
+            continue
+        labels = host.split(".")
         for i in range(len(labels) - 1):
             suffix = ".".join(labels[i:])
             sha = hashlib.sha256(suffix.encode("utf-8", errors="surrogateescape")).digest()

@@ -4,9 +4,11 @@ What `index.build_sql` computes in DuckDB (every lookup expression's sha256 and 
 suffix's sha256 prefix for domain lists), at a fraction of its cost: the expressions are never built as
 strings, each one is fed piece by piece (host suffix, path prefix, `?`, query) to OpenSSL's SHA-256, the
 libcrypto that Python's own hashlib uses (SHA-NI where the CPU has it), called from a numba kernel on both
-cores; for MD5, the pieces are copied into lanes of 64 expressions hashed at once (see MD5_LANES). URLs are canonicalized by the compiled reference (`canonical_kernel`), but for what it leaves to
-DuckDB's `matching.canonical_parts_sql` (possible IP hosts, IPv6, URLs without a canonical form): both give
-exactly the reference parts.
+cores; for MD5, the pieces are copied into lanes of 64 expressions hashed at once (see MD5_LANES). URLs are
+canonicalized by the compiled reference (`canonical_kernel`), but for what it leaves to DuckDB's
+`matching.canonical_parts_sql` (possible IP hosts, IPv6, non-ASCII hosts, URLs without a canonical form): both
+give exactly the reference parts, DuckDB a row of parts per host form (a non-ASCII host's IDNA form is a
+second one), whose entries are hashed alike.
 
 `available()` says whether libcrypto was found and hashes correctly; without it the index is built by SQL.
 """
@@ -373,7 +375,8 @@ def entries(
 ) -> tuple[pa.Table, np.ndarray]:
     """The index entries of a batch of URLs with their row numbers, and the row numbers of URLs that have no
     canonical form. `general(table of row_number, url)` canonicalizes what the kernel leaves: it returns
-    row_number, host, path, query, the parts null for a URL with none (`matching.canonical_parts_sql`)."""
+    row_number, host, path, query, the parts null for a URL with none, one row per host form
+    (`matching.canonical_parts_sql`)."""
     if not available():
         raise RuntimeError("the compiled lookup hashes need OpenSSL's libcrypto, which this Python does not have")
     rows = np.asarray(rows, dtype=np.uint32)

@@ -9,7 +9,9 @@ the distance. It never holds a URL, an expression's text or a caption.
 
 Most URLs are regular (`http(s)://host/path?query` with nothing to unescape or resolve): DuckDB canonicalizes
 those itself. The rest (escapes, IP hosts, dot segments, non-ASCII, ...) go through the reference implementation
-in `relaion_pipeline.urls` as a vectorized UDF, so both paths give exactly the reference result.
+in `relaion_pipeline.urls` as a vectorized UDF, so both paths give exactly the reference result. Only that UDF
+meets non-ASCII hosts, so only it gives a row a second host form (`urls.host_forms`: the IDNA form), a second
+row of `canonical` with the same row number.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ SAFE_CHARS = r"""[!-"$&-~]"""  # printable ASCII but '#' and '%': left as they a
 POSSIBLE_IP = r"(?:0[xX][0-9A-Fa-f]+|[0-9.])+"
 DOTTED_QUAD = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 
-CANONICAL_TYPE = "STRUCT(host VARCHAR, path VARCHAR, query VARCHAR)"
-_CANONICAL_ARROW = pa.struct([("host", pa.string()), ("path", pa.string()), ("query", pa.string())])
+CANONICAL_TYPE = "STRUCT(host VARCHAR, path VARCHAR, query VARCHAR, idna_host VARCHAR)"
+_CANONICAL_ARROW = pa.struct([(name, pa.string()) for name in ("host", "path", "query", "idna_host")])
 
 
 def _canonical_udf(url_array: pa.Array) -> pa.Array:
-    hosts, paths, queries, valid = [], [], [], []
+    """The reference's canonical parts of each URL, and the IDNA form of its host when it has one (null for an
+    ASCII host); a null struct for a URL without a canonical form."""
+    hosts, paths, queries, idna_hosts, valid = [], [], [], [], []
     for url in url_array.to_pylist():
         try:
             c = urls.parse(url)
@@ -70,12 +74,10 @@ def _canonical_udf(url_array: pa.Array) -> pa.Array:
         hosts.append(c and c.host)
         paths.append(c and c.path)
         queries.append(c and c.query)
+        idna_hosts.append(c and urls.idna_host(c.host))
     mask = pa.array([not v for v in valid], pa.bool_())
-    return pa.StructArray.from_arrays(
-        [pa.array(hosts, pa.string()), pa.array(paths, pa.string()), pa.array(queries, pa.string())],
-        fields=list(_CANONICAL_ARROW),
-        mask=mask,
-    )
+    columns = [pa.array(values, pa.string()) for values in (hosts, paths, queries, idna_hosts)]
+    return pa.StructArray.from_arrays(columns, fields=list(_CANONICAL_ARROW), mask=mask)
 
 
 def connect(settings: Settings | None = None, writes_inputs: bool = False) -> duckdb.DuckDBPyConnection:
@@ -144,12 +146,14 @@ def _escape_sql(value: str) -> str:
 
 
 def canonical_parts_sql(source: str, url: str = "url") -> str:
-    """SQL selecting `row_number, row_key, host, path, query` for every row of `source` with a usable URL.
+    """SQL selecting `row_number, row_key, host, path, query` for every row of `source` with a usable URL, once
+    per host form (`urls.host_forms`: a non-ASCII host's IDNA form is a second row).
 
     Three tiers, each giving exactly the reference result: `fast` (regular URLs, a few string functions),
     `general` (percent escapes, non-ASCII paths, ports, user info, upper-case schemes, repeated slashes and
     dots: the reference rules written in SQL) and the reference itself as a UDF for what is left (IP hosts in
-    any encoding, dot segments, control characters, escapes that do not settle in three rounds).
+    any encoding, dot segments, control characters, escapes that do not settle in three rounds, non-ASCII
+    hosts, which the first two never take: their IDNA form is the reference's too).
     """
     fast = sql_string(FAST_URL)
     undecoded = sql_string(r"%[0-9A-Fa-f]{2}")
@@ -219,6 +223,8 @@ def canonical_parts_sql(source: str, url: str = "url") -> str:
         FROM general WHERE ok
         UNION ALL
         SELECT row_number, row_key, c.host, c.path, c.query FROM fallback WHERE c IS NOT NULL
+        UNION ALL
+        SELECT row_number, row_key, c.idna_host, c.path, c.query FROM fallback WHERE c.idna_host IS NOT NULL
     )"""
 
 

@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, index, matching, row_keys, schemas, shard_lock, shards, storage, variants
+from relaion_pipeline import blocklists, index, matching, row_keys, schemas, shard_lock, shards, storage, urls, variants
 from relaion_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -424,9 +424,12 @@ def compute_removals(settings: Settings, name: str) -> dict:
 
 
 def removal_rules(settings: Settings) -> dict:
-    """The settings besides the lists that decide what a shard's removals are (the keyword rule)."""
+    """What decides a shard's removals besides the lists: the keyword rule's settings, whether image hashes are
+    required, and the forms a URL's host is matched in (`urls.HOST_FORMS`: shards matched before non-ASCII hosts
+    had an IDNA form are matched again)."""
     keywords = matching.read_keywords(settings.keywords) if settings.keywords else ""
     return {
+        "host_forms": urls.HOST_FORMS,
         "research_threshold": settings.research_threshold,
         "keywords_sha256": hashlib.sha256(keywords.encode("utf-8")).hexdigest(),
         "unsafe_tags": settings.unsafe_tags,
@@ -440,6 +443,8 @@ def settings_changed(settings: Settings, name: str) -> str:
         removals, safe = read_stats(settings, "removals", name), read_stats(settings, RESEARCH_SAFE, name)
     except StageError as error:
         return str(error)
+    if removals.get("rules", {}).get("host_forms") != urls.HOST_FORMS:
+        return f"matched with other URL host forms than {urls.HOST_FORMS} (non-ASCII hosts in IDNA form too)"
     if removals.get("rules") != removal_rules(settings):
         return "matched with another keyword rule or image matching (research threshold, keywords, unsafe tags or skip_image_matching)"
     if safe.get("safe_threshold") != settings.safe_threshold or safe.get("missing_score") != settings.missing_score:

@@ -8,12 +8,19 @@ Canonical form: strip surrounding whitespace, remove tab/CR/LF, drop the fragmen
 default to `http://`, normalize the host (dots, IP encodings, lower case, no user info, no port), resolve the path
 (`.`/`..` segments, repeated slashes, empty path becomes `/`), keep the query, then percent-escape bytes
 <= 0x20, >= 0x7f, `#` and `%` with upper-case hex.
+
+Non-ASCII hosts have a second form: browsers and Safe Browsing clients hash the IDNA form of a host (UTS #46:
+mapped, case-folded, NFC, each label punycoded), while a canonicalizer that knows no IDNA (this one, above)
+hashes its percent-encoded UTF-8. A partner may have used either, so such a host is matched in both
+(`host_forms`): every lookup expression and host suffix exists for each form. ASCII hosts have one form.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+import idna
 
 _HEX_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -24,6 +31,10 @@ _DOTS = re.compile(rb"\.{2,}")
 _POSSIBLE_IP = re.compile(r"(?:0[xX][0-9A-Fa-f]+|[0-9.])+")  # used with fullmatch
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # used with fullmatch
+
+_NON_ASCII_ESCAPE = re.compile(r"%[89A-F][0-9A-F]")  # an escaped byte >= 0x80 in a canonical host
+# What decides the host forms: the UTS #46 mapping table is the idna package's (its Unicode version).
+HOST_FORMS = f"percent-encoded+uts46-idna-{idna.__version__}"
 
 MAX_HOST_SUFFIX_COMPONENTS = 5
 MAX_PATH_PREFIXES = 4
@@ -116,6 +127,65 @@ def _canonical_host(raw: bytes) -> bytes:
     return _ascii_lower(host)
 
 
+def _settled_host(host: bytes) -> bytes:
+    """A host after IDNA mapping, settled as the canonical host is: no repeated or outer dots (a mapped
+    full stop such as `\u3002` is a dot), an IPv4 address as its dotted quad (fullwidth digits map to digits)."""
+    host = _DOTS.sub(b".", host).strip(b".")
+    ip = _normalize_ip(host.decode("latin-1"))
+    return ip.encode("ascii") if ip is not None else _ascii_lower(host)
+
+
+def _idna_label(label: str) -> bytes:
+    """One label (or several: a mapped full stop separates them) in IDNA form: UTS #46 mapping (case folding,
+    width, NFC; the STD3 rules left to the caller, as browsers do), then `xn--` + punycode when it is not
+    ASCII. Raises ValueError (idna.IDNAError) for a label with a code point UTS #46 disallows."""
+    mapped = idna.uts46_remap(label, std3_rules=False)
+    parts = [p if p.isascii() else "xn--" + p.encode("punycode").decode("ascii") for p in mapped.split(".")]
+    return ".".join(parts).encode("ascii")
+
+
+def idna_host(host: str) -> str | None:
+    """The IDNA form of a canonical host with non-ASCII bytes (`b%C3%BCcher.example` -> `xn--bcher-kva.example`),
+    escaped as canonical parts are; None for an ASCII host (its only form) or when no label converts.
+
+    Label by label: a label that is not UTF-8 or that UTS #46 disallows stays as it is (percent-encoded), so
+    the labels that do convert (and the suffixes made of them) still get their IDNA form. No validation
+    beyond the mapping (hyphens, bidi, joiners): a form a browser would refuse is only a hash no entry has.
+    """
+    if "%" not in host or not _NON_ASCII_ESCAPE.search(host):
+        return None
+    labels = []
+    for label in _HEX_ESCAPE.sub(_unhex, host.encode("ascii")).split(b"."):  # escaped once: one round undoes it
+        if label.isascii():
+            labels.append(label)
+            continue
+        try:
+            labels.append(_idna_label(label.decode("utf-8")))
+        except (UnicodeError, idna.IDNAError):
+            labels.append(label)
+    settled = _settled_host(b".".join(labels))
+    form = _escape(settled)
+    return form if settled and form != host else None
+
+
+def idna_domain(value: str) -> str:
+    """A `domain` list value written in Unicode in its IDNA form (`köln.example` -> `xn--kln-sna.example`), the
+    form rows' hosts are matched in; ASCII values are returned as they are. Raises ValueError when a label has
+    a code point UTS #46 disallows."""
+    if value.isascii():
+        return value
+    try:
+        return _settled_host(b".".join(_idna_label(label) for label in value.split("."))).decode("ascii")
+    except idna.IDNAError as error:
+        raise ValueError(str(error)) from None
+
+
+def host_forms(host: str) -> list[str]:
+    """The forms a canonical host is matched in: itself, then its IDNA form when it has non-ASCII bytes."""
+    form = idna_host(host)
+    return [host] if form is None else [host, form]
+
+
 def _canonical_path(raw: bytes) -> bytes:
     segments: list[bytes] = []
     for segment in raw.split(b"/"):
@@ -197,28 +267,29 @@ def path_prefixes(path: str, query: str | None) -> list[str]:
 
 def scoped_expressions(url: str, canonical: CanonicalURL | None = None) -> list[tuple[str, str]]:
     """Lookup expressions of `url` (or of its `canonical` parts, when given) with the scope each one covers:
-    `url`, `path` or `host`."""
+    `url`, `path` or `host`; those of each host form (`host_forms`) in turn, each pair once."""
     canonical = canonical or parse(url)
     exact_paths = {canonical.path} | ({f"{canonical.path}?{canonical.query}"} if canonical.query is not None else set())
-    out: dict[str, str] = {}
-    for i, host in enumerate(host_suffixes(canonical.host)):
-        for path in path_prefixes(canonical.path, canonical.query):
-            if i == 0 and path in exact_paths:
-                scope = "url"
-            elif path == "/":
-                scope = "host"
-            else:
-                scope = "path"
-            out.setdefault(host + path, scope)
-    return list(out.items())
+    out: dict[tuple[str, str], None] = {}
+    for form in host_forms(canonical.host):
+        for i, host in enumerate(host_suffixes(form)):
+            for path in path_prefixes(canonical.path, canonical.query):
+                if i == 0 and path in exact_paths:
+                    scope = "url"
+                elif path == "/":
+                    scope = "host"
+                else:
+                    scope = "path"
+                out[host + path, scope] = None
+    return list(out)
 
 
 def lookup_expressions(url: str) -> list[str]:
-    """Every `host/path` expression whose hash a partner list may hold for `url` (at most 30).
+    """Every `host/path` expression whose hash a partner list may hold for `url` (at most 30 per host form).
 
     A null or empty URL has none.
     """
     try:
-        return [expression for expression, _ in scoped_expressions(url)]
+        return list(dict.fromkeys(expression for expression, _ in scoped_expressions(url)))
     except ValueError:
         return []

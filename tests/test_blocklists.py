@@ -286,3 +286,33 @@ def test_merge_leaves_no_scratch_files(tmp_path, monkeypatch):
     with pytest.raises(BlocklistError, match="bad.csv:2"):
         blocklists.load(str(tmp_path / "lists"))
     assert list((tmp_path / "tmp").glob("relaion-blocklist-*")) == []
+
+
+def test_domain_entries_in_unicode_or_punycode_are_stored_in_their_idna_form(tmp_path):
+    """A partner may write a host in Unicode (any case, fullwidth characters, a trailing dot) or in punycode:
+    either is stored in the IDNA form (UTS #46), which rows with that host are matched in."""
+    write(
+        tmp_path,
+        "optout/domains.csv",
+        "kind,value\ndomain,Köln.Example.\ndomain,xn--MNCHEN-3ya.example\ndomain,ｓｔｒａßｅ．ｅｘａｍｐｌｅ\n"
+        "domain,plain.example\n",
+    )
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "domain.txt").write_text("bücher.example\n", encoding="utf-8")
+
+    merged = blocklists.load(str(tmp_path))
+
+    assert [value for kind, value, _, _ in rows(merged)] == [
+        "plain.example",
+        "xn--bcher-kva.example",
+        "xn--kln-sna.example",
+        "xn--mnchen-3ya.example",
+        "xn--strae-oqa.example",
+    ]
+    assert blocklists.normalize_value("domain", "KÖLN.example", "f:1") == "xn--kln-sna.example"
+
+
+def test_unicode_domain_entry_that_idna_disallows_fails_naming_file_and_line(tmp_path):
+    write(tmp_path, "optout/domains.csv", "kind,value\ndomain,köln.example\ndomain,x\ufffd.example\n")
+    with pytest.raises(BlocklistError, match=r"optout/domains.csv:3: domain value has a character that IDNA"):
+        blocklists.load(str(tmp_path))
