@@ -34,6 +34,13 @@ def reaching(location: str):
     """Turn the errors of an unreachable location into one sentence that names it and what to check."""
     try:
         yield
+    except ValueError as error:
+        if "Invalid endpoint" not in str(error):
+            raise
+        raise StorageError(
+            f"{location}: AWS_ENDPOINT_URL={os.environ.get('AWS_ENDPOINT_URL', '')!r} is not a valid endpoint,"
+            " expected a URL such as http://127.0.0.1:9000 or https://s3.example.com"
+        ) from None
     except PermissionError as error:
         raise StorageError(
             f"{location}: access denied ({error}); check the credentials (AWS_ACCESS_KEY_ID and"
@@ -47,6 +54,13 @@ def reaching(location: str):
         raise StorageError(
             f"{location}: the storage server kept failing after retries ({error}); check its status and"
             " AWS_ENDPOINT_URL, then run again"
+        ) from None
+    except Exception as error:  # botocore's, which are no OSError
+        if type(error).__name__ not in ("NoCredentialsError", "PartialCredentialsError"):
+            raise
+        raise StorageError(
+            f"{location}: no S3 credentials found ({error}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or"
+            " AWS_PROFILE, or give them to the S3Storage resource"
         ) from None
 
 

@@ -217,3 +217,21 @@ def test_row_keys_holding_urls_never_reach_a_work_or_release_file(tmp_path):
         for secret in secrets:
             assert secret not in text, f"{path.relative_to(tmp_path)} holds {secret!r}"
     assert not any(secret in ran.stdout + ran.stderr for secret in secrets)
+
+
+def test_s3_endpoint_and_credential_errors_name_the_variables(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    clean |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+              "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}  # fmt: skip
+    layout = ["--shards", "s3://bucket/shards", "--work", tmp_path / "work", "--release", tmp_path / "releases"]
+    endpoint = relaion("run", *layout, env=clean | {"AWS_ENDPOINT_URL": "localhost:9000", "AWS_ACCESS_KEY_ID": "a",
+                                                     "AWS_SECRET_ACCESS_KEY": "b"})  # fmt: skip
+    assert endpoint.returncode == 2
+    assert endpoint.stderr.strip() == (
+        "error: s3://bucket/shards: AWS_ENDPOINT_URL='localhost:9000' is not a valid endpoint, expected a URL such"
+        " as http://127.0.0.1:9000 or https://s3.example.com"
+    )
+    nobody = relaion("run", *layout, env=clean | {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert nobody.returncode == 2
+    assert nobody.stderr.startswith("error: s3://bucket/shards: no S3 credentials found")
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in nobody.stderr
