@@ -42,6 +42,7 @@ class RelaionSettings(dg.ConfigurableResource):
     duckdb_threads: int
     duckdb_memory_limit: str
     skip_image_matching: bool
+    allow_list_shrink: bool
     allow_partial_release: bool
 
     @classmethod

@@ -51,7 +51,7 @@ def _setting_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) 
             continue
         flag, variable = "--" + f.name.replace("_", "-"), f"RELAION_{f.name.upper()}"
         default = getattr(base, f.name)
-        text = f"{f.metadata['help']} [{variable}; default: {default if default != '' else 'none'}]"
+        text = f"{f.metadata['help']} [{variable}; default: {default if default != '' else 'none'}]".replace("%", "%%")
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=text)
         else:

@@ -85,8 +85,17 @@ def build_blocklist(settings: Settings) -> dict:
         merged = blocklists.load(settings.blocklists, settings)
     except duckdb.OutOfMemoryException as error:  # DuckDB sorts the lists within the pipeline's limit
         raise out_of_memory(settings, "build_blocklist", error) from None
+    previous = blocklists.read_pointer(Work(settings.work).blocklist_dir)
+    shrunk = list_shrink(previous, merged.counts) if previous and previous["version"] != merged.version else ""
+    if shrunk and not settings.allow_list_shrink:
+        raise StageError(
+            f"{settings.blocklists}: the lists hold fewer entries than blocklist {previous['version']}: {shrunk};"
+            " a list copied in part, emptied or renamed would publish every row it listed: check the lists, or set"
+            " allow_list_shrink (--allow-list-shrink, RELAION_ALLOW_LIST_SHRINK=1) to accept this version"
+        )
     path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
     return {
+        "shrink_accepted": shrunk,
         "version": merged.version,
         "entries": merged.entries,
         "sources": merged.sources,
@@ -96,6 +105,25 @@ def build_blocklist(settings: Settings) -> dict:
         "path": path,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+LIST_SHRINK = 0.10  # a source's kind losing more than this share of its entries at once is held as a mistake
+
+
+def list_shrink(previous: dict, counts: dict) -> str:
+    """How the new entry `counts` (per source and kind) fall short of the version before: sources gone, and
+    kinds of a source that lost more than LIST_SHRINK of their entries (empty when none did). Partners delist
+    a few entries at a time; a folder renamed or a file copied in part loses many at once."""
+    lost = []
+    for source, kinds in sorted((previous.get("counts") or {}).items()):
+        if source not in counts:
+            lost.append(f"source {source!r} ({sum(kinds.values()):,} entries) is gone")
+            continue
+        for kind, before in sorted(kinds.items()):
+            now = counts[source].get(kind, 0)
+            if before and now < before * (1 - LIST_SHRINK):
+                lost.append(f"{source}'s {kind} entries {before:,} -> {now:,}")
+    return ", ".join(lost)
 
 
 def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tuple[str, ...]]:

@@ -123,6 +123,9 @@ class Settings:
     skip_image_matching: bool = _setting(
         False, "match shards without an image-hash sidecar by URL only, although the lists hold image hashes"
     )
+    allow_list_shrink: bool = _setting(
+        False, "accept a list version in which a source is gone or lost more than 10% of a kind's entries"
+    )
     allow_partial_release: bool = _setting(
         False, "publish a release without the shards of the input that failed or are held back"
     )

@@ -235,3 +235,29 @@ def test_s3_endpoint_and_credential_errors_name_the_variables(tmp_path):
     assert nobody.returncode == 2
     assert nobody.stderr.startswith("error: s3://bucket/shards: no S3 credentials found")
     assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in nobody.stderr
+
+
+def test_a_list_copied_in_part_or_a_source_renamed_is_not_taken_silently(inputs, tmp_path):
+    """Partners delist a few entries at a time; a sync cut short or a folder renamed loses many at once, and
+    would publish every row they listed. Such a version is refused until the operator accepts it."""
+    import shutil
+
+    source, planted = inputs
+    lists = tmp_path / "lists"
+    shutil.copytree(source / "blocklists", lists)
+    layout = ["--shards", source / "shards", "--blocklists", lists, "--sidecars", source / "sidecars",
+              "--work", tmp_path / "work", "--release", tmp_path / "releases"]  # fmt: skip
+    assert relaion("run", *layout).returncode == 0
+    latest = (tmp_path / "releases" / "latest").read_text()
+    hashes = lists / "partner-a" / "hashes.csv"
+    lines = hashes.read_text().splitlines()
+    hashes.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # the copy stopped half way
+    (lists / "hrw-privacy").rename(tmp_path / "hrw-privacy-old")  # and a folder moved away
+    ran = relaion("run", *layout)
+    assert ran.returncode == 1
+    assert "the lists hold fewer entries than blocklist" in ran.stderr
+    assert "source 'hrw-privacy'" in ran.stderr and "partner-a's url_sha256 entries" in ran.stderr
+    assert (tmp_path / "releases" / "latest").read_text() == latest, "nothing published"
+    accepted = relaion("run", *layout, "--allow-list-shrink")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert (tmp_path / "releases" / "latest").read_text() != latest
