@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from assets import described
 from assets.resources import RelaionSettings
 from assets.variants import research, research_safe
 from relaion_pipeline import pipeline
@@ -131,7 +132,7 @@ def build_alert_sensors(settings: AlertSettings | None = None) -> list[dg.Sensor
     settings_for: Callable[[], AlertSettings] = (lambda: settings) if settings else AlertSettings.from_env
     running = dg.DefaultSensorStatus.RUNNING
 
-    @dg.sensor(name=CHECK_ALERTS, minimum_interval_seconds=60, default_status=running)
+    @described.sensor(name=CHECK_ALERTS, minimum_interval_seconds=60, default_status=running)
     def alert_on_failed_checks(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         """Alerts once when a check fails on a shard (failing reruns add nothing), once when it passes again."""
         alert_settings = settings_for()
@@ -140,7 +141,7 @@ def build_alert_sensors(settings: AlertSettings | None = None) -> list[dg.Sensor
         alerts, new = track_checks(state, records, alert_settings, bootstrap=context.cursor is None)
         return _finish(context, alert_settings, alerts, state, new)
 
-    @dg.sensor(name=RUN_ALERTS, minimum_interval_seconds=60, default_status=running)
+    @described.sensor(name=RUN_ALERTS, minimum_interval_seconds=60, default_status=running)
     def alert_on_failed_runs(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         """Alerts once per failed run (after its last retry), except runs failed only by blocking checks."""
         alert_settings = settings_for()
@@ -161,7 +162,7 @@ def build_alert_sensors(settings: AlertSettings | None = None) -> list[dg.Sensor
             alerts += [alert] if alert else []
         return _finish(context, alert_settings, alerts, state, new)
 
-    @dg.sensor(name=BLOCKLIST_ALERTS, minimum_interval_seconds=600, default_status=running)
+    @described.sensor(name=BLOCKLIST_ALERTS, minimum_interval_seconds=600, default_status=running)
     def alert_on_stale_blocklist(context: dg.SensorEvaluationContext, relaion: RelaionSettings) -> dg.SensorResult:
         """Alerts once when no new blocklist version arrived for too long, once when a new version arrives."""
         alert_settings = settings_for()

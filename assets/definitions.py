@@ -40,14 +40,18 @@ def build_definitions(
     release_schedule = dg.ScheduleDefinition(
         job=release_job,
         cron_schedule="0 3 * * *",
-        description="Publish a release every night from the shards that passed their checks.",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Publish a release every night from the shards that passed their checks. Stopped until you"
+        " start it: publishing is the operator's decision (relaion run publishes after each run).",
     )
     refresh_schedule = dg.ScheduleDefinition(
         name="refresh_schedule",
         job=blocklist_job,
         cron_schedule="0 2 * * *",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Rebuild the blocklist every night: a new version verifies the untouched shards and"
-        " blocklist_version_sensor re-matches the touched ones; shard_sensor picks up new shards meanwhile.",
+        " blocklist_version_sensor re-matches the touched ones; shard_sensor picks up new shards meanwhile."
+        " Stopped until you start it: partner_list_sensor already rebuilds it when a list changes.",
     )
     return dg.Definitions(
         assets=ALL_ASSETS,

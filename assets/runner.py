@@ -27,6 +27,7 @@ run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
 """
+TAGS = {"relaion/started_by": "relaion run"}  # tells these runs apart from the UI's and the sensors' in the UI
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the CLI prints each failure itself
 DEBUG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # with --debug: Dagster's tracebacks too
 
@@ -133,7 +134,7 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
     progress(f"{len(found)} shards under {settings.shards} ({len(new)} new)")
 
     result = defs.resolve_job_def("blocklist_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config
+        instance=instance, raise_on_error=False, run_config=run_config, tags=TAGS
     )
     interrupts.raise_if_signalled()
     if not result.success:
@@ -152,7 +153,7 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
             progress(f"[{index}/{len(found)}] {name}: up to date for blocklist {version['version']}, skipped")
             continue
         result = shard_job.execute_in_process(
-            partition_key=name, instance=instance, raise_on_error=False, run_config=run_config
+            partition_key=name, instance=instance, raise_on_error=False, run_config=run_config, tags=TAGS
         )
         interrupts.raise_if_signalled()
         outcome = _outcome(settings, name, ok=result.success, seconds=time.perf_counter() - started)
@@ -173,7 +174,7 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
             progress(line)
 
     result = defs.resolve_job_def("release_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config
+        instance=instance, raise_on_error=False, run_config=run_config, tags=TAGS
     )
     interrupts.raise_if_signalled()
     if not result.success:

@@ -9,6 +9,7 @@ import json
 
 import dagster as dg
 
+from assets import described
 from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
@@ -16,7 +17,7 @@ from relaion_pipeline import blocklists, incremental, pipeline, shards
 
 
 def build_sensors(shard_job, blocklist_job) -> list:
-    @dg.sensor(job=shard_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    @described.sensor(job=shard_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
     def shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings) -> dg.SensorResult:
         """Adds a partition for every new shard under the shard location and runs it."""
         found = [s.name for s in shards.discover(relaion.settings().shards)]
@@ -29,7 +30,7 @@ def build_sensors(shard_job, blocklist_job) -> list:
             run_requests=[dg.RunRequest(partition_key=name, run_key=f"new-shard:{name}") for name in new],
         )
 
-    @dg.sensor(job=blocklist_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    @described.sensor(job=blocklist_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
     def partner_list_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
         """Rebuilds the blocklist when any partner-list file is added, removed or changed since the last build."""
         settings = relaion.settings()
@@ -40,7 +41,7 @@ def build_sensors(shard_job, blocklist_job) -> list:
         context.update_cursor(fingerprint)
         return dg.RunRequest(run_key=f"lists:{fingerprint[:16]}")
 
-    @dg.asset_sensor(asset_key=blocklist.key, job=shard_job, default_status=dg.DefaultSensorStatus.RUNNING)
+    @described.asset_sensor(asset_key=blocklist.key, job=shard_job, default_status=dg.DefaultSensorStatus.RUNNING)
     def blocklist_version_sensor(
         context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, relaion: RelaionSettings
     ):
@@ -51,7 +52,7 @@ def build_sensors(shard_job, blocklist_job) -> list:
         for name in incremental.stale_shards(relaion.settings(), names):
             yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
 
-    @dg.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
+    @described.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
         """Re-runs a shard whose file or image-hash sidecar was replaced since its removals were computed."""
         settings = relaion.settings()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import sys
 import traceback
 from dataclasses import fields
+from pathlib import Path
 
 from relaion_pipeline import interrupts
 from relaion_pipeline.settings import Settings, parse
@@ -82,7 +84,9 @@ def _run(args) -> int:
         )
         print(f"  manifest: {r['path']}/manifest.json")
         print(f"  verify:   relaion verify {r['path']}")
-    print(f"  UI:       DAGSTER_HOME={settings.dagster_home} dagster dev   (then http://127.0.0.1:3000)")
+    dagster = Path(sys.executable).parent / "dagster"  # works as printed, the virtual environment active or not
+    home = shlex.quote(str(Path(settings.dagster_home).resolve()))
+    print(f"  UI:       DAGSTER_HOME={home} {shlex.quote(str(dagster))} dev   (then http://127.0.0.1:3000)")
     return 0 if summary.ok else 1
 
 

@@ -120,3 +120,26 @@ def test_only_shards_matched_against_another_version_are_stale(tmp_path):
     (tmp_path / "lists" / "src" / "domain.txt").write_text("c.example\n")
     pipeline.build_blocklist(settings)
     assert incremental.stale_shards(settings, ["a", "b"]) == ["a", "b"]
+
+
+def test_the_ui_shows_what_each_sensor_and_schedule_does_and_their_defaults_are_deliberate():
+    """Every sensor and schedule carries its description; sensors run by default (new shards, list changes,
+    alerts), the nightly schedules start stopped (README says so)."""
+    sensors = {s.name: s for s in defs.sensors}
+    assert len(sensors) == 7
+    for name, sensor in sensors.items():
+        assert sensor.description and len(sensor.description) > 30, name
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, name
+    for schedule in defs.schedules:
+        assert schedule.description and "Stopped until you start it" in schedule.description
+        assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_runs_started_by_relaion_run_carry_a_tag(two_shards):
+    from assets.runner import TAGS, instance_for, run_all
+
+    settings = two_shards([("http://a.example/x.jpg", "a caption", 0.1)])
+    assert run_all(settings, progress=lambda line: None).ok
+    runs = instance_for(settings).get_runs()
+    assert len(runs) == 4 and all(run.tags.get("relaion/started_by") == "relaion run" for run in runs)
+    assert TAGS == {"relaion/started_by": "relaion run"}
