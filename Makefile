@@ -9,6 +9,7 @@ $(BIN)/relaion: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/relaion prepare
 	touch $@
 
 install: $(BIN)/relaion

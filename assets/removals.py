@@ -6,7 +6,7 @@ from assets.blocklist import blocklist
 from assets.metadata import check_result, from_stats
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import checks, pipeline
+from relaion_pipeline import checks, pipeline, prepare
 
 
 @dg.asset(
@@ -29,6 +29,11 @@ def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
     a caption. Blocking check (Great Expectations): the input shard
     is well formed (URLs present, scores in range, sizes positive, row keys unique)."""
     settings = relaion.settings()
+    if waiting := prepare.pending():
+        context.log.info(
+            f"compiling {len(waiting)} matching kernels first, once for this installation (~1-2 min on 2 cores);"
+            " `relaion prepare` does it at install time"
+        )
     stats = pipeline.compute_removals(settings, context.partition_key)
     outcomes = checks.check_input(settings, context.partition_key)
     for warning in stats["warnings"]:

@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
-from relaion_pipeline import interrupts, pipeline, shards, storage
+from relaion_pipeline import interrupts, pipeline, prepare, shards, storage
 from relaion_pipeline.release import plan as release_plan
 from relaion_pipeline.settings import Settings
 
@@ -142,6 +142,11 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
     version = storage.read_json(storage.join(pipeline.Work(settings.work).blocklist_dir, "current.json"))
     progress(f"blocklist {version['version']}: {version['entries']:,} entries from {len(version['sources'])} sources")
 
+    if waiting := prepare.pending():
+        progress(
+            f"compiling {len(waiting)} matching kernels during the first shard, once for this installation"
+            " (~1-2 min on 2 cores; `relaion prepare` does it at install time)"
+        )
     shard_job = defs.resolve_job_def("shard_job")
     outcomes = []
     for index, name in enumerate(found, start=1):

@@ -118,6 +118,13 @@ def _clean(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    from relaion_pipeline import prepare
+
+    prepare.prepare(progress=lambda line: print(line, flush=True))
+    return 0
+
+
 def _hash_images(args) -> int:
     from relaion_pipeline import images
 
@@ -168,6 +175,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=5000, help="rows per shard")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(handler=_demo_data)
+
+    ready = commands.add_parser(
+        "prepare", help="compile the matching kernels once, before the first run (make install does)"
+    )
+    ready.set_defaults(handler=_prepare)
 
     run = commands.add_parser(
         "run", help="rebuild the blocklist, run every shard not up to date, then publish", formatter_class=defaults
