@@ -16,6 +16,7 @@ import dagster as dg
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from relaion_pipeline import pipeline, shards, storage
+from relaion_pipeline.release import check_location as check_release_location
 from relaion_pipeline.release import plan as release_plan
 from relaion_pipeline.settings import Settings
 
@@ -52,7 +53,8 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.error and all(s.ok for s in self.shards) and self.release is not None
+        held_back = self.release.get("held_back") if self.release else None  # published without them: still a failure
+        return not self.error and all(s.ok for s in self.shards) and self.release is not None and not held_back
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
@@ -113,6 +115,7 @@ def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOu
 
 def run_all(settings: Settings, progress=print, force: bool = False) -> RunSummary:
     """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish."""
+    check_release_location(settings.release)  # before any work: a location that cannot take the release fails now
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]

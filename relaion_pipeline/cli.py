@@ -34,7 +34,7 @@ def _demo_data(args) -> int:
 
 def _settings(args) -> Settings:
     overrides = {name: getattr(args, name, None) for name in LOCATION_FLAGS}
-    for name in ("keywords", "research_threshold", "safe_threshold"):
+    for name in ("keywords", "research_threshold", "safe_threshold", "allow_partial_release"):
         overrides[name] = getattr(args, name, None)
     return Settings.from_env(**overrides)
 
@@ -60,6 +60,10 @@ def _run(args) -> int:
             f"\nrelease {r['version']}: {r['shards']} shards published, {r['held_back']} held back,"
             f" {r['rows_research']:,} research rows, {r['rows_research_safe']:,} research-safe rows"
         )
+        for name, why in (r.get("held_back_shards") or {}).items():
+            print(f"  held back: {name}: {why}")
+        for name, why in (r.get("left_shards") or {}).items():
+            print(f"  left:      {name}: {why}")
         print(f"  manifest: {r['path']}/manifest.json")
         print(f"  verify:   relaion verify {r['path']}")
     print(f"  UI:       DAGSTER_HOME={settings.dagster_home} dagster dev   (then http://127.0.0.1:3000)")
@@ -77,8 +81,12 @@ def _verify(args) -> int:
         print(f"release {manifest.get('version')}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     files = sum(len(entry.get("files", {})) for entry in shards.values())
-    checked = "checksums, row counts, research-safe within research" + (", no list match" if args.blocklists else "")
-    print(f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files; {checked})")
+    checked = "version, checksums, row counts, research-safe within research and its threshold" + (
+        ", no list match" if args.blocklists else ""
+    )
+    print(
+        f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files; {checked}); checked {manifest['path']}"
+    )
     return 0
 
 
@@ -150,6 +158,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="re-run every shard, also those up to date for the current lists"
     )
+    run.add_argument(
+        "--allow-partial-release", action="store_true", default=None,
+        help="publish although shards of the current release failed or are held back (recorded in the manifest;"
+        " the run still exits 1)",
+    )  # fmt: skip
     run.set_defaults(handler=_run)
 
     hashing = commands.add_parser(
