@@ -16,7 +16,7 @@ import dagster as dg
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from relaion_pipeline import pipeline, shards, storage
-from relaion_pipeline.release import check_location as check_release_location
+from relaion_pipeline.release import preflight as release_preflight
 from relaion_pipeline.release import plan as release_plan
 from relaion_pipeline.settings import Settings
 
@@ -115,7 +115,7 @@ def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOu
 
 def run_all(settings: Settings, progress=print, force: bool = False) -> RunSummary:
     """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish."""
-    check_release_location(settings.release)  # before any work: a location that cannot take the release fails now
+    release_preflight(settings)  # before any work: what would stop the release at its end fails now
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]

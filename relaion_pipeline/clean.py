@@ -24,6 +24,10 @@ class CleanError(ValueError):
     """A clean that cannot be done as asked; the message says why and what to do instead."""
 
 
+class UnverifiedRelease(CleanError):
+    """The release's manifest or a file of it that the clean reads is not what the release published."""
+
+
 @dataclass
 class ShardCleaned:
     shard: str
@@ -97,7 +101,7 @@ def _checked_release(release_location: str) -> tuple[str, dict]:
     manifest = release.read_manifest(published)
     problems = manifests.problems(manifest)
     if problems:
-        raise CleanError(f"{published}: not used to clean: {problems[0]} (check it with relaion verify)")
+        raise UnverifiedRelease(f"{published}: not used to clean: {problems[0]} (check it with relaion verify)")
     return published, manifest
 
 
@@ -135,7 +139,7 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
     reads = _release_files(manifest, found, by, variant)
     problems = release.file_problems(published, manifest, sorted(set(reads)))
     if problems:
-        raise CleanError(f"{published}: not used to clean: {'; '.join(problems)} (check it with relaion verify)")
+        raise UnverifiedRelease(f"{published}: not used to clean: {'; '.join(problems)} (check it with relaion verify)")
     report_path = storage.join(output_location, "clean-report.json")
     storage.remove(report_path)  # an older report must not vouch for this run's output
     written: list[str] = []

@@ -93,8 +93,12 @@ def _verify(args) -> int:
 def _clean(args) -> int:
     from relaion_pipeline import clean
 
-    result = clean.clean(args.release, args.input, args.output, by=args.by, variant=args.variant,
-                         progress=lambda line: print(line, flush=True))  # fmt: skip
+    try:
+        result = clean.clean(args.release, args.input, args.output, by=args.by, variant=args.variant,
+                             progress=lambda line: print(line, flush=True))  # fmt: skip
+    except clean.UnverifiedRelease as error:  # a failed check, not a mistake in the command
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(
         f"cleaned {len(result['shards'])} shards: {result['rows_removed']:,} of {result['rows_in']:,} rows removed"
         f" (report: {args.output}/clean-report.json)"

@@ -186,6 +186,18 @@ def previous(location: str) -> dict | None:
         ) from None
 
 
+def preflight(settings: Settings) -> None:
+    """Fail before any work on what would stop the release at its end: a release location that cannot hold
+    releases (a file, or a `latest` that cannot be read), or a keyword file that does not exist (every shard's
+    removals need it)."""
+    if settings.keywords and not storage.exists(settings.keywords):
+        raise ReleaseError(
+            f"keyword file {settings.keywords} (--keywords, RELAION_KEYWORDS) does not exist; expected a text file"
+            " of caption keywords, one a line"
+        )
+    check_location(settings.release)
+
+
 def check_location(location: str) -> None:
     """Fail before any work when `location` cannot hold releases: a file, or a `latest` that cannot be read."""
     fs, path = storage.filesystem(location)
