@@ -16,8 +16,8 @@ import dagster as dg
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from relaion_pipeline import pipeline, shards, storage
-from relaion_pipeline.release import preflight as release_preflight
 from relaion_pipeline.release import plan as release_plan
+from relaion_pipeline.release import preflight as release_preflight
 from relaion_pipeline.settings import Settings
 
 DAGSTER_YAML = """\

@@ -6,7 +6,6 @@ list published); each test works on its own copy of that workspace.
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -120,7 +119,9 @@ def test_an_edited_manifest_fails_verify(published, tmp_path, capsys, edit):
     (copy / "manifest.json").write_text(json.dumps(manifest))
 
     assert main(["verify", str(copy)]) == 1
-    assert f"MISMATCH manifest.json: version '{source.latest}' is not the digest of its content" in capsys.readouterr().out
+    assert (
+        f"MISMATCH manifest.json: version '{source.latest}' is not the digest of its content" in capsys.readouterr().out
+    )
 
 
 def test_verify_through_latest_says_which_version_it_checked(published, capsys):
@@ -209,7 +210,7 @@ def test_clean_refuses_a_shortened_removal_list(space, tmp_path, capsys):
 
     assert _clean(space, tmp_path / "cleaned") == 1
     assert (
-        f"removal-list.parquet: size or sha256 does not match the manifest (check it with relaion verify)"
+        "removal-list.parquet: size or sha256 does not match the manifest (check it with relaion verify)"
         in capsys.readouterr().err
     )
     assert not (tmp_path / "cleaned").exists(), "nothing written"
@@ -364,3 +365,63 @@ def test_a_missing_keywords_file_keeps_latest(space, capsys):
         " caption keywords, one a line\n"
     )
     assert space.latest == first
+
+
+# 9. Release settings are ignored.
+
+
+def test_every_setting_that_shapes_a_release_is_part_of_its_version(space, monkeypatch):
+    versions = [space.latest]
+    monkeypatch.setenv("RELAION_LICENSE", "cc-by-4.0")
+    assert space.run() == 0
+    versions.append(space.latest)
+    assert (space.releases / space.latest / "README.md").read_text().startswith("---\nlicense: cc-by-4.0\n")
+    assert space.manifest()["settings"]["license"] == "cc-by-4.0"
+
+    monkeypatch.setenv("RELAION_REMOVAL_LIST_MAX_MATCH_SHARE", "0.001")
+    assert space.run() == 0
+    versions.append(space.latest)
+    assert not space.manifest()["removal_list"]["published"]
+    assert not (space.releases / space.latest / "removal-list.parquet").exists()
+
+    assert space.run("--allow-partial-release") == 0, "nothing held back: the flag changes nothing but the record"
+    versions.append(space.latest)
+    assert space.manifest()["settings"]["allow_partial_release"] is True
+    assert len(set(versions)) == 4, "two different releases never share a version"
+    assert main(["verify", str(space.releases)]) == 0
+
+
+# Poor ones: clear messages, or the right behaviour.
+
+
+def test_a_release_location_that_is_a_file_fails_before_any_shard_runs(tmp_path, capsys):
+    space = _make(tmp_path / "ws")
+    space.releases.write_text("not a folder\n")
+
+    assert space.run() == 2
+    assert capsys.readouterr().err == (
+        f"error: release location {space.releases} (--release, RELAION_RELEASE) is a file; expected a folder of"
+        " releases, or a location that does not exist yet\n"
+    )
+    assert not (space.root / "work").exists(), "no work started"
+    assert space.releases.read_text() == "not a folder\n"
+
+
+def test_a_staging_folder_left_by_a_killed_publish_is_removed_by_the_next_run(space):
+    leftover = space.releases / ".tmp-0123456789abcdef-1a2b3c4d"
+    (leftover / "research").mkdir(parents=True)
+    (leftover / "research" / "good-1.parquet").write_bytes(b"PAR1 half a file")
+    partial_latest = space.releases / ".tmp-x1y2z3.part"
+    partial_latest.write_text("0123")
+
+    assert space.run() == 0
+    assert sorted(p.name for p in space.releases.iterdir()) == [space.latest, "latest"]
+
+
+def test_publishing_the_same_release_again_writes_nothing(space):
+    """What lets a read-only release location take a rerun: the release it holds is this one, so nothing is
+    written there (not even `latest`)."""
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in space.releases.rglob("*")}
+
+    assert space.run("--force") == 0
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in space.releases.rglob("*")} == before
