@@ -212,7 +212,7 @@ def test_verify_finds_a_research_safe_row_that_research_does_not_hold(demo, tmp_
     (copy / "manifest.json").write_text(json.dumps(manifest))
     bad = relaion("verify", copy)
     assert bad.returncode == 1
-    assert "is not the digest of its content: the manifest was edited" in bad.stdout
+    assert "is not the digest of its content" in bad.stdout and "the manifest was edited" in bad.stdout
 
     del manifest["version"]  # a forger who also recomputes the version: the data itself gives it away
     (copy / "manifest.json").write_text(json.dumps(manifests.seal(manifest)))
