@@ -14,6 +14,7 @@ folder is renamed into place and `latest` replaced: a reader never sees a partia
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -301,7 +302,9 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
             _assemble(settings, manifest, ready, docs)
         if last is None or last["version"] != manifest["version"]:
             storage.write_text_atomic(manifest["version"] + "\n", storage.join(settings.release, "latest"))
-    except PermissionError as error:
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
         raise ReleaseError(
             f"release location {settings.release}: cannot write ({error.strerror or error}); expected a folder"
             " this process may write to (--release, RELAION_RELEASE)"

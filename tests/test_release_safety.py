@@ -7,6 +7,7 @@ list published); each test works on its own copy of that workspace.
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -425,3 +426,34 @@ def test_publishing_the_same_release_again_writes_nothing(space):
 
     assert space.run("--force") == 0
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in space.releases.rglob("*")} == before
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A tmpfs that the test fills and then remounts read-only (needs root, as CI runs; skipped otherwise)."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): the read-only test needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_read_only_release_location_takes_a_rerun_of_the_release_it_holds(space, read_only_mount, capsys):
+    shutil.copytree(space.releases, read_only_mount, dirs_exist_ok=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
+    space.releases = read_only_mount
+    first = space.latest
+
+    assert space.run() == 0
+    assert space.latest == first
+
+    (space.shards / "good-2.parquet").unlink()  # a new release is due: the location cannot take it
+    assert space.run() == 1
+    assert (
+        f"release location {read_only_mount}: cannot write (Read-only file system); expected a folder this process"
+        " may write to (--release, RELAION_RELEASE)" in capsys.readouterr().err
+    )
