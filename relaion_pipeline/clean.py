@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from relaion_pipeline import manifest as manifests
-from relaion_pipeline import release, report, schemas, shards, storage, variants
+from relaion_pipeline import report, schemas, shards, storage, variants, verification
 
 
 class CleanError(ValueError):
@@ -97,8 +97,8 @@ def _check_locations(release_location: str, input_location: str, output_location
 
 def _checked_release(release_location: str) -> tuple[str, dict]:
     """The release folder and its manifest, refused unless the manifest is what its version says."""
-    published = release.resolve(release_location)
-    manifest = release.read_manifest(published)
+    published = verification.resolve(release_location)
+    manifest = verification.read_manifest(published)
     problems = manifests.problems(manifest)
     if problems:
         raise UnverifiedRelease(f"{published}: not used to clean: {problems[0]} (check it with relaion verify)")
@@ -137,7 +137,7 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
     if not found:
         raise CleanError(f"{input_location}: no parquet shards to clean")
     reads = _release_files(manifest, found, by, variant)
-    problems = release.file_problems(published, manifest, sorted(set(reads)))
+    problems = verification.file_problems(published, manifest, sorted(set(reads)))
     if problems:
         raise UnverifiedRelease(f"{published}: not used to clean: {'; '.join(problems)} (check it with relaion verify)")
     report_path = storage.join(output_location, "clean-report.json")

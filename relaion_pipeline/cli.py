@@ -71,9 +71,9 @@ def _run(args) -> int:
 
 
 def _verify(args) -> int:
-    from relaion_pipeline import release
+    from relaion_pipeline import verification
 
-    manifest, problems = release.verify(args.release, args.blocklists)
+    manifest, problems = verification.verify(args.release, args.blocklists)
     for problem in problems:
         print(f"MISMATCH {problem}")
     shards = manifest.get("shards", {})

@@ -28,7 +28,11 @@ VERSION = re.compile(r"[0-9a-f]{16}")
 VARIANT_FILES = ("research", "research-safe")
 
 
-class ManifestError(ValueError):
+class ReleaseError(RuntimeError):
+    """A release that cannot be published or does not verify."""
+
+
+class ManifestError(ReleaseError):
     """A manifest or `latest` pointer that cannot be read as one; the message names the file."""
 
 
