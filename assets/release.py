@@ -3,10 +3,9 @@
 import dagster as dg
 
 from assets.metadata import check_result, from_stats
-from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
 from assets.variants import research_safe
-from relaion_pipeline import checks
+from relaion_pipeline import checks, shards, verification
 from relaion_pipeline import release as releases
 
 
@@ -25,22 +24,30 @@ from relaion_pipeline import release as releases
 def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.MaterializeResult:
     """research/ and research-safe/ shards plus manifest.json (rows and sha256 per file, blocklist version,
     thresholds, code version), written under its own version folder and made visible last. Shards whose
-    checks failed or that were matched against an older blocklist are held back and listed with the reason."""
+    checks failed or that were matched against an older blocklist are held back and listed with the reason.
+
+    It publishes the shards in the input now (a partition whose file was deleted has left, and the manifest
+    says so); it fails, leaving `latest` as it is, rather than publish no shard or drop a shard of the current
+    release that failed (unless allow_partial_release)."""
     settings = relaion.settings()
-    names = context.instance.get_dynamic_partitions(shard_partitions.name)
+    names = [shard.name for shard in shards.discover(settings.shards)]
     manifest = releases.publish(settings, names)
-    _, problems = releases.verify(manifest["path"])
+    _, problems = verification.verify(manifest["path"])
     unchecked = [name for name in manifest["shards"] if not checks.passed(settings, name)[0]]
     outcome = checks.check_release(settings, problems, unchecked, manifest["version"])
     docs = checks.write_index(settings)
     for name, why in manifest["held_back"].items():
         context.log.warning(f"held back {name}: {why}")
+    for name, why in manifest["left"].items():
+        context.log.warning(f"left {name}: {why}")
     stats = {
         "version": manifest["version"],
         "path": manifest["path"],
         "blocklist_version": manifest["blocklist_version"],
         **manifest["totals"],
         "held_back_shards": manifest["held_back"],
+        "left_shards": manifest["left"],
+        "allow_partial_release": manifest["settings"]["allow_partial_release"],
         "seconds": manifest["seconds"],
         "validation_results": docs,
     }

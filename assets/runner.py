@@ -17,6 +17,7 @@ from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from relaion_pipeline import interrupts, pipeline, prepare, shards, storage
 from relaion_pipeline.release import plan as release_plan
+from relaion_pipeline.release import preflight as release_preflight
 from relaion_pipeline.settings import Settings
 
 DAGSTER_YAML = """\
@@ -54,7 +55,8 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.error and all(s.ok for s in self.shards) and self.release is not None
+        held_back = self.release.get("held_back") if self.release else None  # published without them: still a failure
+        return not self.error and all(s.ok for s in self.shards) and self.release is not None and not held_back
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
@@ -124,6 +126,7 @@ def run_all(settings: Settings, progress=print, force: bool = False, debug: bool
 def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> RunSummary:
     settings.check_layout()
     pipeline.removal_rules(settings)  # the keyword file is read before any work: an error names it and its flag
+    release_preflight(settings)  # before any work: what would stop the release at its end fails now
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]

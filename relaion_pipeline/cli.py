@@ -82,6 +82,10 @@ def _run(args) -> int:
             f"\nrelease {r['version']}: {r['shards']} shards published, {r['held_back']} held back,"
             f" {r['rows_research']:,} research rows, {r['rows_research_safe']:,} research-safe rows"
         )
+        for name, why in (r.get("held_back_shards") or {}).items():
+            print(f"  held back: {name}: {why}")
+        for name, why in (r.get("left_shards") or {}).items():
+            print(f"  left:      {name}: {why}")
         print(f"  manifest: {r['path']}/manifest.json")
         print(f"  verify:   relaion verify {r['path']}")
     dagster = Path(sys.executable).parent / "dagster"  # works as printed, the virtual environment active or not
@@ -91,9 +95,9 @@ def _run(args) -> int:
 
 
 def _verify(args) -> int:
-    from relaion_pipeline import release
+    from relaion_pipeline import verification
 
-    manifest, problems = release.verify(args.release, args.blocklists)
+    manifest, problems = verification.verify(args.release, args.blocklists)
     for problem in problems:
         print(f"MISMATCH {problem}")
     shards = manifest.get("shards", {})
@@ -101,16 +105,24 @@ def _verify(args) -> int:
         print(f"release {manifest.get('version')}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     files = sum(len(entry.get("files", {})) for entry in shards.values())
-    checked = "checksums, row counts, research-safe within research" + (", no list match" if args.blocklists else "")
-    print(f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files; {checked})")
+    checked = "version, checksums, row counts, research-safe within research and its threshold" + (
+        ", no list match" if args.blocklists else ""
+    )
+    print(
+        f"release {manifest.get('version')}: OK ({len(shards)} shards, {files} files; {checked}); checked {manifest['path']}"
+    )
     return 0
 
 
 def _clean(args) -> int:
     from relaion_pipeline import clean
 
-    result = clean.clean(args.release, args.input, args.output, by=args.by, variant=args.variant,
-                         progress=lambda line: print(line, flush=True))  # fmt: skip
+    try:
+        result = clean.clean(args.release, args.input, args.output, by=args.by, variant=args.variant,
+                             progress=lambda line: print(line, flush=True))  # fmt: skip
+    except clean.UnverifiedRelease as error:  # a failed check, not a mistake in the command
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(
         f"cleaned {len(result['shards'])} shards: {result['rows_removed']:,} of {result['rows_in']:,} rows removed"
         f" (report: {args.output}/clean-report.json)"

@@ -7,38 +7,36 @@ Layout under the release location:
     <release>/<version>/research-safe/<shard>.parquet
     <release>/latest                      (the version a reader should use)
 
-The version is a digest of what the release holds, so publishing the same inputs twice gives the same version
-and writes nothing new. A release is assembled under a temporary folder, its manifest written last, then the
-folder is renamed into place and `latest` replaced: a reader never sees a partial release.
+The version is a digest of what the release holds (`manifest`), so publishing the same inputs twice gives the
+same version and writes nothing new. A release is assembled under a temporary folder, its manifest written last,
+then the folder is renamed into place and `latest` replaced: a reader never sees a partial release.
+
+`latest` never gets worse: a release with no shard is never published, nor one that drops a shard of the
+release `latest` names because that shard failed or is held back (unless the operator sets
+`allow_partial_release`). Checking a published release is `verification`'s job.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
-from relaion_pipeline import blocklists, checks, matching, pipeline, report, schemas, shards, storage
+from relaion_pipeline import blocklists, checks, pipeline, report, shard_lock, shards, storage
+from relaion_pipeline import manifest as manifests
+from relaion_pipeline.manifest import ReleaseError
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.settings import Settings
+from relaion_pipeline.verification import resolve, verify  # noqa: F401  (where callers have always found them)
 
-FORMAT = "relaion-release/1"
 VARIANTS = (RESEARCH, RESEARCH_SAFE)
-
-
-class ReleaseError(RuntimeError):
-    """A release that cannot be published or does not verify."""
 
 
 def code_version() -> str:
@@ -68,9 +66,13 @@ def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
             safe = read_stats(settings, RESEARCH_SAFE, name)
             removals = read_stats(settings, "removals", name)
         except Exception as error:  # a missing stage is a reason to hold back, not to stop the release
-            held_back[name] = str(error)
+            held_back[name] = _input_problem(settings, name) or str(error)
             continue
-        why = _stale(settings, name, current_version, removals, research, safe)
+        try:
+            why = _stale(settings, name, current_version, removals, research, safe)
+        except (OSError, shards.ShardError) as error:  # an input that went missing or unreadable meanwhile
+            held_back[name] = _input_problem(settings, name) or f"its input cannot be read ({error})"
+            continue
         if why:
             held_back[name] = why
             continue
@@ -82,6 +84,21 @@ def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
     return ready, held_back
 
 
+def _input_problem(settings: Settings, name: str) -> str:
+    """The real cause when a shard's outputs are missing or stale because of its inputs: the shard file is
+    missing or damaged (truncated, as while it is still being uploaded), or the keyword file is missing.
+    Empty when the inputs read."""
+    try:
+        shards.open_parquet(shards.resolve(settings.shards, name).path)
+    except shards.ShardError as error:
+        return str(error)
+    except OSError as error:
+        return f"input shard cannot be read ({error})"
+    if settings.keywords and not storage.exists(settings.keywords):
+        return f"{settings.keywords}: keyword file does not exist (setting keywords, RELAION_KEYWORDS)"
+    return ""
+
+
 def _stale(settings: Settings, name: str, version: str, removals: dict, research: dict, safe: dict) -> str:
     """Why a shard's outputs do not form one consistent, current chain (empty when they do)."""
     work = Work(settings.work)
@@ -89,7 +106,8 @@ def _stale(settings: Settings, name: str, version: str, removals: dict, research
         return f"matched against blocklist {removals['blocklist_version']}, current is {version}"
     changed = pipeline.inputs_changed(settings, name, removals)
     if changed:
-        return changed
+        problem = _input_problem(settings, name)
+        return f"{changed}; now {problem}" if problem else changed
     if storage.size_and_sha256(work.removals(name))[1] != research["removals_sha256"]:
         return "research was written from an older removals table"
     if research["sha256"] != safe["research_sha256"]:
@@ -97,13 +115,25 @@ def _stale(settings: Settings, name: str, version: str, removals: dict, research
     return ""
 
 
-def _manifest(settings: Settings, ready: dict, held_back: dict, blocklist_version: str) -> dict:
+def _settings(settings: Settings) -> dict:
+    """Every setting that shapes a release besides its thresholds: part of the content, so of the version."""
+    return {
+        "license": settings.license,
+        "removal_list_max_match_share": settings.removal_list_max_match_share,
+        "allow_partial_release": settings.allow_partial_release,
+        "skip_image_matching": settings.skip_image_matching,
+    }
+
+
+def _content(settings: Settings, ready: dict, held_back: dict, left: dict, blocklist_version: str) -> dict:
+    """What a release holds and how it was made, before its documents are added (they are made from it)."""
     shards = {}
     for name, stats in ready.items():
+        removals = stats["removals"]
         shards[name] = {
-            "rows_in": stats["removals"]["rows_in"],
-            "rows_removed": stats["removals"]["rows_removed"],
-            "removed_by_kind": stats["removals"]["removed_by_kind"],
+            "rows_in": removals["rows_in"],
+            "rows_removed": removals["rows_removed"],
+            "removed_by_kind": removals["removed_by_kind"],
             "files": {
                 variant: {
                     "path": f"{variant}/{name}.parquet",
@@ -114,8 +144,8 @@ def _manifest(settings: Settings, ready: dict, held_back: dict, blocklist_versio
                 for variant in VARIANTS
             },
         }
-    content = {
-        "format": FORMAT,
+    return {
+        "format": manifests.FORMAT,
         "blocklist_version": blocklist_version,
         "thresholds": {
             "research_threshold": settings.research_threshold,
@@ -123,178 +153,171 @@ def _manifest(settings: Settings, ready: dict, held_back: dict, blocklist_versio
             "unsafe_tags": settings.unsafe_tag_values,
             "missing_score": settings.missing_score,
         },
+        "settings": _settings(settings),
         "code_version": code_version(),
         "shards": shards,
         "held_back": held_back,
-        "totals": {
-            "shards": len(shards),
-            "held_back": len(held_back),
-            "rows_in": sum(s["rows_in"] for s in shards.values()),
-            "rows_removed": sum(s["rows_removed"] for s in shards.values()),
-            **{
-                f"rows_{variant.replace('-', '_')}": sum(s["files"][variant]["rows"] for s in shards.values())
-                for variant in VARIANTS
-            },
-        },
+        "left": left,
+        "totals": manifests.totals(shards, held_back),
     }
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    return {"version": digest[:16], **content}
+
+
+def previous(location: str) -> dict | None:
+    """The manifest of the release `latest` names now (None when there is no `latest`): what a new release
+    replaces. A `latest` or manifest that cannot be read stops the release, naming the file."""
+    try:
+        version = manifests.read_latest(location)
+        return None if version is None else manifests.read(storage.join(location, version))
+    except manifests.ManifestError as error:
+        raise ReleaseError(
+            f"{error}; fix or remove it, then run again (the release it names is what a new one replaces)"
+        ) from None
+
+
+def preflight(settings: Settings) -> None:
+    """Fail before any work on what would stop the release at its end: a release location that cannot hold
+    releases (a file, or a `latest` that cannot be read). (The keyword file every shard's removals need is
+    read before it, `pipeline.removal_rules`.)"""
+    check_location(settings.release)
+
+
+def check_location(location: str) -> None:
+    """Fail before any work when `location` cannot hold releases: a file, or a `latest` that cannot be read."""
+    fs, path = storage.filesystem(location)
+    with storage.reaching(location):
+        if fs.exists(path) and not fs.isdir(path):
+            raise ReleaseError(
+                f"release location {location} (--release, RELAION_RELEASE) is a file; expected a folder of"
+                " releases, or a location that does not exist yet"
+            )
+    previous(location)
+
+
+def _refusal(settings: Settings, ready: dict, held_back: dict, last: dict | None) -> str:
+    """Why this release must not be published (empty when it may): it would hold no shard, or it would replace
+    a release that held shards of the input which are now held back, without the operator asking for that."""
+    reasons = "; ".join(f"{name}: {why}" for name, why in sorted(held_back.items()))
+    if not ready:
+        where = (
+            f"none of the {len(held_back)} shards of {settings.shards} passed ({reasons})"
+            if held_back
+            else (f"{settings.shards} holds no shard")
+        )
+        kept = f"; latest stays at {last['version']}" if last else ""
+        return f"no release published: a release with no shards is never published, and {where}{kept}"
+    if settings.allow_partial_release or last is None:
+        return ""
+    lost = {name: why for name, why in sorted(held_back.items()) if name in last.get("shards", {})}
+    if not lost:
+        return ""
+    named = "; ".join(f"{name}: {why}" for name, why in lost.items())
+    return (
+        f"no release published: {len(lost)} shard(s) of release {last['version']} failed or are held back ({named});"
+        f" latest stays at {last['version']}. Fix them and run again, or publish without them with"
+        " --allow-partial-release (RELAION_ALLOW_PARTIAL_RELEASE=1)"
+    )
+
+
+def _same(content: dict, last: dict | None) -> bool:
+    """True when `last` is the release `content` would make, apart from which shards left since (a rerun after a
+    shard left must not make a new release that only forgets that it left)."""
+    if last is None or last.get("format") != content["format"]:
+        return False
+    ignore = ("version", "created", "documents", "removal_list", "left")
+    return {k: v for k, v in last.items() if k not in ignore} == {k: v for k, v in content.items() if k != "left"}
+
+
+def _clear_leftovers(location: str) -> None:
+    """Remove what publishes killed midway left in the release location (`.tmp-*`: staging folders and partial
+    files). Called holding the release lock, so no living publish of this work location owns them."""
+    if not storage.is_local(location) or not os.path.isdir(location):
+        return
+    for entry in os.scandir(location):
+        if entry.name.startswith(".tmp-"):
+            try:
+                shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+            except OSError:
+                pass  # a read-only location: nothing can be left there by this run either
 
 
 def publish(settings: Settings, shard_names: list[str]) -> dict:
-    """Publish every shard of `shard_names` that passed its checks; return the manifest.
+    """Publish the shards of `shard_names` (the shards in the input) that passed their checks; return the
+    manifest. Refuses (ReleaseError, `latest` untouched) a release with no shard, or one that would drop a shard
+    the current release holds because it failed or is held back, unless `allow_partial_release`. Shards of the
+    current release that are no longer in the input are recorded as `left`.
 
     Locally the release is assembled in a hidden folder and renamed into place; on an object store its files
     are written under the version prefix and it becomes visible when `manifest.json` (written last) exists.
-    `latest` is replaced after that.
+    `latest` is replaced after that, and only when it names another version.
     """
     started = time.perf_counter()
-    work = Work(settings.work)
-    blocklist_version, _ = blocklists.read_current(work.blocklist_dir)
-    ready, held_back = plan(settings, shard_names)
-    manifest = _manifest(settings, ready, held_back, blocklist_version)
+    with shard_lock.holding(settings.work, f"release {settings.release}"):
+        _clear_leftovers(settings.release)
+        manifest = _publish(settings, shard_names)
     final = storage.join(settings.release, manifest["version"])
-    if not storage.exists(storage.join(final, "manifest.json")):
-        local = storage.is_local(settings.release)
-        staging = (
-            storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
-        )
-        try:
-            for name in ready:
-                for variant in VARIANTS:
-                    storage.copy(work.variant(variant, name), storage.join(staging, variant, f"{name}.parquet"))
-            for name, entry in manifest["shards"].items():  # the work files may have changed while copying
-                for variant, file in entry["files"].items():
-                    _, digest = storage.size_and_sha256(storage.join(staging, file["path"]))
-                    if digest != file["sha256"]:
-                        raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
-            docs, removal_info = report.documents(settings, manifest, ready)
-            listed = {}
-            for doc_name, data in docs.items():
-                storage.write_bytes_atomic(data, storage.join(staging, doc_name))
-                listed[doc_name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            stamped = manifest | {
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "documents": listed,
-                "removal_list": removal_info,
-            }
-            storage.write_json_atomic(stamped, storage.join(staging, "manifest.json"))
-            if local:
-                if os.path.exists(final):  # an earlier attempt died before its manifest: replace it
-                    shutil.rmtree(final)
-                os.replace(staging, final)
-        finally:
-            if local and os.path.exists(staging):
-                shutil.rmtree(staging)
-    storage.write_text_atomic(manifest["version"] + "\n", storage.join(settings.release, "latest"))
     return manifest | {"path": final, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def resolve(location: str) -> str:
-    """A release: `location` itself when it holds a manifest, else the version its `latest` names."""
-    with storage.reaching(location):
-        return _resolve(location)
-
-
-def _resolve(location: str) -> str:
-    if storage.exists(storage.join(location, "manifest.json")):
-        return location
-    latest = storage.join(location, "latest")
-    if storage.exists(latest):
-        return storage.join(location, storage.read_text(latest).strip())
-    raise ReleaseError(f"{location}: no manifest.json and no 'latest' pointer: not a release")
-
-
-def _subset_problems(release: str, name: str, files: dict) -> list[str]:
-    """research-safe must hold only rows that research holds (compared by LAION hash)."""
-    from relaion_pipeline.clean import _file_hashes
-
-    research = _file_hashes(storage.join(release, files[RESEARCH]["path"]))
-    safe = _file_hashes(storage.join(release, files[RESEARCH_SAFE]["path"]))
-    extra = int((~np.isin(safe, research)).sum())
-    return [f"{name}: {extra} research-safe rows are not in research"] if extra else []
-
-
-def _list_problems(release: str, manifest: dict, blocklist_location: str, work: str) -> list[str]:
-    """Rows of any published file that the given partner lists match (counted by kind, never shown)."""
-    settings = Settings(work=work, keywords=storage.join(work, "no-keywords.txt"))
-    merged = blocklists.load(blocklist_location, settings)
-    path = blocklists.write(merged, storage.join(work, "blocklist"))
-    kinds = set(merged.kinds)
-    storage.write_text_atomic("", settings.keywords)  # lists only: the keyword rule is not a list
-    con = matching.connect(settings)
-    storage.register(con, release)
-    problems = []
+def _publish(settings: Settings, shard_names: list[str]) -> dict:
+    work = Work(settings.work)
+    blocklist_version, _ = blocklists.read_current(work.blocklist_dir)
+    last = previous(settings.release)
+    ready, held_back = plan(settings, shard_names)
+    refusal = _refusal(settings, ready, held_back, last)
+    if refusal:
+        raise ReleaseError(refusal)
+    present = set(shard_names)
+    left = {
+        name: f"no longer in the input; published in release {last['version']}"
+        for name in sorted(last.get("shards", {}) if last else ())
+        if name not in present
+    }
+    content = _content(settings, ready, held_back, left, blocklist_version)
+    if _same(content, last):
+        return last  # the release `latest` names is this one: nothing to write
+    docs, removal_info = report.documents(settings, content, ready)
+    listed = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in docs.items()}
+    manifest = manifests.seal(content | {"documents": listed, "removal_list": removal_info})
     try:
-        for name, entry in manifest.get("shards", {}).items():
-            for file in entry.get("files", {}).values():
-                file_path = storage.join(release, file["path"])
-                roles = schemas.detect(shards.open_parquet(file_path).schema_arrow, file_path)
-                inputs = matching.MatchInputs(name, file_path, roles, path, None)
-                found = matching.find_removals(con, inputs, kinds, settings)
-                if found.num_rows:
-                    by_kind = Counter(found.column("kind").to_pylist())
-                    rows = len(set(found.column("row_number").to_pylist()))
-                    problems.append(f"{file['path']}: {rows} rows match the lists ({dict(sorted(by_kind.items()))})")
+        final = storage.join(settings.release, manifest["version"])
+        if not storage.exists(storage.join(final, "manifest.json")):
+            _assemble(settings, manifest, ready, docs)
+        if last is None or last["version"] != manifest["version"]:
+            storage.write_text_atomic(manifest["version"] + "\n", storage.join(settings.release, "latest"))
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise ReleaseError(
+            f"release location {settings.release}: cannot write ({error.strerror or error}); expected a folder"
+            " this process may write to (--release, RELAION_RELEASE)"
+        ) from None
+    return manifest
+
+
+def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, bytes]) -> None:
+    """Write the release's files and, last, its manifest under its version (through a hidden staging folder
+    renamed into place, locally)."""
+    work = Work(settings.work)
+    final = storage.join(settings.release, manifest["version"])
+    local = storage.is_local(settings.release)
+    staging = storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
+    try:
+        for name in ready:
+            for variant in VARIANTS:
+                storage.copy(work.variant(variant, name), storage.join(staging, variant, f"{name}.parquet"))
+        for name, entry in manifest["shards"].items():  # the work files may have changed while copying
+            for variant, file in entry["files"].items():
+                _, digest = storage.size_and_sha256(storage.join(staging, file["path"]))
+                if digest != file["sha256"]:
+                    raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
+        for doc_name, data in docs.items():
+            storage.write_bytes_atomic(data, storage.join(staging, doc_name))
+        stamped = manifest | {"created": datetime.now(UTC).isoformat(timespec="seconds")}
+        storage.write_json_atomic(stamped, storage.join(staging, "manifest.json"))
+        if local:
+            if os.path.exists(final):  # an earlier attempt died before its manifest: replace it
+                shutil.rmtree(final)
+            os.replace(staging, final)
     finally:
-        con.close()
-    return problems
-
-
-def verify(location: str, blocklist_location: str | None = None) -> tuple[dict, list[str]]:
-    """Recompute sizes, checksums and row counts of a release, check that research-safe is a subset of research
-    and, when partner lists are given, that no published row matches them. Returns the manifest and every
-    problem found."""
-    release = resolve(location)
-    try:
-        manifest = storage.read_json(storage.join(release, "manifest.json"))
-    except (OSError, ValueError) as error:
-        raise ReleaseError(f"{release}/manifest.json: unreadable ({error})") from None
-    problems = []
-    listed = set()
-    for name, entry in manifest.get("shards", {}).items():
-        files = entry.get("files", {})
-        for variant in VARIANTS:
-            file = files.get(variant)
-            if file is None:
-                problems.append(f"{name}: manifest lists no {variant} file")
-                continue
-            path = storage.join(release, file["path"])
-            listed.add(file["path"])
-            if not storage.exists(path):
-                problems.append(f"{file['path']}: missing")
-                continue
-            size, digest = storage.size_and_sha256(path)
-            if digest != file["sha256"]:
-                problems.append(f"{file['path']}: sha256 {digest} does not match manifest {file['sha256']}")
-            if size != file["bytes"]:
-                problems.append(f"{file['path']}: {size} bytes, manifest says {file['bytes']}")
-            try:
-                rows = storage.num_rows(path)
-            except Exception as error:  # a damaged file is a problem to report, not a crash
-                problems.append(f"{file['path']}: not readable parquet ({error})")
-                continue
-            if rows != file["rows"]:
-                problems.append(f"{file['path']}: {rows} rows, manifest says {file['rows']}")
-        if {RESEARCH, RESEARCH_SAFE} <= files.keys() and files[RESEARCH_SAFE]["rows"] > files[RESEARCH]["rows"]:
-            problems.append(f"{name}: research-safe has more rows than research")
-        elif not problems and {RESEARCH, RESEARCH_SAFE} <= files.keys():
-            problems += _subset_problems(release, name, files)
-    for doc_name, doc in manifest.get("documents", {}).items():
-        path = storage.join(release, doc_name)
-        if not storage.exists(path):
-            problems.append(f"{doc_name}: missing")
-        elif storage.size_and_sha256(path) != (doc["bytes"], doc["sha256"]):
-            problems.append(f"{doc_name}: size or sha256 does not match the manifest")
-    fs, root = storage.filesystem(release)
-    root = root.rstrip("/")
-    for variant in VARIANTS:
-        present = fs.find(f"{root}/{variant}") if fs.isdir(f"{root}/{variant}") else []
-        for path in sorted(present):
-            relative = path[len(root) + 1 :]
-            if relative.endswith(".parquet") and relative not in listed:
-                problems.append(f"{relative}: file not listed in the manifest")
-    if blocklist_location and not problems:
-        with tempfile.TemporaryDirectory(prefix="relaion-verify-") as work:
-            problems += _list_problems(release, manifest, blocklist_location, work)
-    return manifest, problems
+        if local and os.path.exists(staging):
+            shutil.rmtree(staging)

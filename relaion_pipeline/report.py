@@ -26,7 +26,8 @@ REMOVAL_LIST = "removal-list.parquet"
 
 
 def transparency(manifest: dict, ready: dict) -> dict:
-    """Counts of removed rows by source, category, kind and shard; rows dropped from research-safe."""
+    """Counts of removed rows by source, category, kind and shard; rows dropped from research-safe. It does not
+    name the release's version: the version is a digest of the manifest, which lists this report's sha256."""
     by = {"source": Counter(), "category": Counter(), "kind": Counter()}
     per_shard = {}
     for name, stats in ready.items():
@@ -41,7 +42,6 @@ def transparency(manifest: dict, ready: dict) -> dict:
             "rows_research_safe": stats[RESEARCH_SAFE]["rows_out"],
         }
     return {
-        "release": manifest["version"],
         "blocklist_version": manifest["blocklist_version"],
         "thresholds": manifest["thresholds"],
         "removed_rows_by_source": dict(sorted(by["source"].items())),
@@ -49,6 +49,8 @@ def transparency(manifest: dict, ready: dict) -> dict:
         "removed_rows_by_kind": dict(sorted(by["kind"].items())),
         "shards": per_shard,
         "held_back": manifest["held_back"],
+        "left": manifest["left"],
+        "allow_partial_release": manifest["settings"]["allow_partial_release"],
         "totals": manifest["totals"],
     }
 
@@ -66,7 +68,10 @@ def transparency_markdown(report: dict) -> str:
         for name, s in report["shards"].items()
     )
     held = "\n".join(f"- `{name}`: {why}" for name, why in report["held_back"].items()) or "none"
-    return f"""# Transparency report, release {report["release"]}
+    left = "\n".join(f"- `{name}`: {why}" for name, why in report["left"].items()) or "none"
+    return f"""# Transparency report
+
+The release whose `manifest.json` lists this file's sha256.
 
 Blocklist version `{report["blocklist_version"]}`. Counts only: no URL, caption or row key of a removed row.
 A row matching several lists is counted once per source, category and kind.
@@ -89,10 +94,35 @@ A row matching several lists is counted once per source, category and kind.
 
 ## Held back
 {held}
+
+## Left since the previous release
+{left}
 """
 
 
+def _changes(manifest: dict) -> str:
+    """What the card says about shards this release does not hold: held back (and whether the operator asked
+    to publish without them) and left since the previous release."""
+    lines = []
+    if manifest["held_back"]:
+        asked = (
+            " The operator asked to publish without them (allow_partial_release)."
+            if manifest["settings"]["allow_partial_release"]
+            else ""
+        )
+        names = ", ".join(f"`{name}`" for name in manifest["held_back"])
+        lines.append(f"Held back (failed or not current; see `transparency.md`): {names}.{asked}")
+    if manifest["settings"]["skip_image_matching"]:
+        lines.append("Shards without an image-hash sidecar were matched by URL only (skip_image_matching).")
+    if manifest["left"]:
+        names = ", ".join(f"`{name}`" for name in manifest["left"])
+        lines.append(f"No longer in the input since the previous release: {names}.")
+    return "\n\n" + "\n\n".join(lines) if lines else ""
+
+
 def dataset_card(manifest: dict, settings: Settings, removal_list: dict) -> str:
+    """The Hugging Face dataset card. It does not name the release's version: the version is a digest of the
+    manifest, which lists this card's sha256."""
     totals = manifest["totals"]
     removal = (
         f"`{REMOVAL_LIST}` lists the `hash` (mmh3 of url + text, as in LAION-5B) of every row a copy must drop "
@@ -102,7 +132,7 @@ def dataset_card(manifest: dict, settings: Settings, removal_list: dict) -> str:
     )
     return f"""---
 license: {settings.license}
-pretty_name: Re-LAION release {manifest["version"]}
+pretty_name: Re-LAION release (blocklist {manifest["blocklist_version"]})
 tags:
 - image-text
 - laion
@@ -122,7 +152,7 @@ dataset_info:
     num_examples: {totals["rows_research_safe"]}
 ---
 
-# Re-LAION release {manifest["version"]}
+# Re-LAION release
 
 Image-text metadata (URLs, captions, scores; no images), cleaned against hash lists from child-protection
 partners (blocklist version `{manifest["blocklist_version"]}`) by relaion-pipeline {manifest["code_version"]}.
@@ -136,7 +166,7 @@ Each shard keeps exactly the columns and types of the original, so it replaces i
 `manifest.json` holds the row count and sha256 of every file: check a download with `relaion verify`.
 `transparency.md` counts removals by source, category and shard. {removal}
 
-Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>`.
+Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>`.{_changes(manifest)}
 """
 
 

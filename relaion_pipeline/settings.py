@@ -127,7 +127,7 @@ class Settings:
         False, "accept a list version in which a source is gone or lost more than 10% of a kind's entries"
     )
     allow_partial_release: bool = _setting(
-        False, "publish a release without the shards of the input that failed or are held back"
+        False, "publish a release without shards of the current release that failed or are held back"
     )
 
     def threads(self) -> int:

@@ -16,6 +16,7 @@ import pytest
 from conftest import written
 
 from assets.definitions import build_definitions
+from relaion_pipeline import manifest as manifests
 from relaion_pipeline import pipeline, schemas
 from relaion_pipeline.settings import Settings
 
@@ -212,6 +213,12 @@ def test_verify_finds_a_research_safe_row_that_research_does_not_hold(demo, tmp_
     data = (copy / files["research-safe"]["path"]).read_bytes()
     files["research-safe"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=tampered.num_rows)
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    bad = relaion("verify", copy)
+    assert bad.returncode == 1
+    assert "is not the digest of its content" in bad.stdout and "the manifest was edited" in bad.stdout
+
+    del manifest["version"]  # a forger who also recomputes the version: the data itself gives it away
+    (copy / "manifest.json").write_text(json.dumps(manifests.seal(manifest)))
     bad = relaion("verify", copy)
     assert bad.returncode == 1
     assert f"{name}: 1 research-safe rows are not in research" in bad.stdout
