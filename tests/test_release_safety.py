@@ -362,8 +362,8 @@ def test_a_missing_keywords_file_keeps_latest(space, capsys):
 
     assert space.run("--keywords", str(missing)) == 2
     assert capsys.readouterr().err == (
-        f"error: keyword file {missing} (--keywords, RELAION_KEYWORDS) does not exist; expected a text file of"
-        " caption keywords, one a line\n"
+        f"error: keyword file {missing} (setting keywords: --keywords, RELAION_KEYWORDS): does not exist,"
+        " expected a text file with one keyword per line\n"
     )
     assert space.latest == first
 
