@@ -63,9 +63,9 @@ def sensor_requests(defs: dg.Definitions, instance: dg.DagsterInstance, sensor_n
 def written(shard_path, keys) -> list[str]:
     """Row keys as the pipeline writes them for this shard (`row_keys`): a text key column's keys as keyed hashes,
     integer and positional keys as they are."""
-    from relaion_pipeline import row_keys, schemas
+    from relaion_pipeline import row_keys, schemas, shards
 
-    schema = pq.read_schema(shard_path)
+    schema = shards.open_parquet(str(shard_path)).schema_arrow
     return row_keys.Writer(str(shard_path), schemas.detect(schema, str(shard_path)), schema).many(list(keys))
 
 
