@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import glob
 import hashlib
 import json
 import os
@@ -443,7 +442,8 @@ def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: S
     from relaion_pipeline import matching  # matching reads lists; lists only borrow its connection settings
 
     names = ", ".join(SCHEMA.names)
-    parts = sql_string(os.path.join(scratch.name, "part-*.parquet"))
+    written = sorted(os.path.join(scratch.name, f) for f in os.listdir(scratch.name) if f.startswith("part-"))
+    parts = "[" + ", ".join(storage.duckdb_path(p) for p in written) + "]"
     ordered = os.path.join(scratch.name, "sorted.parquet")
     con = matching.connect(settings)
     try:
@@ -452,12 +452,12 @@ def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: S
             " (FORMAT parquet, COMPRESSION zstd)"
         )
         grouped = con.execute(  # entries per source and kind, and per category, in one pass
-            f"SELECT grouping(category) = 1, source, kind, category, count(*) FROM read_parquet({sql_string(ordered)})"
+            f"SELECT grouping(category) = 1, source, kind, category, count(*) FROM read_parquet({storage.duckdb_path(ordered)})"
             " GROUP BY GROUPING SETS ((source, kind), (category)) ORDER BY ALL"
         ).fetchall()
     finally:
         con.close()
-    for part in glob.glob(os.path.join(scratch.name, "part-*.parquet")):
+    for part in written:
         os.remove(part)
     merged = os.path.join(scratch.name, "merged.parquet")
     entries = 0
