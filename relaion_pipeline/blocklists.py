@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline import pdq, storage
+from relaion_pipeline import pdq, schemas, storage
 from relaion_pipeline.schemas import sql_string
 from relaion_pipeline.settings import Settings
 
@@ -304,6 +304,10 @@ def _parse_parquet(handle, name: str):
             f"{name}: missing column(s) {', '.join(sorted(missing))}: expected kind, value[, category]"
         )
     for column in ("kind", "value", "category"):
+        if schema.names.count(column) > 1:
+            raise BlocklistError(
+                f"{name}: column {column!r} appears {schema.names.count(column)} times; expected it once"
+            )
         if column in schema.names and not _is_text(schema.field(column).type):
             found = schema.field(column).type
             raise BlocklistError(f"{name}: column {column!r} must hold strings, found {found}")
@@ -317,6 +321,7 @@ def _parse_parquet(handle, name: str):
             raise BlocklistError(f"{name}: not a readable parquet file ({error})") from None
         if batch is None:
             return
+        batch = pa.RecordBatch.from_arrays([_decoded(c) for c in batch.columns], names=batch.schema.names)
         yield _validated(
             batch.column("kind"),
             batch.column("value"),
@@ -327,7 +332,12 @@ def _parse_parquet(handle, name: str):
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+    return schemas.is_text(kind) or pa.types.is_null(kind)
+
+
+def _decoded(column: pa.Array) -> pa.Array:
+    """A dictionary-encoded column (valid strings, as pandas categoricals are written) as plain strings."""
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def _parse_file(name: str, handle):
