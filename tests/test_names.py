@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs
+from moto.server import ThreadedMotoServer
 
 from relaion_pipeline import demo_images, release, storage
 from relaion_pipeline.cli import main
@@ -30,10 +32,11 @@ NAMED = [name for name, _ in PAIRS] + ODD  # each holds a listed URL, a listed i
 SIBLINGS = [sibling for _, sibling in PAIRS]
 
 
-def rows(name: str, seed: int, decoy: bool = False) -> list[tuple[str, str, int]]:
+def rows(name: str, decoy: bool = False) -> list[tuple[str, str, int]]:
     """(key, url, picture seed) of a shard's four rows: in a named shard row 1 is on a listed host, row 3's
     image is listed and row 2 is on the late-listed host; a sibling's or a decoy's rows are all fine."""
     listed = name in NAMED and not decoy
+    seed = (NAMED + SIBLINGS).index(name)
     prefix = f"{'decoy-' if decoy else ''}{seed}"
     hosts = ["fine.example", BLOCKED if listed else "fine.example", LATE if listed else "fine.example", "fine.example"]
     return [(f"{prefix}-{i}", f"http://{host}/{prefix}/{i}.jpg", seed * 10 + i + (5000 if decoy else 0))
@@ -44,27 +47,25 @@ def image(seed: int) -> bytes:
     return demo_images.encode(demo_images.picture(seed, (64, 64)))
 
 
-def write_inputs(root: Path, decoy: bool = False) -> None:
+def write_inputs(root: Path, names: list[str], decoy: bool = False) -> None:
     """Shards, img2dataset downloads (one folder per shard) and the partner lists under `root`."""
-    for seed, name in enumerate(NAMED + SIBLINGS):
-        shard = rows(name, seed, decoy)
+    for name in names:
+        shard = rows(name, decoy)
         path = root / "shards" / f"{name}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         table = {"key": [k for k, _, _ in shard], "url": [u for _, u, _ in shard], "caption": ["a photo"] * 4}
         pq.write_table(pa.table(table | {"punsafe": pa.array([0.1] * 4, pa.float32())}), path)
         demo_images.write_downloads(root / "images" / name, [(u, image(s)) for _, u, s in shard], per_tar=4)
-    listed_images = [] if decoy else [image(rows(name, seed)[3][2]) for seed, name in enumerate(NAMED)]
-    lists = root / "lists" / "partner"
-    lists.mkdir(parents=True)
-    (lists / "url_sha256.txt").write_text(
-        hashlib.sha256(f"{'nothing.example' if decoy else BLOCKED}/".encode()).hexdigest() + "\n"
-    )
-    (lists / "image_md5.txt").write_text(
-        "".join(hashlib.md5(b).hexdigest() + "\n" for b in listed_images) or "0" * 32 + "\n"
-    )
-    late = root / "late-lists" / "partner"
-    late.mkdir(parents=True)
-    (late / "url_sha256.txt").write_text(hashlib.sha256(f"{LATE}/".encode()).hexdigest() + "\n")
+    listed = "nothing.example" if decoy else BLOCKED
+    images = [] if decoy else [image(rows(name)[3][2]) for name in names if name in NAMED]
+    write_list(root / "lists", "url_sha256.txt", [hashlib.sha256(f"{listed}/".encode()).hexdigest()])
+    write_list(root / "lists", "image_md5.txt", [hashlib.md5(b).hexdigest() for b in images] or ["0" * 32])
+    write_list(root / "late-lists", "url_sha256.txt", [hashlib.sha256(f"{LATE}/".encode()).hexdigest()])
+
+
+def write_list(location: Path, file: str, values: list[str]) -> None:
+    (location / "partner").mkdir(parents=True, exist_ok=True)
+    (location / "partner" / file).write_text("".join(v + "\n" for v in values))
 
 
 def keys(path: str | Path) -> list[str]:
@@ -72,8 +73,7 @@ def keys(path: str | Path) -> list[str]:
 
 
 def expected_research(name: str) -> list[str]:
-    seed = (NAMED + SIBLINGS).index(name)
-    return [key for i, (key, _, _) in enumerate(rows(name, seed)) if name not in NAMED or i in (0, 2)]
+    return [key for i, (key, _, _) in enumerate(rows(name)) if name not in NAMED or i in (0, 2)]
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def workspace(tmp_path, monkeypatch):
     other rows, images and lists."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     root = tmp_path / "r[u]n *"
-    write_inputs(root)
-    write_inputs(tmp_path / "run of decoys", decoy=True)
+    write_inputs(root, NAMED + SIBLINGS)
+    write_inputs(tmp_path / "run of decoys", NAMED + SIBLINGS, decoy=True)
     return root
 
 
@@ -94,9 +94,9 @@ def test_every_command_reads_each_name_literally_beside_the_siblings_its_pattern
                    "--workers", "1"])  # fmt: skip
     assert hashed == 0, capsys.readouterr().err
     assert capsys.readouterr().out.count("from its own folder's images") == len(NAMED + SIBLINGS)
-    for seed, name in enumerate(NAMED + SIBLINGS):
+    for name in NAMED + SIBLINGS:
         sidecar = pq.read_table(Path(sidecars) / f"{name}.parquet").to_pylist()
-        own = rows(name, seed)
+        own = rows(name)
         assert [(r["key"], r["md5"]) for r in sidecar] == [(k, hashlib.md5(image(s)).hexdigest()) for k, _, s in own]
 
     flags = ["--shards", shards, "--blocklists", str(root / "lists"), "--sidecars", sidecars,
@@ -149,3 +149,72 @@ def test_a_local_name_with_a_backslash_and_a_pattern_character_is_held_back_nami
     ) in printed
     manifest = storage.read_json(str(Path(release.resolve(str(out / "releases"))) / "manifest.json"))
     assert sorted(manifest["shards"]) == ["b\\x", "bx"] and list(manifest["held_back"]) == ["b\\[x"]
+
+
+# On S3, through s3fs and the fsspec filesystem that DuckDB is given
+
+S3_NAMED = ["br[a]cket", ODD[0]]
+S3_SIBLINGS = ["bracket"]
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """A bucket on a local S3 server holding the inputs under `in[p]ut/` and decoys under `input/`."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    environment = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "relaion-test",
+                   "AWS_SECRET_ACCESS_KEY": "relaion-test-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                   "DAGSTER_HOME": str(tmp_path / "unused"), "RELAION_DAGSTER_HOME": str(tmp_path / "dagster")}  # fmt: skip
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3 = s3fs.S3FileSystem(use_listings_cache=False)
+    s3.mkdir("laion")
+    for prefix, decoy in (("in[p]ut", False), ("input", True)):
+        local = tmp_path / ("decoys" if decoy else "inputs")
+        write_inputs(local, S3_NAMED + S3_SIBLINGS, decoy)
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            s3.put_file(str(path), f"laion/{prefix}/{path.relative_to(local).as_posix()}")  # put_file: no glob
+    yield "s3://laion"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def s3_keys(location: str) -> list[str]:
+    return storage.read_table(location, columns=["key"]).column("key").to_pylist()
+
+
+def test_on_s3_every_command_reads_each_name_literally_beside_the_siblings_its_pattern_matches(bucket, capsys):
+    inputs, out = f"{bucket}/in[p]ut", f"{bucket}/out[*]"
+    shards, sidecars, releases = f"{inputs}/shards", f"{inputs}/sidecars", f"{out}/releases"
+    hashed = main(["hash-images", "--images", f"{inputs}/images", "--out", sidecars, "--shards", shards,
+                   "--workers", "1"])  # fmt: skip
+    assert hashed == 0, capsys.readouterr().err
+    for name in S3_NAMED + S3_SIBLINGS:
+        assert s3_keys(f"{sidecars}/{name}.parquet") == [key for key, _, _ in rows(name)], name
+
+    flags = ["--shards", shards, "--blocklists", f"{inputs}/lists", "--sidecars", sidecars, "--work", f"{out}/work",
+             "--release", releases]  # fmt: skip
+    assert main(["run", *flags]) == 0, capsys.readouterr()
+    published = release.resolve(releases)
+    manifest = storage.read_json(f"{published}/manifest.json")
+    assert sorted(manifest["shards"]) == sorted(S3_NAMED + S3_SIBLINGS) and manifest["held_back"] == {}
+    for name in S3_NAMED + S3_SIBLINGS:
+        for variant in ("research", "research-safe"):
+            assert s3_keys(f"{published}/{variant}/{name}.parquet") == expected_research(name), (name, variant)
+
+    capsys.readouterr()
+    assert main(["verify", releases, "--blocklists", f"{inputs}/lists"]) == 0
+    assert main(["verify", releases, "--blocklists", f"{inputs}/late-lists"]) == 1
+    mismatches = sorted(line for line in capsys.readouterr().out.splitlines() if line.startswith("MISMATCH"))
+    assert mismatches == sorted(
+        f"MISMATCH {variant}/{name}.parquet: 1 rows match the lists ({{'url_sha256': 1}})"
+        for name in S3_NAMED
+        for variant in ("research", "research-safe")
+    )
+
+    by = ["--by", "difference", "--variant", "research"]
+    assert main(["clean", "--release", releases, "--input", shards, "--output", f"{out}/cleaned", *by]) == 0
+    for name in S3_NAMED + S3_SIBLINGS:
+        assert s3_keys(f"{out}/cleaned/{name}.parquet") == expected_research(name), name
