@@ -82,10 +82,14 @@ def configure_s3(
 
 
 def filesystem(location: str):
-    """The fsspec filesystem and the path inside it for a local path or URL."""
-    options = {} if is_local(location) else {"use_listings_cache": False}
-    fs, path = fsspec.core.url_to_fs(str(location), **options)
-    return fs, path
+    """The fsspec filesystem and the path inside it for a local path or URL. The location is taken as one
+    name: `fsspec.core.url_to_fs` would read `a::b` in it as a chain of two URLs and give the path `a`."""
+    location = str(location)
+    if is_local(location):
+        fs = fsspec.filesystem("file")
+    else:
+        fs = fsspec.filesystem(location.split("://", 1)[0], use_listings_cache=False)
+    return fs, fs._strip_protocol(location)
 
 
 def literal_pattern(location: str) -> str:

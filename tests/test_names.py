@@ -27,7 +27,7 @@ PAIRS = [
     ("c{a,b}", "ca"),
     ("two/**", "two/x"),
 ]
-ODD = ["sp ace 'q' \"d\" %41 #1", "ünï/-lead", "a]b"]
+ODD = ["sp ace 'q' \"d\" %41 #1", "ünï/-lead", "a]b::c"]  # `::` chains URLs in fsspec
 NAMED = [name for name, _ in PAIRS] + ODD  # each holds a listed URL, a listed image and a late-listed URL
 SIBLINGS = [sibling for _, sibling in PAIRS]
 
