@@ -634,6 +634,28 @@ def test_a_null_typed_punsafe_column_is_read_as_scores_that_are_all_missing(sett
     assert dropped["rows_out"] == 0
 
 
+def test_dictionary_encoded_sidecar_columns_are_matched(settings):
+    write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL, FINE_URL]))
+    md5 = hashlib.md5(IMAGE).hexdigest()
+    table = pa.table({"key": ["k0", "k1", "k2"], "md5": [md5, "0" * 32, md5]})
+    write_sidecar(settings, "part", pa.table({n: table.column(n).dictionary_encode() for n in table.column_names}))
+
+    removals, research, _ = run_variants(settings, "part")
+
+    assert removals["removed_by_kind"] == {"image_md5": 2}
+    assert pq.read_table(pipeline.Work(settings.work).variant("research", "part")).column("key").to_pylist() == ["k1"]
+
+
+def test_a_sidecar_column_name_used_twice_fails_naming_the_file_and_the_column(settings):
+    write_shard(settings, "part", relaion_table([FINE_URL]))
+    md5 = hashlib.md5(IMAGE).hexdigest()
+    sidecar = write_sidecar(settings, "part", pa.Table.from_arrays([pa.array(["k0"]), pa.array([md5])] * 2,
+                                                                   names=["key", "md5", "key", "md5"]))  # fmt: skip
+    assert fails(settings, "part", ShardSchemaError) == (
+        f"{sidecar}: column 'key' appears 2 times; expected each column name once"
+    )
+
+
 # Symbolic links under the shard location
 
 
