@@ -141,7 +141,7 @@ def unreadable(error: Exception, *paths: str | None) -> Exception:
             f"no space left on the device while processing {next((p for p in paths if p), 'a shard')}: free space"
             " under the work location and the temporary folder (TMPDIR, where DuckDB spills) and run again"
         )
-    named = [p for p in paths if p and storage.filesystem(p)[1] in message]
+    named = [p for p in paths if p and _named_in(p, message)]
     if not named and not (type(error) is duckdb.Error or isinstance(error, _READ_ERRORS)):
         return error
     candidates = named or [p for p in paths if p]
@@ -153,6 +153,15 @@ def unreadable(error: Exception, *paths: str | None) -> Exception:
         return ShardError(f"{path}: holds text that is not valid UTF-8, expected UTF-8 strings")
     detail = _QUOTED.sub("…", (message.strip().splitlines() or [""])[0])
     return ShardError(f"{path}: not a readable parquet file: {type(error).__name__}: {detail}")
+
+
+def _named_in(path: str, message: str) -> bool:
+    """Whether DuckDB's message names the file `path`, as a path or as the literal pattern it was given."""
+    try:
+        pattern = storage.literal_pattern(path)
+    except storage.StorageError:  # never given to DuckDB
+        pattern = path
+    return storage.filesystem(path)[1] in message or pattern in message
 
 
 def damage(shard_path: str) -> ShardError | None:
