@@ -218,3 +218,20 @@ def test_on_s3_every_command_reads_each_name_literally_beside_the_siblings_its_p
     assert main(["clean", "--release", releases, "--input", shards, "--output", f"{out}/cleaned", *by]) == 0
     for name in S3_NAMED + S3_SIBLINGS:
         assert s3_keys(f"{out}/cleaned/{name}.parquet") == expected_research(name), name
+
+
+def test_files_written_moved_and_removed_on_s3_are_exactly_the_named_ones(bucket):
+    shards = f"{bucket}/in[p]ut/shards"
+    storage.write_text_atomic("written\n", f"{shards}/st*r.json")
+    storage.move(f"{shards}/st*r.json", f"{shards}/moved [1].json")
+    storage.remove(f"{shards}/br[a]cket.parquet")
+
+    fs, root = storage.filesystem(shards)
+    left = sorted(path[len(root) + 1 :] for path in fs.find(root))
+    assert left == sorted(["bracket.parquet", f"{ODD[0]}.parquet", "moved [1].json"])
+    assert storage.read_text(f"{shards}/moved [1].json") == "written\n"
+
+
+def test_a_local_file_written_under_a_pattern_name_has_exactly_that_name(tmp_path):
+    storage.write_text_atomic("written\n", str(tmp_path / "st*r [1].json"))
+    assert [p.name for p in tmp_path.iterdir()] == ["st*r [1].json"]
