@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import glob
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline import pdq, storage, urls
+from relaion_pipeline import pdq, schemas, storage, urls
 from relaion_pipeline.schemas import sql_string
 from relaion_pipeline.settings import Settings
 
@@ -331,6 +330,10 @@ def _parse_parquet(handle, name: str):
             f"{name}: missing column(s) {', '.join(sorted(missing))}: expected kind, value[, category]"
         )
     for column in ("kind", "value", "category"):
+        if schema.names.count(column) > 1:
+            raise BlocklistError(
+                f"{name}: column {column!r} appears {schema.names.count(column)} times; expected it once"
+            )
         if column in schema.names and not _is_text(schema.field(column).type):
             found = schema.field(column).type
             raise BlocklistError(f"{name}: column {column!r} must hold strings, found {found}")
@@ -344,6 +347,7 @@ def _parse_parquet(handle, name: str):
             raise BlocklistError(f"{name}: not a readable parquet file ({error})") from None
         if batch is None:
             return
+        batch = pa.RecordBatch.from_arrays([_decoded(c) for c in batch.columns], names=batch.schema.names)
         yield _validated(
             batch.column("kind"),
             batch.column("value"),
@@ -354,7 +358,12 @@ def _parse_parquet(handle, name: str):
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+    return schemas.is_text(kind) or pa.types.is_null(kind)
+
+
+def _decoded(column: pa.Array) -> pa.Array:
+    """A dictionary-encoded column (valid strings, as pandas categoricals are written) as plain strings."""
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def _parse_file(name: str, handle):
@@ -469,7 +478,8 @@ def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: S
     from relaion_pipeline import matching  # matching reads lists; lists only borrow its connection settings
 
     names = ", ".join(SCHEMA.names)
-    parts = sql_string(os.path.join(scratch.name, "part-*.parquet"))
+    written = sorted(os.path.join(scratch.name, f) for f in os.listdir(scratch.name) if f.startswith("part-"))
+    parts = "[" + ", ".join(storage.duckdb_path(p) for p in written) + "]"
     ordered = os.path.join(scratch.name, "sorted.parquet")
     con = matching.connect(settings)
     try:
@@ -478,12 +488,12 @@ def _merge(scratch: tempfile.TemporaryDirectory, sources: list[str], settings: S
             " (FORMAT parquet, COMPRESSION zstd)"
         )
         grouped = con.execute(  # entries per source and kind, and per category, in one pass
-            f"SELECT grouping(category) = 1, source, kind, category, count(*) FROM read_parquet({sql_string(ordered)})"
+            f"SELECT grouping(category) = 1, source, kind, category, count(*) FROM read_parquet({storage.duckdb_path(ordered)})"
             " GROUP BY GROUPING SETS ((source, kind), (category)) ORDER BY ALL"
         ).fetchall()
     finally:
         con.close()
-    for part in glob.glob(os.path.join(scratch.name, "part-*.parquet")):
+    for part in written:
         os.remove(part)
     merged = os.path.join(scratch.name, "merged.parquet")
     entries = 0

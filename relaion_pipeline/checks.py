@@ -138,7 +138,7 @@ def _input_counts(con, shard: shards.Shard, name: str, found: dict | None = None
     breaking each rule that some row breaks (as `row_keys` writes them)."""
     roles = shards.roles(shard)
     keys = row_keys.Writer(shard.path, roles, shards.open_parquet(shard.path).schema_arrow)
-    source = f"read_parquet({sql_string(shard.path)}, file_row_number = true)"
+    source = f"read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)"
     if found is None:
         columns = ", ".join(f"{sql} AS {column}" for column, sql in input_count_columns(roles).items())
         found = con.sql(f"SELECT {columns} FROM {source}").to_arrow_table().to_pylist()[0]
@@ -234,7 +234,7 @@ def check_blocklist(settings: Settings) -> list[quality.Outcome]:
                 count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category,
                 count(*) FILTER (WHERE kind = 'pdq' AND NOT coalesce(distance BETWEEN 0 AND {pdq.MAX_DISTANCE}, false))
                     AS pdq_without_a_valid_distance
-            FROM (SELECT *{distance} FROM read_parquet({sql_string(path)}))"""
+            FROM (SELECT *{distance} FROM read_parquet({storage.duckdb_path(path)}))"""
         ).df()
     finally:
         con.close()
@@ -269,8 +269,8 @@ def _rows_not_in(con, subset: str, superset: str, roles, dropped: np.ndarray) ->
         return 0
     on = " AND ".join(f"s.{quote(c)} IS NOT DISTINCT FROM t.{quote(c)}" for c in columns)
     query = (
-        f"SELECT count(*) FROM read_parquet({sql_string(subset)}) s "
-        f"ANTI JOIN read_parquet({sql_string(superset)}) t ON {on}"
+        f"SELECT count(*) FROM read_parquet({storage.duckdb_path(subset)}) s "
+        f"ANTI JOIN read_parquet({storage.duckdb_path(superset)}) t ON {on}"
     )
     return con.execute(query).fetchall()[0][0]
 
@@ -358,7 +358,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             column = quote(roles.punsafe)
             frame = con.sql(
                 f"SELECT {key} AS row_key, CAST({column} AS DOUBLE) AS score "
-                f"FROM read_parquet({sql_string(safe_path)}, file_row_number = true) "
+                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) "
                 f"WHERE {column} > {settings.safe_threshold!r}"
                 + (f" OR {column} IS NULL" if settings.missing_score == "drop" else "")
             ).df()
@@ -372,7 +372,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             tags = ", ".join(sql_string(t) for t in settings.unsafe_tag_values) or "NULL"
             frame = con.sql(
                 f"SELECT {key} AS row_key, {quote(roles.nsfw)} AS tag "
-                f"FROM read_parquet({sql_string(safe_path)}, file_row_number = true) "
+                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) "
                 f"WHERE {quote(roles.nsfw)} IN ({tags})"
                 + (f" OR {quote(roles.nsfw)} IS NULL" if settings.missing_score == "drop" else "")
             ).df()

@@ -241,7 +241,7 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
 def _by_url(files: list[str]) -> str:
     """SQL: one row of hashes per URL digest of the given hash files; when a URL repeats, the whole row of its
     first sample by key (never a mix of two samples' hashes)."""
-    listed = "[" + ", ".join(sql_string(p) for p in files) + "]"
+    listed = "[" + ", ".join(storage.duckdb_path(p) for p in files) + "]"
     row = ", ".join(f"{c} := {c}" for c in SIDECAR_COLUMNS[1:])
     return (
         f"SELECT url_sha256, unnest(arg_min(struct_pack({row}), key)) FROM read_parquet({listed}) GROUP BY url_sha256"
@@ -276,7 +276,7 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
             query = f"""
                 SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
                 FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
-                      FROM read_parquet({sql_string(shard.path)}, file_row_number = true)) s
+                      FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)) s
                 JOIN {images} i ON i.url_sha256 = sha256(s.url)
                 ORDER BY s.file_row_number"""
             final = storage.join(out, shard.file_name)

@@ -51,7 +51,7 @@ def _delta_sql(old_path: str, new_path: str) -> str:
     old, new = (
         f"SELECT kind, value, source, category, "
         f"{'distance' if 'distance' in shards.open_parquet(p).schema_arrow.names else 'NULL'}::SMALLINT AS distance "
-        f"FROM read_parquet({matching.sql_string(p)})"
+        f"FROM read_parquet({storage.duckdb_path(p)})"
         for p in (old_path, new_path)
     )
     return f"(({old}) EXCEPT ({new})) UNION ALL (({new}) EXCEPT ({old}))"
@@ -59,7 +59,7 @@ def _delta_sql(old_path: str, new_path: str) -> str:
 
 def _has_kind(con, list_path: str, kind: str) -> bool:
     query = (
-        f"SELECT 1 FROM read_parquet({matching.sql_string(list_path)}) WHERE kind = {matching.sql_string(kind)} LIMIT 1"
+        f"SELECT 1 FROM read_parquet({storage.duckdb_path(list_path)}) WHERE kind = {matching.sql_string(kind)} LIMIT 1"
     )
     return bool(con.execute(query).fetchall())
 
@@ -83,7 +83,7 @@ def _touches(
     if sidecar_path and image:
         hits = con.execute(
             " UNION ALL ".join(
-                f"SELECT 1 FROM read_parquet({matching.sql_string(sidecar_path)}) c JOIN {delta} d "
+                f"SELECT 1 FROM read_parquet({storage.duckdb_path(sidecar_path)}) c JOIN {delta} d "
                 f"ON d.kind = 'image_{c}' AND d.value = {matching.lower_hex_sql('c.' + c)}"
                 for c in image
             )

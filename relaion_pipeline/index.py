@@ -54,7 +54,7 @@ def build_sql(inputs: matching.MatchInputs, md5: bool = True, domains: bool = Tr
     return f"""
     WITH src AS (
         SELECT file_row_number AS row_number, NULL::VARCHAR AS row_key, {matching.quote(roles.url)} AS url
-        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+        FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)
     ),
     {matching.canonical_parts_sql("src")},
     {matching.EXPRESSIONS_SQL},
@@ -100,7 +100,7 @@ def _write_compiled(
     URLs the compiled canonicalization leaves are canonicalized by DuckDB on a second connection."""
     source = (
         f"SELECT file_row_number AS row_number, {matching.quote(inputs.roles.url)} AS url "
-        f"FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)"
+        f"FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)"
     )
     cursor = con.cursor()
 
@@ -255,7 +255,7 @@ def list_keys_sql(blocklist_sql: str) -> str:
 def candidates_sql(index_path: str, blocklist_sql: str) -> str:
     """SQL: the distinct row numbers of the index with an entry whose prefix some URL-derived list entry has.
     Scopes are not compared: the matching query confirms every candidate on its full hashes."""
-    ix = f"read_parquet({sql_string(index_path)})"
+    ix = f"read_parquet({storage.duckdb_path(index_path)})"
     return f"""
     WITH keys AS MATERIALIZED ({list_keys_sql(blocklist_sql)})
     SELECT DISTINCT row_number FROM (
@@ -295,7 +295,7 @@ def list_candidates(con: duckdb.DuckDBPyConnection, work: str, name: str, blockl
     index_path = paths(work, name)[0]
     key = {"format": CANDIDATES_FORMAT, "index": pipeline.fingerprint(index_path)}
     key |= {"list": pipeline.fingerprint(blocklist_path)}
-    query = f"SELECT * FROM read_parquet({sql_string(blocklist_path)})"
+    query = f"SELECT * FROM read_parquet({storage.duckdb_path(blocklist_path)})"
     table = _kept(
         beside(work, name, CANDIDATES),
         key,
@@ -342,7 +342,7 @@ def _sidecar_keys(con: duckdb.DuckDBPyConnection, sidecar_path: str, hits: pa.Ta
     rows = sorted(set(hits.column("sidecar_row").to_pylist()))
     keys = dict(
         con.execute(
-            f"SELECT file_row_number, CAST(key AS VARCHAR) FROM read_parquet({sql_string(sidecar_path)},"
+            f"SELECT file_row_number, CAST(key AS VARCHAR) FROM read_parquet({storage.duckdb_path(sidecar_path)},"
             f" file_row_number = true) WHERE file_row_number IN ({', '.join(str(int(r)) for r in rows)})"
         ).fetchall()
     )
@@ -352,7 +352,7 @@ def _sidecar_keys(con: duckdb.DuckDBPyConnection, sidecar_path: str, hits: pa.Ta
 
 def unusable_rows(con: duckdb.DuckDBPyConnection, index_path: str) -> np.ndarray:
     """Row numbers whose URL is present but has no canonical form (sorted)."""
-    query = f"SELECT row_number FROM read_parquet({sql_string(index_path)}) WHERE scope = {NONE} ORDER BY row_number"
+    query = f"SELECT row_number FROM read_parquet({storage.duckdb_path(index_path)}) WHERE scope = {NONE} ORDER BY row_number"
     return con.sql(query).to_arrow_table().column(0).to_numpy().astype(np.int64)
 
 
@@ -395,7 +395,7 @@ def entries_of(con: duckdb.DuckDBPyConnection, index_path: str, rows: np.ndarray
     con.register("relaion_rows", pa.table({"row_number": pa.array(rows, pa.uint32())}))
     try:
         table = con.sql(
-            f"SELECT i.row_number, i.scope, i.sha, i.md5 FROM read_parquet({sql_string(index_path)}) i "
+            f"SELECT i.row_number, i.scope, i.sha, i.md5 FROM read_parquet({storage.duckdb_path(index_path)}) i "
             "SEMI JOIN relaion_rows r ON r.row_number = i.row_number"
         ).to_arrow_table()
     finally:

@@ -37,7 +37,7 @@ def _urls_of(con, shard: shards.Shard, name: str, rows: np.ndarray) -> dict[int,
         roles = shards.roles(shard)
         found = con.execute(
             f"SELECT file_row_number, {roles.key_sql(name)}, {quote(roles.url)} "
-            f"FROM read_parquet({sql_string(shard.path)}, file_row_number = true) "
+            f"FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true) "
             "SEMI JOIN relaion_rows s ON s.row_number = file_row_number"
         ).fetchall()
     finally:
@@ -55,7 +55,7 @@ def _reference_matches(con, blocklist_path: str, derived: list[tuple[str, list[t
     try:
         return con.execute(
             f"SELECT DISTINCT d.row_key, b.kind, b.source, b.category FROM relaion_derived d "
-            f"JOIN read_parquet({sql_string(blocklist_path)}) b ON b.kind = d.kind AND b.value = d.value"
+            f"JOIN read_parquet({storage.duckdb_path(blocklist_path)}) b ON b.kind = d.kind AND b.value = d.value"
         ).fetchall()
     finally:
         con.unregister("relaion_derived")
@@ -75,11 +75,11 @@ def _still_published(con, matched: list[tuple], research_path: str, removals: st
         if roles.key is not None:  # research's keys are filtered by the few matched ones before any hash table
             among = matching.key_in_sql(roles, integer, "SELECT row_key FROM relaion_matched")
             present = (
-                f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({sql_string(research_path)}) "
+                f"SELECT CAST({quote(roles.key)} AS VARCHAR) FROM read_parquet({storage.duckdb_path(research_path)}) "
                 f"WHERE {among}"
             )
             return con.execute(f"SELECT * FROM relaion_matched WHERE row_key IN ({present})").fetchall()
-        removed = f"SELECT row_key FROM read_parquet({sql_string(removals)})"
+        removed = f"SELECT row_key FROM read_parquet({storage.duckdb_path(removals)})"
         return con.execute(f"SELECT * FROM relaion_matched WHERE row_key NOT IN ({removed})").fetchall()
     finally:
         con.unregister("relaion_matched")
@@ -170,7 +170,7 @@ def _research_leaks(
     if pattern and unsafe and roles.caption:
         leaks += con.execute(
             f"SELECT {roles.key_sql(name)}, '{matching.KEYWORD_KIND}', '{matching.KEYWORD_SOURCE}', "
-            f"'{matching.KEYWORD_CATEGORY}' FROM read_parquet({sql_string(research_path)}, file_row_number = true) "
+            f"'{matching.KEYWORD_CATEGORY}' FROM read_parquet({storage.duckdb_path(research_path)}, file_row_number = true) "
             f"WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})"
         ).fetchall()
     # 5. No removed row key is still in research: the keys of the removed rows, as the shard has them at their
@@ -184,7 +184,7 @@ def _research_leaks(
             among = matching.key_in_sql(roles, integer, "SELECT row_key FROM relaion_removed_keys")
             leaks += con.execute(
                 f"SELECT CAST({quote(roles.key)} AS VARCHAR), 'removed-row', '', '' "
-                f"FROM read_parquet({sql_string(research_path)}) WHERE {among}"
+                f"FROM read_parquet({storage.duckdb_path(research_path)}) WHERE {among}"
             ).fetchall()
         finally:
             con.unregister("relaion_removed_keys")
@@ -222,7 +222,7 @@ def _pdq_audit(con, name: str, shard: shards.Shard, sidecar_path: str | None, co
     if "distance" not in shards.open_parquet(blocklist_path).schema_arrow.names:
         return [], 0  # a list file from before pdq entries existed
     entries = con.sql(
-        f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
+        f"SELECT value, source, category, distance FROM read_parquet({storage.duckdb_path(blocklist_path)}) "
         "WHERE kind = 'pdq' ORDER BY value, source, category"
     ).to_arrow_table()
     if not entries.num_rows:

@@ -337,7 +337,7 @@ def _src_sql(inputs: MatchInputs, where: str = "") -> str:
     return f"""
         SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key,
                {quote(inputs.roles.url)} AS url
-        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+        FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)
         {f"WHERE {where}" if where else ""}"""
 
 
@@ -369,7 +369,7 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
     roles = inputs.roles
     parts = [  # never materialized: DuckDB would keep every URL of the shard, every list entry, for their readers
         f"src AS NOT MATERIALIZED ({_src_sql(inputs)})",
-        f"bl AS NOT MATERIALIZED (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}))",  # read per kind
+        f"bl AS NOT MATERIALIZED (SELECT * FROM read_parquet({storage.duckdb_path(inputs.blocklist_path)}))",  # read per kind
     ]
     selects = []
     if kinds & {"url_sha256", "url_md5", "domain"}:
@@ -403,7 +403,7 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
         selects.append(f"""
         SELECT file_row_number, {roles.key_sql(inputs.shard_name)}, '{KEYWORD_KIND}', '{KEYWORD_SOURCE}',
                '{KEYWORD_CATEGORY}', NULL, 'caption', NULL::SMALLINT
-        FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+        FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)
         WHERE {unsafe} AND regexp_matches({quote(roles.caption)}, {sql_string(pattern)})""")
     if not selects:
         selects.append(
@@ -435,7 +435,8 @@ def lower_hex_sql(column: str) -> str:
 
 def list_kinds(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> set[str]:
     """The kinds of entries that the merged list file holds."""
-    return {k for (k,) in con.sql(f"SELECT DISTINCT kind FROM read_parquet({sql_string(blocklist_path)})").fetchall()}
+    query = f"SELECT DISTINCT kind FROM read_parquet({storage.duckdb_path(blocklist_path)})"
+    return {k for (k,) in con.sql(query).fetchall()}
 
 
 IMAGE_HITS_SCHEMA = pa.schema(
@@ -453,8 +454,8 @@ def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[s
     selects = [
         f"""SELECT c.file_row_number AS sidecar_row, CAST(c.key AS VARCHAR) AS key, b.kind, b.source, b.category,
                b.value AS hash
-        FROM read_parquet({sql_string(inputs.sidecar_path)}, file_row_number = true) c
-        JOIN (SELECT * FROM read_parquet({sql_string(inputs.blocklist_path)}) WHERE kind = '{kind}') b
+        FROM read_parquet({storage.duckdb_path(inputs.sidecar_path)}, file_row_number = true) c
+        JOIN (SELECT * FROM read_parquet({storage.duckdb_path(inputs.blocklist_path)}) WHERE kind = '{kind}') b
           ON b.value = {lower_hex_sql("c." + kind.removeprefix("image_"))}"""
         for kind in image_kinds(inputs, kinds)
     ]
@@ -582,14 +583,14 @@ def shard_counts_sql(inputs: MatchInputs, more: dict[str, str] | None = None) ->
            count(*) FILTER (WHERE regexp_matches({url}, {sql_string(OTHER_SCHEME)})
                             AND NOT regexp_matches({url}, {sql_string(HTTP_SCHEME)}, 'i')) AS other_scheme,
            {duplicates} AS duplicate_row_keys{"".join(f", {sql} AS more_{n}" for n, sql in (more or {}).items())}
-    FROM read_parquet({sql_string(inputs.shard_path)})"""
+    FROM read_parquet({storage.duckdb_path(inputs.shard_path)})"""
 
 
 def duplicate_key_sql(inputs: MatchInputs) -> str:
     """The smallest row key that occurs on more than one row: an example for the warning."""
     key = f"CAST({quote(inputs.roles.key)} AS VARCHAR)"
     return (
-        f"SELECT min(k) FROM (SELECT {key} AS k FROM read_parquet({sql_string(inputs.shard_path)}) "
+        f"SELECT min(k) FROM (SELECT {key} AS k FROM read_parquet({storage.duckdb_path(inputs.shard_path)}) "
         f"WHERE {key} IS NOT NULL GROUP BY k HAVING count(*) > 1)"
     )
 
@@ -639,12 +640,12 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
         in_shard = f"{number} IN (SELECT row_key FROM src) AND {exact}"
     return f"""
     WITH src AS (
-        SELECT {key} AS row_key FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)
+        SELECT {key} AS row_key FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)
     ),
     marked AS (
         SELECT coalesce({in_shard}, false) AS in_shard, {low} AS low_quality, {malformed} AS malformed,
                {odd_quality} AS odd_quality
-        FROM read_parquet({sql_string(inputs.sidecar_path)})
+        FROM read_parquet({storage.duckdb_path(inputs.sidecar_path)})
     )
     SELECT count(*), count(*) FILTER (WHERE NOT in_shard), count(*) FILTER (WHERE in_shard AND low_quality),
            count(*) FILTER (WHERE in_shard AND malformed), count(*) FILTER (WHERE in_shard AND odd_quality)

@@ -21,7 +21,6 @@ import pyarrow.compute as pc
 from relaion_pipeline import pdq, storage
 from relaion_pipeline.matching import REMOVALS_SCHEMA
 from relaion_pipeline.pdq_index import PdqIndex, hex_words
-from relaion_pipeline.schemas import sql_string
 
 BATCH_ROWS = 262_144
 NEAR_SCHEMA = pa.schema(
@@ -39,7 +38,7 @@ def list_index(con: duckdb.DuckDBPyConnection, blocklist_path: str) -> tuple[Pdq
     digest (`blocklist-<version>.parquet`), so its path says what it holds."""
     if blocklist_path not in _last:
         entries = con.sql(
-            f"SELECT value, source, category, distance FROM read_parquet({sql_string(blocklist_path)}) "
+            f"SELECT value, source, category, distance FROM read_parquet({storage.duckdb_path(blocklist_path)}) "
             "WHERE kind = 'pdq' ORDER BY value, source, category"
         ).to_arrow_table()
         _last.clear()
@@ -57,14 +56,14 @@ def _sidecar_sql(inputs, stride: int = 1, start: int = 0) -> str:
     drawn = f"file_row_number % {int(stride)} = {int(start) % int(stride)} AND " if stride > 1 else ""
     return f"""
         SELECT CAST(key AS VARCHAR) AS row_key, CAST(pdq AS VARCHAR) AS pdq
-        FROM read_parquet({sql_string(inputs.sidecar_path)}, file_row_number = {"true" if stride > 1 else "false"})
+        FROM read_parquet({storage.duckdb_path(inputs.sidecar_path)}, file_row_number = {"true" if stride > 1 else "false"})
         WHERE {drawn}length(CAST(pdq AS VARCHAR)) = 64 AND coalesce({quality}, true)"""
 
 
 def _shard_keys_sql(inputs) -> str:
     return (
         f"SELECT file_row_number AS row_number, {inputs.roles.key_sql(inputs.shard_name)} AS row_key "
-        f"FROM read_parquet({sql_string(inputs.shard_path)}, file_row_number = true)"
+        f"FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)"
     )
 
 
@@ -131,7 +130,7 @@ def _removal_rows(con: duckdb.DuckDBPyConnection, hits: pa.Table, blocklist_path
     try:
         return con.sql(
             f"SELECT h.row_number, h.row_key, 'pdq' AS kind, b.source, b.category, b.value AS hash,"
-            f" 'image-near' AS match, h.distance FROM relaion_hits h JOIN read_parquet({sql_string(blocklist_path)}) b"
+            f" 'image-near' AS match, h.distance FROM relaion_hits h JOIN read_parquet({storage.duckdb_path(blocklist_path)}) b"
             f" ON b.kind = 'pdq' AND b.value = h.value AND h.distance <= coalesce(b.distance, {pdq.DEFAULT_DISTANCE})"
         ).to_arrow_table()
     finally:
@@ -165,7 +164,7 @@ def _reach_sql(blocklist_path: str) -> str:
     """SQL: each distinct pdq value of a list with the largest distance any of its entries matches within."""
     return (
         f"SELECT value, max(coalesce(distance, {pdq.DEFAULT_DISTANCE}))::SMALLINT AS reach "
-        f"FROM read_parquet({sql_string(blocklist_path)}) WHERE kind = 'pdq' GROUP BY value"
+        f"FROM read_parquet({storage.duckdb_path(blocklist_path)}) WHERE kind = 'pdq' GROUP BY value"
     )
 
 

@@ -131,6 +131,7 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
     if not settings.sidecars or not storage.exists(path):
         return None, ()
     schema = shards.open_parquet(path).schema_arrow
+    schemas.unique_names(schema, path)
     if "key" not in schema.names:
         raise shards.ShardError(
             f"{path}: image-hash sidecar has no 'key' column (expected key plus md5/sha1/sha256/pdq)"
@@ -140,7 +141,7 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
         raise shards.ShardError(f"{path}: image-hash sidecar has none of the columns {', '.join(SIDECAR_HASHES)}")
     for column in columns:
         kind = schema.field(column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        if not schemas.is_text(kind):
             raise shards.ShardError(
                 f"{path}: column {column!r} of the image-hash sidecar must hold hex strings, found {kind}"
             )

@@ -8,7 +8,7 @@ import io
 import duckdb
 
 from relaion_pipeline import storage
-from relaion_pipeline.schemas import quote, sql_string
+from relaion_pipeline.schemas import quote
 from relaion_pipeline.settings import Settings
 
 BINS = 50
@@ -36,7 +36,7 @@ def score_histogram(shard_path: str, column: str) -> list[tuple[float, int]]:
     try:
         rows = con.execute(
             f"SELECT least(greatest(floor({quote(column)} * {BINS}), 0), {BINS - 1}) AS bin, count(*) "
-            f"FROM read_parquet({sql_string(shard_path)}) WHERE {quote(column)} IS NOT NULL GROUP BY 1 ORDER BY 1"
+            f"FROM read_parquet({storage.duckdb_path(shard_path)}) WHERE {quote(column)} IS NOT NULL GROUP BY 1 ORDER BY 1"
         ).fetchall()
     finally:
         con.close()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from relaion_pipeline import plots, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work
-from relaion_pipeline.schemas import quote, sql_string
+from relaion_pipeline.schemas import quote
 from relaion_pipeline.settings import Settings
 
 REMOVAL_LIST = "removal-list.parquet"
@@ -178,7 +178,7 @@ def _row_hashes(shard_path: str, row_numbers: np.ndarray, settings: Settings) ->
     storage.register(con, shard_path)
     con.register("wanted", pa.table({"row_number": pa.array(row_numbers, pa.int64())}))
     names = set(shards.open_parquet(shard_path).schema_arrow.names)
-    source = f"read_parquet({sql_string(shard_path)}, file_row_number = true)"
+    source = f"read_parquet({storage.duckdb_path(shard_path)}, file_row_number = true)"
     try:
         if "hash" in names:
             query = (

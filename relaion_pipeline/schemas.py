@@ -54,8 +54,29 @@ def _pick(names: set[str], *candidates: str) -> str | None:
     return next((c for c in candidates if c in names), None)
 
 
+def is_text(kind: pa.DataType) -> bool:
+    """Strings however a writer stored them: plain, large, view, or dictionary-encoded (pandas categoricals,
+    Spark and pyarrow's `use_dictionary` writers); DuckDB and the variants read them all as the same text."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def unique_names(schema: pa.Schema, source: str) -> None:
+    """Fail naming the column when two columns share a name: which one a role means would be a guess (pyarrow
+    refuses to choose, DuckDB renames one), and a published shard must keep exactly the input's columns."""
+    seen = set()
+    for name in schema.names:
+        if name in seen:
+            raise ShardSchemaError(
+                f"{source}: column {name!r} appears {schema.names.count(name)} times; expected each column name once"
+            )
+        seen.add(name)
+
+
 def detect(schema: pa.Schema, source: str) -> Roles:
     """Map a shard's schema to roles; `source` names the file in errors."""
+    unique_names(schema, source)
     names = set(schema.names)
     if "url" in names and "caption" in names:
         return Roles(
@@ -99,7 +120,7 @@ def check_types(schema: pa.Schema, roles: Roles, source: str) -> None:
         if column is None:
             continue
         kind = schema.field(column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        if not is_text(kind):
             raise ShardSchemaError(f"{source}: column {column!r} ({role}) must hold strings, found {kind}")
     for role in ("punsafe", "width", "height", "similarity", "pwatermark"):  # what the rules compare with numbers
         column = getattr(roles, role)
@@ -107,5 +128,5 @@ def check_types(schema: pa.Schema, roles: Roles, source: str) -> None:
             continue
         kind = schema.field(column).type
         numeric = pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind)
-        if not (numeric or (role != "punsafe" and pa.types.is_null(kind))):  # a column of nulls only breaks no rule
+        if not (numeric or pa.types.is_null(kind)):  # a column of nulls only (no score known) breaks no rule
             raise ShardSchemaError(f"{source}: column {column!r} ({role}) must be numeric, found {kind}")

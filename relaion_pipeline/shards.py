@@ -6,6 +6,7 @@ A shard is one parquet file; its name is its path relative to the shard location
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -36,20 +37,48 @@ class Shard:
 
 
 def discover(location: str) -> list[Shard]:
-    """Every `*.parquet` below `location`, sorted by name; hidden files and folders are skipped."""
+    """Every `*.parquet` below `location`, sorted by name; hidden files and folders are skipped. Locally,
+    symbolic links to folders are followed (a shard location is often assembled from links); a link back to
+    a folder above it fails, naming it, instead of looping."""
     fs, root = storage.filesystem(location)
     with storage.reaching(location):
         if not fs.isdir(root):
             raise ShardError(f"{location}: shard location does not exist or is not a folder")
-        paths = fs.find(root.rstrip("/"))
-    root = root.rstrip("/")
+        root = root.rstrip("/")
+        relatives = _local_files(root) if storage.is_local(location) else [p[len(root) + 1 :] for p in fs.find(root)]
     found = []
-    for path in paths:
-        relative = path[len(root) + 1 :]
+    for relative in relatives:
         if not relative.endswith(SUFFIX) or any(part.startswith(".") for part in relative.split("/")):
             continue
         found.append(Shard(name=relative[: -len(SUFFIX)], path=storage.join(location, relative)))
     return sorted(found, key=lambda s: s.name)
+
+
+def _local_files(root: str) -> list[str]:
+    """Paths relative to the local folder `root` of every file below it, through symbolic links to folders
+    (fsspec's `find` lists such a link as a file and never looks inside). Hidden entries are not entered."""
+    found: list[str] = []
+
+    def walk(folder: str, relative: str, above: frozenset) -> None:
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                if not entry.is_dir():  # a file, a link to one, or a broken link (which fails when read, named)
+                    found.append(relative + entry.name)
+                    continue
+                status = os.stat(entry.path)
+                identity = (status.st_dev, status.st_ino)
+                if identity in above:
+                    raise ShardError(
+                        f"{entry.path}: a symbolic link to a folder above it under the shard location (a loop);"
+                        " expected links to folders outside their own path: remove or replace it"
+                    )
+                walk(entry.path, f"{relative}{entry.name}/", above | {identity})
+
+    status = os.stat(root)
+    walk(root, "", frozenset({(status.st_dev, status.st_ino)}))
+    return found
 
 
 def resolve(location: str, name: str) -> Shard:
@@ -112,7 +141,7 @@ def unreadable(error: Exception, *paths: str | None) -> Exception:
             f"no space left on the device while processing {next((p for p in paths if p), 'a shard')}: free space"
             " under the work location and the temporary folder (TMPDIR, where DuckDB spills) and run again"
         )
-    named = [p for p in paths if p and storage.filesystem(p)[1] in message]
+    named = [p for p in paths if p and _named_in(p, message)]
     if not named and not (type(error) is duckdb.Error or isinstance(error, _READ_ERRORS)):
         return error
     candidates = named or [p for p in paths if p]
@@ -124,6 +153,15 @@ def unreadable(error: Exception, *paths: str | None) -> Exception:
         return ShardError(f"{path}: holds text that is not valid UTF-8, expected UTF-8 strings")
     detail = _QUOTED.sub("…", (message.strip().splitlines() or [""])[0])
     return ShardError(f"{path}: not a readable parquet file: {type(error).__name__}: {detail}")
+
+
+def _named_in(path: str, message: str) -> bool:
+    """Whether DuckDB's message names the file `path`, as a path or as the literal pattern it was given."""
+    try:
+        pattern = storage.literal_pattern(path)
+    except storage.StorageError:  # never given to DuckDB
+        pattern = path
+    return storage.filesystem(path)[1] in message or pattern in message
 
 
 def damage(shard_path: str) -> ShardError | None:

@@ -14,6 +14,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,11 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from relaion_pipeline.schemas import sql_string
+
 PARQUET_COMPRESSION = "zstd"
+_MAGIC = re.compile(r"[*?[]")  # what makes DuckDB and fsspec (glob.has_magic) read a path as a pattern
+_SPECIAL = re.compile(r"[*?[\]{}]")  # written as one-character classes in a pattern that must match itself
 
 
 class StorageError(OSError):
@@ -90,10 +96,40 @@ def configure_s3(
 
 
 def filesystem(location: str):
-    """The fsspec filesystem and the path inside it for a local path or URL."""
-    options = {} if is_local(location) else {"use_listings_cache": False}
-    fs, path = fsspec.core.url_to_fs(str(location), **options)
-    return fs, path
+    """The fsspec filesystem and the path inside it for a local path or URL. The location is taken as one
+    name: `fsspec.core.url_to_fs` would read `a::b` in it as a chain of two URLs and give the path `a`."""
+    location = str(location)
+    if is_local(location):
+        fs = fsspec.filesystem("file")
+    else:
+        fs = fsspec.filesystem(location.split("://", 1)[0], use_listings_cache=False)
+    return fs, fs._strip_protocol(location)
+
+
+def literal_pattern(location: str) -> str:
+    """`location` written as a glob pattern that matches exactly that file, for the readers that take every
+    path as a pattern (DuckDB's `read_parquet` locally and through fsspec, fsspec's glob): a shard named
+    `br[a]cket` must never be read from `bracket` beside it. A path without `*`, `?` or `[` is no pattern to
+    them and is returned as it is; otherwise each of `*?[]{}` becomes a one-character class (`[*]`).
+
+    DuckDB splits a local pattern at backslashes too, so a local path holding both a backslash and one of
+    `*?[` cannot be read literally at all: it is refused, naming it, rather than read from another file."""
+    location = str(location)
+    if not _MAGIC.search(location):
+        return location
+    if "\\" in location and is_local(location):
+        raise StorageError(
+            f"{location}: DuckDB cannot read a local file whose path holds both a backslash and one of * ? [ as"
+            " that file alone; rename it (or its folder) without the backslash or the pattern character"
+        )
+    return _SPECIAL.sub(lambda found: f"[{found.group()}]", location)
+
+
+def duckdb_path(location: str) -> str:
+    """The SQL string literal to give DuckDB's readers (`read_parquet(...)`) for the file `location` and only
+    that file, whatever characters its name holds (quotes included). Never for a `COPY ... TO` target, which
+    DuckDB takes literally."""
+    return sql_string(literal_pattern(location))
 
 
 def register(con, *locations: str, unchanging: tuple[str, ...] = ()) -> None:
@@ -230,7 +266,8 @@ def no_space(error: BaseException | None) -> bool:
 
 def write_bytes_atomic(data: bytes, final: str) -> None:
     with AtomicPath(final) as path:
-        with fsspec.open(path, "wb") as handle:
+        fs, inner = filesystem(path)
+        with fs.open(inner, "wb") as handle:  # not fsspec.open: in write mode it numbers a `*` in the name
             handle.write(data)
 
 
@@ -246,19 +283,32 @@ def write_parquet_atomic(table: pa.Table, final: str) -> None:
 
 def move(source: str, destination: str) -> None:
     """Give the file `source` the name `destination` (same file system): a rename where the files are local;
-    on S3 a server-side copy (the object appears complete) and then the source's deletion."""
+    on S3 a server-side copy (the object appears complete) and then the source's deletion. Neither name is
+    read as a pattern (fsspec's `mv` and `rm` would glob one holding `*?[`)."""
     if is_local(source) and is_local(destination):
         Path(destination).parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, destination)
         return
     fs, inner = filesystem(source)
-    fs.mv(inner, filesystem(destination)[1])
+    fs.cp_file(inner, filesystem(destination)[1])
+    fs.rm_file(inner)
 
 
 def remove(location: str) -> None:
+    """Delete a file, or a folder with everything under it; nothing when it does not exist. The name is never
+    read as a pattern: fsspec's `rm` globs one holding `*?[` and would delete its siblings."""
     fs, path = filesystem(location)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if is_local(location):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    if fs.isdir(path):
+        for inner in sorted(fs.find(path), reverse=True):
+            fs.rm_file(inner)
+    elif fs.exists(path):
+        fs.rm_file(path)
 
 
 def size_and_sha256(location: str, chunk: int = 8 << 20) -> tuple[int, str]:

@@ -569,3 +569,121 @@ def test_two_million_entries_with_windows_line_ends_load_sorted_and_merged(tmp_p
     assert merged.counts == {"iwf": {"url_sha256": entries}}
     values = merged.table.column("value")
     assert pc.all(pc.less(values[:-1], values[1:])).as_py(), "sorted and distinct"
+
+
+# Column encodings and names that are valid, or unreadable, however a writer chose to store them
+
+
+def test_dictionary_encoded_url_caption_and_key_columns_are_matched_and_kept_as_they_are(settings):
+    plain = relaion_table([FINE_URL, SECRET_URL, FINE_URL], captions=["a", "b", "a"], keys=["d0", "d1", "d2"])
+    encoded = {name: plain.column(name).dictionary_encode() for name in ("url", "caption", "key")}
+    table = pa.table({name: encoded.get(name, plain.column(name)) for name in plain.column_names})
+    path = write_shard(settings, "part", table)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("url").type)
+
+    removals, research, safe = run_variants(settings, "part")
+
+    assert (removals["rows_removed"], research["rows_out"], safe["rows_out"]) == (1, 2, 2)
+    removed = pq.read_table(pipeline.Work(settings.work).removals("part")).to_pylist()
+    assert [(r["row_key"], r["kind"]) for r in removed] == [("d1", "url_sha256")]
+    for variant in (pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
+        output = pipeline.Work(settings.work).variant(variant, "part")
+        assert pq.read_schema(output).equals(pq.read_schema(path), check_metadata=True), variant
+        assert pq.read_table(output).column("key").to_pylist() == ["d0", "d2"]
+    assert all(outcome.success for outcome in checks.check_research(settings, "part"))
+
+
+def test_dictionary_encoded_columns_of_a_parquet_list_are_read_as_strings(tmp_path):
+    (tmp_path / "src").mkdir()
+    columns = {"kind": ["url_sha256", "url_sha256"], "value": [SHA, SHA.upper()], "category": ["csam", "csam"]}
+    table = pa.table({name: pa.array(values).dictionary_encode() for name, values in columns.items()})
+    pq.write_table(table, tmp_path / "src" / "l.parquet")
+
+    merged = blocklists.load(str(tmp_path))
+
+    assert merged.table.to_pylist() == [
+        {"kind": "url_sha256", "value": SHA, "source": "src", "category": "csam", "distance": None}
+    ]
+
+
+@pytest.mark.parametrize("column", ["url", "punsafe", "aesthetic"])
+def test_a_column_name_used_twice_fails_naming_the_file_and_the_column(settings, column):
+    table = relaion_table([FINE_URL, SECRET_URL]).append_column("aesthetic", pa.array([5.0, 6.0]))
+    twice = pa.Table.from_arrays([*table.columns, table.column(column)], names=[*table.column_names, column])
+    path = write_shard(settings, "part", twice)
+    assert fails(settings, "part", ShardSchemaError) == (
+        f"{path}: column {column!r} appears 2 times; expected each column name once"
+    )
+
+
+def test_a_null_typed_punsafe_column_is_read_as_scores_that_are_all_missing(settings):
+    table = relaion_table([FINE_URL, SECRET_URL, FINE_URL])
+    table = table.set_column(table.schema.get_field_index("punsafe"), "punsafe", pa.nulls(3))
+    path = write_shard(settings, "part", table)
+    assert pa.types.is_null(pq.read_schema(path).field("punsafe").type)
+
+    removals, research, safe = run_variants(settings, "part")
+
+    assert (removals["rows_removed"], research["rows_out"], safe["rows_out"]) == (1, 2, 2)
+    for variant in (pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
+        output = pipeline.Work(settings.work).variant(variant, "part")
+        assert pq.read_schema(output).equals(pq.read_schema(path), check_metadata=True), variant
+        assert pq.read_table(output).column("key").to_pylist() == ["k0", "k2"]
+    assert checks.check_input(settings, "part")[0].success
+    assert all(outcome.success for outcome in checks.check_research_safe(settings, "part"))
+    dropped = pipeline.write_research_safe(settings.with_(missing_score="drop"), "part")
+    assert dropped["rows_out"] == 0
+
+
+def test_dictionary_encoded_sidecar_columns_are_matched(settings):
+    write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL, FINE_URL]))
+    md5 = hashlib.md5(IMAGE).hexdigest()
+    table = pa.table({"key": ["k0", "k1", "k2"], "md5": [md5, "0" * 32, md5]})
+    write_sidecar(settings, "part", pa.table({n: table.column(n).dictionary_encode() for n in table.column_names}))
+
+    removals, research, _ = run_variants(settings, "part")
+
+    assert removals["removed_by_kind"] == {"image_md5": 2}
+    assert pq.read_table(pipeline.Work(settings.work).variant("research", "part")).column("key").to_pylist() == ["k1"]
+
+
+def test_a_sidecar_column_name_used_twice_fails_naming_the_file_and_the_column(settings):
+    write_shard(settings, "part", relaion_table([FINE_URL]))
+    md5 = hashlib.md5(IMAGE).hexdigest()
+    sidecar = write_sidecar(settings, "part", pa.Table.from_arrays([pa.array(["k0"]), pa.array([md5])] * 2,
+                                                                   names=["key", "md5", "key", "md5"]))  # fmt: skip
+    assert fails(settings, "part", ShardSchemaError) == (
+        f"{sidecar}: column 'key' appears 2 times; expected each column name once"
+    )
+
+
+# Symbolic links under the shard location
+
+
+def test_a_symlinked_folder_under_the_shard_location_is_discovered_and_matched(settings, tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "crawl-2"
+    elsewhere.mkdir(parents=True)
+    pq.write_table(relaion_table([FINE_URL, SECRET_URL]), elsewhere / "part-0.parquet")
+    (Path(settings.shards) / "crawl-2").symlink_to(elsewhere, target_is_directory=True)
+    write_shard(settings, "crawl-1/part-0", relaion_table([FINE_URL]))
+
+    found = shards.discover(settings.shards)
+
+    assert [(s.name, s.path) for s in found] == [
+        ("crawl-1/part-0", f"{settings.shards}/crawl-1/part-0.parquet"),
+        ("crawl-2/part-0", f"{settings.shards}/crawl-2/part-0.parquet"),
+    ]
+    removals, research, _ = run_variants(settings, "crawl-2/part-0")
+    assert (removals["rows_removed"], research["rows_out"]) == (1, 1)
+
+
+def test_a_symlink_loop_under_the_shard_location_fails_naming_the_link(settings):
+    write_shard(settings, "crawl/part-0", relaion_table([FINE_URL]))
+    loop = Path(settings.shards) / "crawl" / "again"
+    loop.symlink_to(Path(settings.shards), target_is_directory=True)
+    with pytest.raises(shards.ShardError) as raised:
+        shards.discover(settings.shards)
+    assert str(raised.value) == (
+        f"{loop}: a symbolic link to a folder above it under the shard location (a loop); expected links to"
+        " folders outside their own path: remove or replace it"
+    )
