@@ -5,6 +5,7 @@ that the pattern would match, under a location whose own name is a pattern match
 names with spaces, quotes, `%`, `#`, unicode and a leading `-` go the same way."""
 
 import hashlib
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -169,14 +170,15 @@ def bucket(tmp_path, monkeypatch):
     for variable, value in environment.items():
         monkeypatch.setenv(variable, value)
     s3fs.S3FileSystem.clear_instance_cache()
-    s3 = s3fs.S3FileSystem(use_listings_cache=False)
-    s3.mkdir("laion")
+    s3 = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+    name = f"laion-{uuid.uuid4().hex[:8]}"  # one bucket per test, whichever server s3fs reached before
+    s3.mkdir(name)
     for prefix, decoy in (("in[p]ut", False), ("input", True)):
         local = tmp_path / ("decoys" if decoy else "inputs")
         write_inputs(local, S3_NAMED + S3_SIBLINGS, decoy)
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            s3.put_file(str(path), f"laion/{prefix}/{path.relative_to(local).as_posix()}")  # put_file: no glob
-    yield "s3://laion"
+            s3.put_file(str(path), f"{name}/{prefix}/{path.relative_to(local).as_posix()}")  # put_file: no glob
+    yield f"s3://{name}"
     s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
 
