@@ -203,11 +203,18 @@ def _check_sidecar(path: str, name: str, roles: schemas.Roles, rows_in: int, row
 
 
 def fingerprint(location: str) -> dict:
-    """Size and modification time of a file: enough to tell that an input shard changed since it was matched."""
+    """What tells that a file changed since it was matched, from one stat: its size and modification time,
+    and locally its inode and change time (which no one can set back: a file copied over another with the same
+    size and modification time restored still differs), on an object store its ETag (a digest of its content)."""
     fs, path = storage.filesystem(location)
     info = fs.info(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-    return {"bytes": info.get("size"), "modified": str(modified)}
+    found = {"bytes": info.get("size"), "modified": str(modified)}
+    if "ino" in info:  # local
+        found |= {"inode": info["ino"], "changed": str(info.get("created"))}
+    elif info.get("ETag") or info.get("etag"):
+        found["etag"] = str(info.get("ETag") or info.get("etag")).strip('"')
+    return found
 
 
 _FROZEN: set[str] = set()

@@ -156,20 +156,21 @@ def _file_checks(release: str, name: str, files: dict, thresholds: dict) -> list
 
 
 def _unlisted(release: str, listed: set[str]) -> list[str]:
-    """Parquet files anywhere under the release folder that its manifest does not list."""
+    """Files anywhere under the release folder that its manifest does not list (whatever their name: a reader
+    of `*.parquet`, `*.PARQUET` or `*.parq` would load them as data)."""
     fs, root = storage.filesystem(release)
     root = root.rstrip("/")
     with storage.reaching(release):
         present = fs.find(root)
     relative = sorted(path[len(root) + 1 :] for path in present)
-    return [f"{path}: parquet file not listed in the manifest" for path in relative
-            if path.endswith(".parquet") and path not in listed]  # fmt: skip
+    return [f"{path}: file not listed in the manifest" for path in relative
+            if path != "manifest.json" and path not in listed]  # fmt: skip
 
 
 def verify(location: str, blocklist_location: str | None = None) -> tuple[dict, list[str]]:
     """Check a release against its manifest: the version is the digest of the manifest's content (so nothing in
     it was edited), every listed file has its size, sha256 and rows, research-safe holds only rows of research
-    and none above the recorded safe threshold, every document matches, no parquet file is there unlisted, and
+    and none above the recorded safe threshold, every document matches, no file is there unlisted, and
     a `latest` followed names this very version. With partner lists, also that no published row matches them.
     Returns the manifest (with `path`: the version folder checked) and every problem found."""
     release = resolve(location)

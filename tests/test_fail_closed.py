@@ -261,3 +261,33 @@ def test_a_list_copied_in_part_or_a_source_renamed_is_not_taken_silently(inputs,
     accepted = relaion("run", *layout, "--allow-list-shrink")
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert (tmp_path / "releases" / "latest").read_text() != latest
+
+
+def test_an_input_replaced_with_the_same_size_and_modification_time_is_matched_again(tmp_path):
+    """A sidecar re-synced with its times kept (`rsync -t`, `cp -p`) whose one md5 is now listed: the shard is
+    matched again (the fingerprint holds the file's inode and change time, which no copy can set back), and the
+    row is not published."""
+    import re
+
+    import pyarrow as pa
+
+    same_size = dict(compression="none", use_dictionary=False, write_statistics=False)
+    data = tmp_path / "d"
+    demo.generate(data, shards=2, rows=500, seed=0)
+    sidecar = data / "sidecars" / "plain" / "part-00001.parquet"
+    pq.write_table(pq.read_table(sidecar), sidecar, **same_size)
+    layout = _layout(data, tmp_path)
+    assert relaion("run", *layout).returncode == 0
+    listed = re.findall(r"image_md5,([0-9a-f]{32})", (data / "blocklists" / "partner-a" / "hashes.csv").read_text())
+    table = pq.read_table(sidecar)
+    rows = table.to_pylist()
+    victim = next(r for r in rows if r["key"] and r["md5"] not in listed)
+    victim["md5"] = listed[0]
+    before = os.stat(sidecar)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), sidecar, **same_size)
+    os.utime(sidecar, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(sidecar).st_size == before.st_size
+    ran = relaion("run", *layout)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "plain/part-00001: up to date" not in ran.stdout
+    assert victim["key"] not in _published_keys(tmp_path)

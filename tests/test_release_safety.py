@@ -156,14 +156,28 @@ def test_verify_rejects_parquet_files_the_manifest_does_not_list(published, tmp_
     copy = tmp_path / "copy"
     shutil.copytree(space.releases / space.latest, copy)
     extra = pq.read_table(copy / "research" / "good-1.parquet")
-    for path in ("research/good-1-extra.parquet", "research-unfiltered/good-1.parquet", "extra.parquet"):
+    for path in (
+        "research/good-1-extra.parquet",
+        "research-unfiltered/good-1.parquet",
+        "extra.parquet",
+        "research/good-1.PARQUET",
+        "research/good-1.parq",
+        "research/good-1.parquet.tmp",
+    ):
         (copy / path).parent.mkdir(exist_ok=True)
         pq.write_table(extra, copy / path)
 
     assert main(["verify", str(copy)]) == 1
     out = capsys.readouterr().out
-    for path in ("research/good-1-extra.parquet", "research-unfiltered/good-1.parquet", "extra.parquet"):
-        assert f"MISMATCH {path}: parquet file not listed in the manifest" in out
+    for path in (
+        "research/good-1-extra.parquet",
+        "research-unfiltered/good-1.parquet",
+        "extra.parquet",
+        "research/good-1.PARQUET",
+        "research/good-1.parq",
+        "research/good-1.parquet.tmp",
+    ):
+        assert f"MISMATCH {path}: file not listed in the manifest" in out
 
 
 @pytest.mark.parametrize(
