@@ -290,4 +290,6 @@ def test_an_input_replaced_with_the_same_size_and_modification_time_is_matched_a
     ran = relaion("run", *layout)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "plain/part-00001: up to date" not in ran.stdout
-    assert victim["key"] not in _published_keys(tmp_path)
+    latest = tmp_path / "releases" / (tmp_path / "releases" / "latest").read_text().strip()
+    published = pq.read_table(latest / "research" / "plain" / "part-00001.parquet").column("SAMPLE_ID").to_pylist()
+    assert int(victim["key"]) not in published and len(published) > 400
