@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
-from relaion_pipeline import interrupts, pipeline, prepare, shards, storage
+from relaion_pipeline import interrupts, pipeline, prepare, shard_lock, shards, storage
 from relaion_pipeline.release import plan as release_plan
 from relaion_pipeline.release import preflight as release_preflight
 from relaion_pipeline.settings import Settings
@@ -78,7 +78,11 @@ def _failure(result) -> str:
             error = event.event_specific_data.error
             while error is not None and error.cause is not None:  # the user code's own error, not Dagster's
                 error = error.cause
-            return error.message.strip().splitlines()[-1] if error else "step failed"
+            if error is None:
+                return "step failed"
+            line = error.message.strip().splitlines()[-1]
+            prefix = line.split(": ", 1)[0]  # Dagster's "package.module.SomeError: message": the message alone
+            return line.split(": ", 1)[1] if prefix.endswith(error.cls_name) and ": " in line else line
     return "run failed"
 
 
@@ -119,7 +123,7 @@ def run_all(settings: Settings, progress=print, force: bool = False, debug: bool
     """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish.
     A SIGINT or SIGTERM, even one that Dagster turned into a failed step, stops it before the next step
     (`interrupts.Interrupted`): no release is published."""
-    with interrupts.deferred():
+    with interrupts.deferred(), shard_lock.only_run(settings.work):
         return _run_all(settings, progress, force, DEBUG if debug else QUIET)
 
 

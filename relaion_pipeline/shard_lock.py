@@ -54,3 +54,32 @@ def holding(work: str, name: str, timeout: float = 3600.0, waiting=None) -> Iter
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RunLocked(RuntimeError):
+    """Another `relaion run` is using the work location."""
+
+
+@contextlib.contextmanager
+def only_run(work: str) -> Iterator[None]:
+    """One `relaion run` per work location at a time: a second one fails at once, naming the location. Two at
+    once would interleave their stages and publish files of one with the manifest of the other (a release
+    whose research-safe was cut at another run's threshold)."""
+    if not storage.is_local(work):
+        yield
+        return
+    folder = os.path.join(str(work).removeprefix("file://"), "locks")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "run.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(
+                f"{work}: another relaion run is using this work location (lock {path}); wait for it to finish,"
+                " or give this run a work location of its own (--work)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

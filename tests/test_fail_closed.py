@@ -293,3 +293,20 @@ def test_an_input_replaced_with_the_same_size_and_modification_time_is_matched_a
     latest = tmp_path / "releases" / (tmp_path / "releases" / "latest").read_text().strip()
     published = pq.read_table(latest / "research" / "plain" / "part-00001.parquet").column("SAMPLE_ID").to_pylist()
     assert int(victim["key"]) not in published and len(published) > 400
+
+
+def test_a_second_run_on_the_same_work_location_fails_at_once_naming_it(inputs, tmp_path):
+    import fcntl
+
+    source, _ = inputs
+    (tmp_path / "work" / "locks").mkdir(parents=True)
+    with open(tmp_path / "work" / "locks" / "run.lock", "a+") as held:  # as the first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ran = relaion("run", *_layout(source, tmp_path))
+    assert ran.returncode == 2
+    assert ran.stderr.strip() == (
+        f"error: {tmp_path / 'work'}: another relaion run is using this work location (lock"
+        f" {tmp_path / 'work' / 'locks' / 'run.lock'}); wait for it to finish, or give this run a work location of"
+        " its own (--work)"
+    )
+    assert not (tmp_path / "releases").exists()
