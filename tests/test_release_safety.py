@@ -320,7 +320,7 @@ def test_a_truncated_shard_of_the_release_keeps_latest_where_it_was(space, capsy
     assert space.run() == 1
     captured = capsys.readouterr()
     assert space.latest == first and sorted(p.name for p in space.releases.iterdir()) == [first, "latest"]
-    assert f"ReleaseError: no release published: 1 shard(s) of release {first} failed or are held back (good-2:" in (
+    assert f"error: release: no release published: 1 shard(s) of release {first} failed or are held back (good-2:" in (
         captured.err
     )
     assert "(truncated, or still being written)" in captured.err and "--allow-partial-release" in captured.err
@@ -354,7 +354,7 @@ def test_an_empty_shard_folder_publishes_nothing(tmp_path, capsys):
     space = _make(tmp_path / "ws", shard_names=())
 
     assert space.run() == 1
-    assert "ReleaseError: no release published: a release with no shards is never published" in (
+    assert "error: release: no release published: a release with no shards is never published" in (
         capsys.readouterr().err
     )
     assert not space.releases.exists() or not (space.releases / "latest").exists()
