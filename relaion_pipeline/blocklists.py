@@ -438,12 +438,24 @@ def _load(location: str, scratch: str) -> list[str]:
     return sources
 
 
+def _once(pairs: list[tuple]) -> dict:
+    """A JSON object whose keys are all distinct (json's default keeps the last of a repeated key silently)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise KeyError(key)
+        seen[key] = value
+    return seen
+
+
 def _source_distance(name: str, data: bytes) -> int:
     """The PDQ match distance a source's `source.json` sets."""
     try:
-        config = json.loads(data.decode("utf-8-sig"))
+        config = json.loads(data.decode("utf-8-sig"), object_pairs_hook=_once)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BlocklistError(f'{name}: not valid JSON ({error}): expected e.g. {{"pdq_distance": 31}}') from None
+    except KeyError as error:  # which of two values was meant cannot be known: fail, never pick one
+        raise BlocklistError(f"{name}: setting {error.args[0]} given twice: expected each setting once") from None
     unknown = set(config) - {"pdq_distance"} if isinstance(config, dict) else {"(not an object)"}
     if unknown:
         raise BlocklistError(f"{name}: unknown setting(s) {', '.join(sorted(unknown))}: expected only pdq_distance")

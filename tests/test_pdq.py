@@ -156,6 +156,7 @@ def test_a_source_config_without_pdq_entries_leaves_the_version_as_it_was(tmp_pa
         ('{"pdq_distance": "31"}', "pdq_distance is '31', expected a whole number of bits from 0 to 63"),
         ('{"distance": 31}', "unknown setting(s) distance: expected only pdq_distance"),
         ("{pdq_distance: 31", "not valid JSON"),
+        ('{"pdq_distance": 10, "pdq_distance": 40}', "setting pdq_distance given twice: expected each setting once"),
     ],
 )
 def test_a_bad_source_config_is_named(tmp_path, config, expected):
