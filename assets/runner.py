@@ -123,14 +123,14 @@ def run_all(settings: Settings, progress=print, force: bool = False, debug: bool
     """Rebuild the blocklist, run every shard that is not up to date (every shard with `force`), publish.
     A SIGINT or SIGTERM, even one that Dagster turned into a failed step, stops it before the next step
     (`interrupts.Interrupted`): no release is published."""
+    settings.check_layout()
+    pipeline.removal_rules(settings)  # the keyword file is read before any work: an error names it and its flag
+    release_preflight(settings)  # before any work: what would stop the release at its end fails now
     with interrupts.deferred(), shard_lock.only_run(settings.work):
         return _run_all(settings, progress, force, DEBUG if debug else QUIET)
 
 
 def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> RunSummary:
-    settings.check_layout()
-    pipeline.removal_rules(settings)  # the keyword file is read before any work: an error names it and its flag
-    release_preflight(settings)  # before any work: what would stop the release at its end fails now
     instance = instance_for(settings)
     defs = build_definitions(settings)
     found = [s.name for s in shards.discover(settings.shards)]
