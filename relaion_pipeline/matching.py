@@ -280,7 +280,8 @@ def read_keywords(path: str) -> str:
     """The text of the keyword file, or an error naming it, the setting and what was expected."""
     where = f"keyword file {path} (setting keywords: --keywords, RELAION_KEYWORDS)"
     try:
-        data = storage.filesystem(path)[0].cat_file(storage.filesystem(path)[1])
+        fs, inner = storage.filesystem(path)
+        data = fs.cat_file(inner)
     except FileNotFoundError:
         raise ValueError(f"{where}: does not exist, expected a text file with one keyword per line") from None
     except IsADirectoryError:

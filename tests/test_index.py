@@ -38,7 +38,8 @@ def _removed_keys(settings, name):
     disclose a URL, `row_keys`)."""
     table = pq.read_table(pipeline.Work(settings.work).removals(name))
     shard = os.path.join(settings.shards, name + ".parquet")
-    keys = dict(zip(written(shard, removed_keys(settings, name)), removed_keys(settings, name), strict=True))
+    raw = removed_keys(settings, name)
+    keys = dict(zip(written(shard, raw), raw, strict=True))
     return sorted(
         zip(map(keys.get, table.column("row_key").to_pylist()), table.column("source").to_pylist(), strict=True)
     )
