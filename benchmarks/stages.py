@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from relaion_pipeline import checks, demo, index, pipeline, quality, storage
+from relaion_pipeline import cache, checks, demo, index, pipeline, quality, storage
 from relaion_pipeline.settings import Settings
 
 
@@ -105,7 +105,7 @@ def main() -> None:
     try:
         _pdq_change(settings, name, changed)
         lists()
-        storage.remove(index.beside(settings.work, name, index.NEAR_MATCHES))
+        storage.remove(cache.path(settings.work, name, cache.NEAR_MATCHES))
         removals(f"  +{CHANGE:,} pdq entries, no near matches remembered")
         shutil.rmtree(changed)
         lists()

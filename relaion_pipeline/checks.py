@@ -17,7 +17,7 @@ import pandas as pd
 
 from relaion_pipeline import (
     blocklists,
-    index,
+    cache,
     leaks,
     matching,
     pdq,
@@ -165,10 +165,10 @@ def remember_input_counts(settings: Settings, name: str, con, found: dict) -> No
     """Keep the input check's counts that the removals stage made in its own pass over the shard
     (`input_count_columns`), with their sample row keys, for the check to validate without a pass of its own."""
     shard = shards.resolve(settings.shards, name)
-    index.remembered(
+    cache.value(
         settings.work,
         name,
-        "input-check",
+        cache.INPUT_COUNTS,
         _input_key(shard, name),
         lambda: _input_counts(con, shard, name, found),
     )
@@ -194,7 +194,7 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
             con.close()
 
     key = _input_key(shard, name)
-    remembered = index.remembered(settings.work, name, "input-check", key, count)
+    remembered = cache.value(settings.work, name, cache.INPUT_COUNTS, key, count)
     frame, samples = pd.DataFrame([remembered["counts"]]), remembered["samples"]
     why = {column: text for column, _, text in rules} | {"duplicate_row_keys": "a row key names one row"}
     expectations = [
@@ -204,7 +204,7 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     with ThreadPoolExecutor(max_workers=1) as pool:  # the shard's digest, once per input file like its counts
         digest_key = {"input": key["input"]}
         validated = pool.submit(
-            index.remembered, settings.work, name, "input-digest", digest_key, lambda: _validated(shard.path)
+            cache.value, settings.work, name, cache.INPUT_DIGEST, digest_key, lambda: _validated(shard.path)
         )
         outcome = quality.validate(INPUT_WELL_FORMED, name, frame, expectations)
     for failure in outcome.failures:

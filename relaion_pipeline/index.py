@@ -5,8 +5,8 @@ For every row with a URL, the index holds one entry per lookup expression (`host
 percent-encoded and IDNA forms, `urls.host_forms`), each as the first 64 bits of its sha256 and md5; rows whose URL has no canonical form get one entry of scope `none`. It never holds a URL, an
 expression's text or a caption: only row numbers, scopes and hash prefixes.
 
-The removals stage builds it once per input file (`<work>/index/<shard>.parquet`, described by
-`<shard>.json`) with the compiled kernels of `lookup_hashes` (without OpenSSL: the SQL of `build_sql`, which
+The removals stage builds it once per input file (`<work>/index/<shard>.parquet`, recorded in the cache by
+`<shard>.parquet.json`, `relaion_pipeline.cache`) with the compiled kernels of `lookup_hashes` (without OpenSSL: the SQL of `build_sql`, which
 the tests hold the kernels to) and reuses it while the input is unchanged, so a new list version costs one
 join of the index with the list instead of canonicalizing and hashing the shard again. A prefix hit only
 names a candidate row: removals are confirmed on the candidates' full hashes by the matching query, and the
@@ -17,7 +17,6 @@ implementation in Python.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -28,12 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline import lookup_hashes, matching, storage, urls
+from relaion_pipeline import cache, lookup_hashes, matching, storage, urls
 from relaion_pipeline.schemas import sql_string
 
-# bump when what the index holds changes: older indexes are rebuilt, not misread (2: the IDNA form of non-ASCII
-# hosts, whose mapping is the idna package's: a new one may map a host otherwise)
-FORMAT = f"2/{urls.HOST_FORMS}"
 SCOPES = ("url", "path", "host", "domain", "none")
 URL, PATH, HOST, DOMAIN, NONE = range(len(SCOPES))
 BATCH_ROWS = 262_144  # URLs per batch of the compiled build: ~30 MB of URLs, ~4M entries
@@ -143,57 +139,24 @@ def _write_compiled(
 
 
 def paths(work: str, name: str) -> tuple[str, str]:
-    """The index file of a shard and the JSON that says which input it was built from."""
-    base = storage.join(work, "index", name)
-    return base + ".parquet", base + ".json"
-
-
-REMEMBERED = ("sidecar", "input-check", "input-digest")  # what `remembered` keeps beside a shard's index
-NEAR_MATCHES = "pdq-matches.parquet"  # the shard's PDQ near matches, kept by `near_matching.shard_matches`
-CANDIDATES = "url-candidates.parquet"  # the rows the index names for a list file, kept by `list_candidates`
-CANDIDATES_FORMAT = 1  # bump when `candidates_sql` changes: kept candidates of an older query are found again
-IMAGE_HITS = "image-hits.parquet"  # the sidecar rows a list file has an image hash of, kept by `list_image_hits`
-IMAGE_HITS_FORMAT = 2  # bump when `matching.image_hits` changes (2: sidecar row numbers, no keys)
-
-
-def beside(work: str, name: str, what: str) -> str:
-    """The file `<shard>.<what>` kept beside the shard's index."""
-    return storage.join(work, "index", name) + f".{what}"
-
-
-def remembered(work: str, name: str, what: str, key: dict, compute):
-    """`compute()` (a JSON value) for this `key` (what it depends on: the fingerprints of the files it reads,
-    the version of the rule), computed once and then kept beside the shard's index as `<shard>.<what>.json`
-    until the key changes. For what a new list version does not change but a shard's reruns would count
-    again: the sidecar's counts (a join of every sidecar key with the shard's, 8.5 s of an 18M-row shard) and
-    the input check's (5.9 s)."""
-    path = beside(work, name, f"{what}.json")
-    key = json.loads(json.dumps(key))  # as it reads back (tuples are lists)
-    if storage.exists(path):
-        record = storage.read_json(path)
-        if record.get("key") == key:
-            return record["value"]
-    value = compute()
-    storage.write_json_atomic({"key": key, "value": value}, path)
-    return value
+    """The index file of a shard and its cache record (which input it was built from, and its description)."""
+    return cache.path(work, name, cache.INDEX), cache.record_path(work, name, cache.INDEX)
 
 
 def forget(work: str, name: str) -> None:
-    """Remove the shard's index, its description and everything remembered beside it."""
-    kept = (*(f"{what}.json" for what in REMEMBERED), NEAR_MATCHES, CANDIDATES, IMAGE_HITS)
-    for path in (*paths(work, name), *(beside(work, name, what) for what in kept)):
-        storage.remove(path)
+    """Remove the shard's index and everything kept in the cache for it."""
+    for artifact in cache.ARTIFACTS:
+        cache.forget(work, name, artifact)
 
 
 def current(work: str, name: str, input_fingerprint: dict, md5: bool = False, domains: bool = False) -> dict | None:
-    """The description of the shard's index when it exists, was built from exactly this input and (with `md5`)
-    holds md5 prefixes and (with `domains`) domain entries; else None."""
-    path, meta_path = paths(work, name)
-    if not storage.exists(meta_path) or not storage.exists(path):
+    """The description of the shard's index when it is in the cache for exactly this input and the code that
+    builds it now, unchanged since, and (with `md5`) holds md5 prefixes and (with `domains`) domain entries;
+    else None."""
+    kept = cache.lookup(work, name, cache.INDEX, {"input": input_fingerprint})
+    if kept is None:
         return None
-    meta = storage.read_json(meta_path)
-    if meta.get("format") != FORMAT or meta.get("input") != input_fingerprint:
-        return None
+    meta = kept.extra
     if (md5 and not meta.get("md5")) or (domains and not meta.get("domains", True)):
         return None
     return meta
@@ -216,7 +179,7 @@ def build(
     when OpenSSL is there (`compiled=False`: the SQL of `build_sql`, the reference they are tested against)."""
     started = time.perf_counter()
     path, meta_path = paths(work, inputs.shard_name)
-    storage.remove(meta_path)  # the description goes last: an index without one is never used
+    storage.remove(meta_path)  # the record goes last: an index without one is never used
     compiled = compiled and lookup_hashes.available()
     write = _write_compiled if compiled else _write_sql
     if storage.is_local(path):
@@ -230,7 +193,6 @@ def build(
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
             storage.copy(local, path)
     meta = {
-        "format": FORMAT,
         "input": input_fingerprint,
         "counts": counts,
         "md5": md5,
@@ -240,7 +202,7 @@ def build(
         "bytes": size,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    storage.write_json_atomic(meta, meta_path)
+    cache.put(work, inputs.shard_name, cache.INDEX, {"input": input_fingerprint}, extra=meta)
     return meta
 
 
@@ -271,34 +233,19 @@ def candidates(con: duckdb.DuckDBPyConnection, index_path: str, blocklist_sql: s
     return rows.to_numpy().astype(np.int64)
 
 
-def _kept(path: str, key: dict, compute, keep: bool) -> pa.Table:
-    """The table `compute()` for `key` (the fingerprints of what it is made from), read from `path` when it
-    was kept there for the same key; kept there when `keep` (the key in its parquet metadata)."""
-    key = json.loads(json.dumps(key))  # as it reads back
-    if storage.exists(path):
-        kept = storage.read_table(path)
-        if json.loads((kept.schema.metadata or {}).get(b"relaion", b"{}")).get("key") == key:
-            return kept.replace_schema_metadata(None)
-    table = compute()
-    if keep:
-        storage.write_parquet_atomic(table.replace_schema_metadata({"relaion": json.dumps({"key": key})}), path)
-    return table
-
-
 def list_candidates(con: duckdb.DuckDBPyConnection, work: str, name: str, blocklist_path: str, keep: bool = True):
     """`candidates` of the shard for the list file at `blocklist_path`, kept beside the index
     (`<shard>.url-candidates.parquet`, row numbers only) with the fingerprints of the index and the list file:
     removals find them, and the research check reads them instead of scanning the index again (3.5 s of an
     18M-row shard) while both files are unchanged. With `keep` False, kept ones are read, new ones not kept."""
-    from relaion_pipeline import pipeline  # it imports this module
-
     index_path = paths(work, name)[0]
-    key = {"format": CANDIDATES_FORMAT, "index": pipeline.fingerprint(index_path)}
-    key |= {"list": pipeline.fingerprint(blocklist_path)}
+    depends = {"index": cache.fingerprint(index_path), "list": cache.fingerprint(blocklist_path)}
     query = f"SELECT * FROM read_parquet({storage.duckdb_path(blocklist_path)})"
-    table = _kept(
-        beside(work, name, CANDIDATES),
-        key,
+    table = cache.table(
+        work,
+        name,
+        cache.CANDIDATES,
+        depends,
         lambda: pa.table({"row_number": pa.array(candidates(con, index_path, query), pa.int64())}),
         keep,
     )
@@ -314,16 +261,13 @@ def list_image_hits(
     every image hash of the sidecar with the list again (4.8 s of a 20M-row sidecar). With `keep` False, kept
     ones are read, new ones not kept. `kinds`: the list's kinds, or None to read them when the hits are not kept.
     """
-    from relaion_pipeline import pipeline  # it imports this module
-
     def compute() -> pa.Table:
         listed = kinds if kinds is not None else matching.list_kinds(con, inputs.blocklist_path)
         return matching.image_hits(con, inputs, listed)
 
-    key = {"format": IMAGE_HITS_FORMAT, "sidecar": pipeline.fingerprint(inputs.sidecar_path)}
-    key |= {"list": pipeline.fingerprint(inputs.blocklist_path)}
+    depends = {"sidecar": cache.fingerprint(inputs.sidecar_path), "list": cache.fingerprint(inputs.blocklist_path)}
     found = {}
-    without_keys = _kept(beside(work, name, IMAGE_HITS), key, lambda: _keyless(found, compute()), keep)
+    without_keys = cache.table(work, name, cache.IMAGE_HITS, depends, lambda: _keyless(found, compute()), keep)
     return found["hits"] if "hits" in found else _sidecar_keys(con, inputs.sidecar_path, without_keys)
 
 

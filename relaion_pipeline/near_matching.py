@@ -9,7 +9,6 @@ or caption. Memory: the list's index (384 bytes an entry) plus a batch.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -18,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from relaion_pipeline import pdq, storage
+from relaion_pipeline import cache, pdq, storage
 from relaion_pipeline.matching import REMOVALS_SCHEMA
 from relaion_pipeline.pdq_index import PdqIndex, hex_words
 
@@ -137,7 +136,6 @@ def _removal_rows(con: duckdb.DuckDBPyConnection, hits: pa.Table, blocklist_path
         con.unregister("relaion_hits")
 
 
-HITS_FORMAT = 2  # bump when what the remembered near matches hold (or the rule of `near`) changes (2: no keys)
 HITS_SCHEMA = pa.schema(
     [("row_number", pa.int64()), ("row_key", pa.string()), ("value", pa.string()), ("distance", pa.int16())]
 )
@@ -200,32 +198,32 @@ def shard_matches(
     """Removals rows (row_number, row_key, kind, source, category, hash, match, distance) of the shard's PDQ
     near matches, and how they were found; `inputs` is the shard's `matching.MatchInputs`.
 
-    With `remember` = (path, key), the matches (row numbers, row keys, list hashes and distances: never a URL)
-    are kept in the parquet file `path` with the list version and `key` (what they depend on besides the
-    list: the shard's and sidecar's fingerprints). While the key holds and that list version is kept, a new
+    With `remember` = (work location, depends), the matches (row numbers, list hashes and distances: never a URL
+    nor a row key) are kept in the cache (`cache.NEAR_MATCHES`) with the list version, under the key of
+    `depends` (what they depend on besides the list: the shard's and sidecar's fingerprints). While the key
+    holds and that list version is kept, a new
     version searches only its values that were added or given a larger distance (a list change of a thousand
     entries: ~3 s for an 18M-row shard instead of ~30 s), and the rest come from the file."""
     started = time.perf_counter()
     list_name = inputs.blocklist_path.rstrip("/").rsplit("/", 1)[-1]
     hits = None
     how = {"from_list": None, "entries_searched": 0, "hashes_searched": 0}
-    if remember is not None and storage.exists(remember[0]):
-        old = storage.read_table(remember[0])
-        record = json.loads((old.schema.metadata or {}).get(b"relaion", b"{}"))
-        old_list = inputs.blocklist_path[: -len(list_name)] + str(record.get("list"))
-        if record.get("key") == json.loads(json.dumps(remember[1])) and storage.exists(old_list):
+    kept = cache.lookup(remember[0], inputs.shard_name, cache.NEAR_MATCHES, remember[1]) if remember else None
+    if kept is not None:
+        old_list = inputs.blocklist_path[: -len(list_name)] + str(kept.extra.get("list"))
+        if storage.exists(old_list):
+            old = storage.read_table(cache.path(remember[0], inputs.shard_name, cache.NEAR_MATCHES))
             hits, how["entries_searched"], how["hashes_searched"] = _updated_hits(con, inputs, old, old_list)
-            how["from_list"] = record["list"]
+            how["from_list"] = kept.extra["list"]
     if hits is None:
         index, entries = list_index(con, inputs.blocklist_path)
         hits, how["hashes_searched"] = _hits(con, inputs, index, entries.column("value"))
         how["entries_searched"] = len(entries)
     if remember is not None:  # kept without row keys (`row_keys`): removals takes each key from the shard
-        record = {"key": remember[1], "list": list_name}
-        kept = hits.cast(HITS_SCHEMA).set_column(1, "row_key", pa.nulls(hits.num_rows, pa.string()))
-        storage.write_parquet_atomic(
-            kept.replace_schema_metadata({"relaion": json.dumps(record, sort_keys=True)}), remember[0]
-        )
+        work, depends = remember
+        keyless = hits.cast(HITS_SCHEMA).set_column(1, "row_key", pa.nulls(hits.num_rows, pa.string()))
+        storage.write_parquet_atomic(keyless, cache.path(work, inputs.shard_name, cache.NEAR_MATCHES))
+        cache.put(work, inputs.shard_name, cache.NEAR_MATCHES, depends, extra={"list": list_name})
     log.info(
         f"{inputs.shard_name}: {how['hashes_searched']:,} PDQ hashes near-matched against {how['entries_searched']:,}"
         f" entries{' (the rest remembered from ' + how['from_list'] + ')' if how['from_list'] else ''}"

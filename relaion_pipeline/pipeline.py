@@ -11,7 +11,6 @@ import atexit
 import functools
 import gc
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,20 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline import blocklists, index, matching, row_keys, schemas, shard_lock, shards, storage, urls, variants
+from relaion_pipeline import (
+    blocklists,
+    cache,
+    index,
+    matching,
+    row_keys,
+    schemas,
+    shard_lock,
+    shards,
+    storage,
+    urls,
+    variants,
+)
+from relaion_pipeline.cache import fingerprint
 from relaion_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -202,21 +214,6 @@ def _check_sidecar(path: str, name: str, roles: schemas.Roles, rows_in: int, row
     return []
 
 
-def fingerprint(location: str) -> dict:
-    """What tells that a file changed since it was matched, from one stat: its size and modification time,
-    and locally its inode and change time (which no one can set back: a file copied over another with the same
-    size and modification time restored still differs), on an object store its ETag (a digest of its content)."""
-    fs, path = storage.filesystem(location)
-    info = fs.info(path)
-    modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-    found = {"bytes": info.get("size"), "modified": str(modified)}
-    if "ino" in info:  # local
-        found |= {"inode": info["ino"], "changed": str(info.get("created"))}
-    elif info.get("ETag") or info.get("etag"):
-        found["etag"] = str(info.get("ETag") or info.get("etag")).strip('"')
-    return found
-
-
 _FROZEN: set[str] = set()
 
 
@@ -305,9 +302,6 @@ def _count_by(table, *columns: str) -> dict[str, int]:
     return {k: len(v) for k, v in sorted(seen.items())}
 
 
-SIDECAR_COUNTS = 2  # bump when what `matching.sidecar_counts_sql` counts changes: remembered counts are redone
-
-
 def _shard_counts(settings: Settings, name: str, con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs) -> dict:
     """The shard's row counts (COUNTS), from one pass that also makes the input check's (kept for it; the
     columns its rules compare are numeric, `schemas.check_types`)."""
@@ -358,11 +352,11 @@ def compute_removals(settings: Settings, name: str) -> dict:
         rows_in, null_urls, null_captions, other_scheme, duplicate_keys = (meta["counts"][c] for c in COUNTS)
         duplicate_sample = con.execute(matching.duplicate_key_sql(inputs)).fetchall()[0][0] if duplicate_keys else None
         sidecar_rows, unmatched_keys, low_quality, malformed_pdq, odd_quality = (
-            index.remembered(
+            cache.value(
                 settings.work,
                 name,
-                "sidecar",
-                {"format": SIDECAR_COUNTS, "input": input_fingerprint, "sidecar": fingerprints["sidecar_input"]},
+                cache.SIDECAR_COUNTS,
+                {"input": input_fingerprint, "sidecar": fingerprints["sidecar_input"]},
                 lambda: list(con.execute(matching.sidecar_counts_sql(inputs)).fetchall()[0]),
             )
             if sidecar_path
@@ -374,14 +368,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
         if matching.near_kinds(inputs, kinds):
             from relaion_pipeline import near_matching
 
-            remember = (
-                index.beside(settings.work, name, index.NEAR_MATCHES),
-                {
-                    "format": near_matching.HITS_FORMAT,
-                    "input": input_fingerprint,
-                    "sidecar": fingerprints["sidecar_input"],
-                },
-            )
+            remember = (settings.work, {"input": input_fingerprint, "sidecar": fingerprints["sidecar_input"]})
             near, near_how = near_matching.shard_matches(con, inputs, remember)
         image = (
             index.list_image_hits(con, settings.work, name, inputs, kinds)
@@ -519,13 +506,9 @@ def read_stats(settings: Settings, stage: str, name: str) -> dict:
     return storage.read_json(path)
 
 
-STAGED_SAFE = 1  # bump when how research-safe is written changes: a copy staged by older code is not used
-
-
 def _safe_rule(settings: Settings, roles: schemas.Roles) -> dict:
     """What decides research-safe's rows besides research's (`variants.safe_keep_mask`)."""
     return {
-        "format": STAGED_SAFE,
         "punsafe": roles.punsafe,
         "nsfw": roles.nsfw,
         "safe_threshold": settings.safe_threshold,
@@ -552,13 +535,8 @@ def write_research(settings: Settings, name: str) -> dict:
         shard.path, removed, work.variant(RESEARCH, name), safe=(roles, settings, staged[0])
     )
     storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), staged[1])
-    made = {
-        "research_sha256": result.sha256,
-        "research": fingerprint(work.variant(RESEARCH, name)),
-        "rule": _safe_rule(settings, roles),
-        "variant": safe.__dict__,
-    }
-    storage.write_json_atomic(made, staged[2])
+    made = _staged_from(work, name, result.sha256, _safe_rule(settings, roles))
+    cache.put(settings.work, name, cache.STAGED_SAFE, made, files=staged[:2], extra={"variant": safe.__dict__})
     stats = {
         "shard": name,
         "blocklist_version": removal_stats["blocklist_version"],
@@ -574,22 +552,26 @@ def write_research(settings: Settings, name: str) -> dict:
     return stats
 
 
+def _staged_from(work: Work, name: str, research_sha256: str, rule: dict) -> dict:
+    """What a staged research-safe is made from: research (its digest and its file) and the rule."""
+    return {"research_sha256": research_sha256, "research": fingerprint(work.variant(RESEARCH, name)), "rule": rule}
+
+
 def _take_staged_safe(work: Work, name: str, research_sha256: str, rule: dict) -> variants.VariantStats | None:
-    """Publish the research-safe that the research stage staged, when it was made from this research (its
-    digest, and the file unchanged since) with this rule: its variant and unsafe rows are moved into place.
-    None when there is none to use; a staged copy is used once, and removed either way."""
+    """Publish the research-safe that the research stage staged, when the cache holds it for this research (its
+    digest, and the file unchanged since) and this rule, its files unchanged: its variant and unsafe rows are
+    moved into place. None when there is none to use; a staged copy is used once, and removed either way."""
     staged = work.staged_safe(name)
     try:
-        if not all(storage.exists(path) for path in staged):
+        if not storage.exists(work.variant(RESEARCH, name)):
             return None
-        made = storage.read_json(staged[2])
-        if made.get("research_sha256") != research_sha256 or made.get("rule") != json.loads(json.dumps(rule)):
-            return None
-        if made.get("research") != fingerprint(work.variant(RESEARCH, name)):
+        made = _staged_from(work, name, research_sha256, rule)
+        kept = cache.lookup(work.root, name, cache.STAGED_SAFE, made, files=staged[:2])
+        if kept is None:
             return None
         storage.move(staged[1], work.unsafe_rows(name))
         storage.move(staged[0], work.variant(RESEARCH_SAFE, name))
-        return variants.VariantStats(**made["variant"])
+        return variants.VariantStats(**kept.extra["variant"])
     finally:
         for path in staged:
             storage.remove(path)

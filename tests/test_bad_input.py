@@ -331,7 +331,7 @@ def test_input_check_counts_are_remembered_until_the_shard_changes(settings, mon
 def test_removals_counts_for_the_input_check_in_its_own_pass_exactly_as_the_check_would(settings, monkeypatch):
     """A first removals run counts the shard once for itself and for the input check: the check then finds
     the same counts and sample keys as its own pass makes, and validates them without reading the shard."""
-    from relaion_pipeline import index, matching
+    from relaion_pipeline import cache, matching
 
     table = relaion_table(
         [FINE_URL, " ", "http://x.example/" + "a" * 4100, FINE_URL, None],
@@ -341,7 +341,7 @@ def test_removals_counts_for_the_input_check_in_its_own_pass_exactly_as_the_chec
     write_shard(settings, "part", table)
     pipeline.build_blocklist(settings)
     pipeline.compute_removals(settings, "part")
-    record = index.beside(settings.work, "part", "input-check.json")
+    record = cache.record_path(settings.work, "part", cache.INPUT_COUNTS)
     made_by_removals = json.loads(Path(record).read_text())
     connected = []
     original = matching.connect

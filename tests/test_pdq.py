@@ -257,12 +257,12 @@ def test_a_new_pdq_entry_touches_only_the_shard_with_an_image_near_it(pdq_shard)
 
 def _removals_twice(settings):
     """The shard's removals (as rows) and how near matching found them; then again with nothing remembered."""
-    from relaion_pipeline import index
+    from relaion_pipeline import cache
 
     work = pipeline.Work(settings.work)
     how = pipeline.compute_removals(settings, "s")["near_matching"]
     remembered = pq.read_table(work.removals("s"))
-    Path(index.beside(settings.work, "s", index.NEAR_MATCHES)).unlink()
+    Path(cache.path(settings.work, "s", cache.NEAR_MATCHES)).unlink()
     fresh = pipeline.compute_removals(settings, "s")["near_matching"]
     assert fresh["from_list"] is None
     assert pq.read_table(work.removals("s")).equals(remembered), "as a search of the whole list finds"
