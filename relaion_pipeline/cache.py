@@ -77,7 +77,9 @@ CANDIDATES = Artifact("url candidates", ".url-candidates.parquet", ("index:candi
 IMAGE_HITS = Artifact("image hits", ".image-hits.parquet", ("matching:image_hits", "index:_keyless"))
 NEAR_MATCHES = Artifact("pdq near matches", ".pdq-matches.parquet", ("near_matching:near", "near_matching:_hits"))
 SIDECAR_COUNTS = Artifact("sidecar counts", ".sidecar.json", ("matching:sidecar_counts_sql",))
-INPUT_COUNTS = Artifact("input check counts", ".input-check.json", ("checks:_input_counts", "matching:shard_counts_sql"))
+INPUT_COUNTS = Artifact(
+    "input check counts", ".input-check.json", ("checks:_input_counts", "matching:shard_counts_sql")
+)
 INPUT_DIGEST = Artifact("input digest", ".input-digest.json", ("checks:_validated",))
 STAGED_SAFE = Artifact(  # its files are the staged variant and unsafe rows (`pipeline.Work.staged_safe`)
     "staged research-safe", ".json", ("variants:write_research", "variants:safe_keep_mask"), "staged/research-safe"
@@ -106,9 +108,16 @@ def _source(obj) -> str:
             text = inspect.getsource(obj)
         except (OSError, TypeError):  # made at run time: its code object stands for it
             code = getattr(obj, "__code__", None)
-            text = repr((code.co_code, code.co_consts, code.co_names)) if code else repr(obj)
+            text = _code_text(code) if code else repr(obj)
         kept = _SOURCES[id(obj)] = (obj, text)
     return kept[1]
+
+
+def _code_text(code: types.CodeType) -> str:
+    """A code object's instructions, names and constants, nested code objects included (their repr holds an
+    address, which differs from one process to the next)."""
+    consts = [_code_text(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return repr((code.co_code, code.co_names, code.co_varnames, consts))
 
 
 def _ours(obj) -> bool:
@@ -135,7 +144,11 @@ def _uses(obj) -> list[tuple[str, Any]]:
         members = [inspect.unwrap(m) for m in vars(obj).values() if inspect.isfunction(inspect.unwrap(m))]
         members += [p.fget for p in vars(obj).values() if isinstance(p, property) and p.fget]
         source = inspect.getsourcefile(obj)  # not the methods a decorator made (a dataclass's __init__)
-        return [(f"{obj.__module__}.{obj.__qualname__}.{m.__name__}", m) for m in members if m.__code__.co_filename == source]
+        return [
+            (f"{obj.__module__}.{obj.__qualname__}.{m.__name__}", m)
+            for m in members
+            if m.__code__.co_filename == source
+        ]
     code = getattr(obj, "__code__", None)
     if code is None:
         return []
@@ -259,7 +272,9 @@ def lookup(work: str, shard: str, artifact: Artifact, depends: dict, files: tupl
     except (ValueError, OSError):
         log.warning("%s: unreadable cache record, the %s is made again", where, artifact.name)
         return None
-    if not isinstance(record, dict) or record.get("digest") != _digest({k: v for k, v in record.items() if k != "digest"}):
+    if not isinstance(record, dict) or record.get("digest") != _digest(
+        {k: v for k, v in record.items() if k != "digest"}
+    ):
         log.warning("%s: the cache record was edited, the %s is made again", where, artifact.name)
         return None
     if record.get("key") != key(artifact, depends):
