@@ -5,7 +5,7 @@ import dagster as dg
 from assets.metadata import check_result, from_stats
 from assets.resources import RelaionSettings
 from assets.variants import research_safe
-from relaion_pipeline import checks, shards, verification
+from relaion_pipeline import checks, shards, status, verification
 from relaion_pipeline import release as releases
 
 
@@ -33,7 +33,7 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
     names = [shard.name for shard in shards.discover(settings.shards)]
     manifest = releases.publish(settings, names)
     _, problems = verification.verify(manifest["path"])
-    unchecked = [name for name in manifest["shards"] if not checks.passed(settings, name)[0]]
+    unchecked = [name for name in manifest["shards"] if not status.checks_passed(settings, name)[0]]
     outcome = checks.check_release(settings, problems, unchecked, manifest["version"])
     docs = checks.write_index(settings)
     for name, why in manifest["held_back"].items():

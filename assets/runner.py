@@ -15,8 +15,7 @@ import dagster as dg
 
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
-from relaion_pipeline import interrupts, pipeline, prepare, shard_lock, shards, storage
-from relaion_pipeline.release import plan as release_plan
+from relaion_pipeline import interrupts, pipeline, prepare, shard_lock, shards, status, storage
 from relaion_pipeline.release import preflight as release_preflight
 from relaion_pipeline.settings import Settings
 
@@ -102,8 +101,7 @@ def _stage_lines(settings: Settings, name: str) -> list[str]:
 def _up_to_date(settings: Settings, name: str) -> bool:
     """True when the shard's outputs are a consistent chain for the current list version, its input, these
     settings, and passed their checks on exactly these bytes: what a release would publish as is."""
-    ready, _ = release_plan(settings, [name])
-    return name in ready and not pipeline.settings_changed(settings, name)
+    return status.of_shard(settings, name).publishable
 
 
 def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOutcome:

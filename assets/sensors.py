@@ -13,7 +13,7 @@ from assets import described
 from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import blocklists, incremental, pipeline, shards
+from relaion_pipeline import blocklists, pipeline, shards, status
 
 
 def build_sensors(shard_job, blocklist_job) -> list:
@@ -49,21 +49,14 @@ def build_sensors(shard_job, blocklist_job) -> list:
         version = asset_event.asset_materialization.metadata.get("version")
         version = version.value if version is not None else asset_event.run_id
         names = context.instance.get_dynamic_partitions(shard_partitions.name)
-        for name in incremental.stale_shards(relaion.settings(), names):
+        for name in status.needs_matching(relaion.settings(), names):
             yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
 
     @described.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
         """Re-runs a shard whose file or image-hash sidecar was replaced since its removals were computed."""
-        settings = relaion.settings()
-        for name in context.instance.get_dynamic_partitions(shard_partitions.name):
-            try:
-                removals = pipeline.read_stats(settings, "removals", name)
-                if not pipeline.inputs_changed(settings, name, removals):
-                    continue
-                current = pipeline.input_fingerprints(settings, name)
-            except (pipeline.StageError, shards.ShardError, FileNotFoundError):
-                continue  # never processed (shard_sensor's work) or no longer there
+        names = context.instance.get_dynamic_partitions(shard_partitions.name)
+        for name, current in status.inputs_replaced(relaion.settings(), names).items():
             digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
             yield dg.RunRequest(partition_key=name, run_key=f"changed:{name}:{digest}")
 

@@ -423,31 +423,3 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         ],
     )
     return [_record(settings, below, validated), _record(settings, adds_up, validated)]
-
-
-def passed(settings: Settings, name: str) -> tuple[bool, str]:
-    """Whether every blocking check of a shard passed on the files now in the work location, and if not why."""
-    work = Work(settings.work)
-    input_record = work.validation(INPUT_WELL_FORMED, name)
-    if not storage.exists(input_record):
-        return False, f"check {INPUT_WELL_FORMED} has not run"
-    record = storage.read_json(input_record)
-    if record.get("validated_fingerprint") != pipeline.fingerprint(shards.resolve(settings.shards, name).path):
-        return False, f"check {INPUT_WELL_FORMED} ran on an older input file"
-    if not record.get("success"):
-        return False, f"check {INPUT_WELL_FORMED} failed"
-    for variant, suites in BLOCKING.items():
-        path = work.variant(variant, name)
-        if not storage.exists(path):
-            return False, f"no {variant} output"
-        _, digest = storage.size_and_sha256(path)
-        for suite in suites:
-            record_path = work.validation(suite, name)
-            if not storage.exists(record_path):
-                return False, f"check {suite} has not run"
-            record = storage.read_json(record_path)
-            if record.get("validated_sha256") != digest:
-                return False, f"check {suite} ran on an older {variant} file"
-            if not record.get("success"):
-                return False, f"check {suite} failed"
-    return True, "passed"

@@ -15,32 +15,10 @@ import time
 import duckdb
 import numpy as np
 
-from relaion_pipeline import blocklists, index, matching, near_matching, pdq, shard_lock, shards, storage
+from relaion_pipeline import blocklists, index, matching, near_matching, pdq, shard_lock, shards, status, storage
 from relaion_pipeline.pdq_index import PdqIndex
-from relaion_pipeline.pipeline import (
-    RESEARCH,
-    RESEARCH_SAFE,
-    StageError,
-    Work,
-    image_gap,
-    inputs_changed,
-    read_stats,
-    sidecar_of,
-)
+from relaion_pipeline.pipeline import StageError, Work, image_gap, sidecar_of
 from relaion_pipeline.settings import Settings
-
-
-def stale_shards(settings: Settings, names: list[str]) -> list[str]:
-    """Shards whose removals were not computed against the current blocklist (or not at all)."""
-    pointer = blocklists.read_pointer(Work(settings.work).blocklist_dir)
-    version = pointer and pointer["version"]
-    stale = []
-    for name in names:
-        path = Work(settings.work).stats("removals", name)
-        if not storage.exists(path) or storage.read_json(path).get("blocklist_version") != version:
-            stale.append(name)
-    return stale
-
 
 URL_DERIVED_KINDS = ("url_sha256", "url_md5", "domain")
 
@@ -124,7 +102,8 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
     try:
         for name in names:
             try:
-                chain = {stage: read_stats(settings, stage, name) for stage in ("removals", RESEARCH, RESEARCH_SAFE)}
+                found = status.chain(settings, name)
+                chain = {stage: found.of(stage) for stage in status.STAGES}
             except StageError:
                 touched[name] = "not processed yet"
                 continue
@@ -138,7 +117,7 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
             elif not storage.exists(old_path):
                 touched[name] = f"list version {old} is no longer kept"
             elif (
-                inputs_changed(settings, name, chain["removals"])
+                status.inputs_changed(settings, name, chain["removals"])
                 or index.current(
                     settings.work,
                     name,

@@ -460,21 +460,6 @@ def removal_rules(settings: Settings) -> dict:
     }
 
 
-def settings_changed(settings: Settings, name: str) -> str:
-    """Why a shard's outputs were made with other settings than `settings` (empty when they were not)."""
-    try:
-        removals, safe = read_stats(settings, "removals", name), read_stats(settings, RESEARCH_SAFE, name)
-    except StageError as error:
-        return str(error)
-    if removals.get("rules", {}).get("host_forms") != urls.HOST_FORMS:
-        return f"matched with other URL host forms than {urls.HOST_FORMS} (non-ASCII hosts in IDNA form too)"
-    if removals.get("rules") != removal_rules(settings):
-        return "matched with another keyword rule or image matching (research threshold, keywords, unsafe tags or skip_image_matching)"
-    if safe.get("safe_threshold") != settings.safe_threshold or safe.get("missing_score") != settings.missing_score:
-        return "research-safe was written with another safe threshold or missing-score rule"
-    return ""
-
-
 def input_fingerprints(settings: Settings, name: str) -> dict:
     """What a shard's removals are computed from on disk: the shard file and its image-hash sidecar (or None)."""
     shard = shards.resolve(settings.shards, name)
@@ -483,16 +468,6 @@ def input_fingerprints(settings: Settings, name: str) -> dict:
         "input": fingerprint(shard.path),
         "sidecar_input": fingerprint(sidecar) if sidecar and storage.exists(sidecar) else None,
     }
-
-
-def inputs_changed(settings: Settings, name: str, removals: dict) -> str:
-    """Why the shard or its image-hash sidecar is not what its removals were computed from (empty if it is)."""
-    current = input_fingerprints(settings, name)
-    if current["input"] != removals["input"]:
-        return "input shard changed since it was matched"
-    if current["sidecar_input"] != removals.get("sidecar_input"):
-        return "image-hash sidecar added, changed or removed since the shard was matched"
-    return ""
 
 
 def read_stats(settings: Settings, stage: str, name: str) -> dict:

@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from relaion_pipeline import blocklists, checks, pipeline, report, shard_lock, shards, storage
+from relaion_pipeline import blocklists, report, shard_lock, status, storage
 from relaion_pipeline import manifest as manifests
 from relaion_pipeline.manifest import ReleaseError
-from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
+from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work
 from relaion_pipeline.settings import Settings
 from relaion_pipeline.verification import resolve, verify  # noqa: F401  (where callers have always found them)
 
@@ -56,63 +56,16 @@ def code_version() -> str:
 
 
 def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
-    """Which shards can be published (with their stats) and which are held back (with the reason)."""
-    work = Work(settings.work)
-    current_version, _ = blocklists.read_current(work.blocklist_dir)
+    """Which shards can be published (with their stats) and which are held back (with the reason), as
+    `status` says."""
     ready, held_back = {}, {}
-    for name in sorted(shard_names):
-        try:
-            research = read_stats(settings, RESEARCH, name)
-            safe = read_stats(settings, RESEARCH_SAFE, name)
-            removals = read_stats(settings, "removals", name)
-        except Exception as error:  # a missing stage is a reason to hold back, not to stop the release
-            held_back[name] = _input_problem(settings, name) or str(error)
-            continue
-        try:
-            why = _stale(settings, name, current_version, removals, research, safe)
-        except (OSError, shards.ShardError) as error:  # an input that went missing or unreadable meanwhile
-            held_back[name] = _input_problem(settings, name) or f"its input cannot be read ({error})"
-            continue
-        if why:
-            held_back[name] = why
-            continue
-        ok, why = checks.passed(settings, name)
-        if not ok:
-            held_back[name] = why
-            continue
-        ready[name] = {"removals": removals, RESEARCH: research, RESEARCH_SAFE: safe}
+    for found in status.of_shards(settings, shard_names):
+        if found.publishable:
+            chain = found.chain
+            ready[found.name] = {"removals": chain.removals, RESEARCH: chain.research, RESEARCH_SAFE: chain.research_safe}
+        else:
+            held_back[found.name] = found.reason
     return ready, held_back
-
-
-def _input_problem(settings: Settings, name: str) -> str:
-    """The real cause when a shard's outputs are missing or stale because of its inputs: the shard file is
-    missing or damaged (truncated, as while it is still being uploaded), or the keyword file is missing.
-    Empty when the inputs read."""
-    try:
-        shards.open_parquet(shards.resolve(settings.shards, name).path)
-    except shards.ShardError as error:
-        return str(error)
-    except OSError as error:
-        return f"input shard cannot be read ({error})"
-    if settings.keywords and not storage.exists(settings.keywords):
-        return f"{settings.keywords}: keyword file does not exist (setting keywords, RELAION_KEYWORDS)"
-    return ""
-
-
-def _stale(settings: Settings, name: str, version: str, removals: dict, research: dict, safe: dict) -> str:
-    """Why a shard's outputs do not form one consistent, current chain (empty when they do)."""
-    work = Work(settings.work)
-    if any(stats["blocklist_version"] != version for stats in (removals, research, safe)):
-        return f"matched against blocklist {removals['blocklist_version']}, current is {version}"
-    changed = pipeline.inputs_changed(settings, name, removals)
-    if changed:
-        problem = _input_problem(settings, name)
-        return f"{changed}; now {problem}" if problem else changed
-    if storage.size_and_sha256(work.removals(name))[1] != research["removals_sha256"]:
-        return "research was written from an older removals table"
-    if research["sha256"] != safe["research_sha256"]:
-        return "research-safe was written from an older research file"
-    return ""
 
 
 def _settings(settings: Settings) -> dict:

@@ -106,7 +106,7 @@ def test_lists_already_built_do_not_trigger_a_rebuild_but_a_change_does(tmp_path
 
 
 def test_only_shards_matched_against_another_version_are_stale(tmp_path):
-    from relaion_pipeline import incremental, pipeline
+    from relaion_pipeline import pipeline, status
 
     settings = _settings(tmp_path)
     for name in ("a", "b"):
@@ -114,12 +114,12 @@ def test_only_shards_matched_against_another_version_are_stale(tmp_path):
     (tmp_path / "lists" / "src").mkdir(parents=True)
     (tmp_path / "lists" / "src" / "domain.txt").write_text("a.example\n")
     pipeline.build_blocklist(settings)
-    assert incremental.stale_shards(settings, ["a", "b"]) == ["a", "b"]
+    assert status.needs_matching(settings, ["a", "b"]) == ["a", "b"]
     pipeline.compute_removals(settings, "a")
-    assert incremental.stale_shards(settings, ["a", "b"]) == ["b"]
+    assert status.needs_matching(settings, ["a", "b"]) == ["b"]
     (tmp_path / "lists" / "src" / "domain.txt").write_text("c.example\n")
     pipeline.build_blocklist(settings)
-    assert incremental.stale_shards(settings, ["a", "b"]) == ["a", "b"]
+    assert status.needs_matching(settings, ["a", "b"]) == ["a", "b"]
 
 
 def test_the_ui_shows_what_each_sensor_and_schedule_does_and_their_defaults_are_deliberate():

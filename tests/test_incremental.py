@@ -14,7 +14,7 @@ from conftest import sensor_requests
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from assets.runner import instance_for
-from relaion_pipeline import checks, incremental, pipeline, release
+from relaion_pipeline import checks, incremental, pipeline, release, status
 from relaion_pipeline.settings import Settings
 
 SHARED = "http://shared.example.com/common/a.jpg"
@@ -79,7 +79,7 @@ def test_only_touched_shards_are_rematched(settings):
     for stage in ("removals", "research", "research-safe"):
         stats = pipeline.read_stats(settings, stage, "two")
         assert stats["blocklist_version"] == version and stats["verified_from"] == old_version
-    assert incremental.stale_shards(settings, list(ONLY_IN)) == ["one"]
+    assert status.needs_matching(settings, list(ONLY_IN)) == ["one"]
     ready, held_back = release.plan(settings, list(ONLY_IN))
     assert list(ready) == ["two"] and "matched against blocklist" in held_back["one"]
 
@@ -156,4 +156,4 @@ def test_the_nightly_refresh_rebuilds_the_blocklist(settings):
         requests = schedule.evaluate_tick(context).run_requests
     assert schedule.job_name == "blocklist_job" and len(requests) == 1
     assert defs.resolve_job_def(schedule.job_name).execute_in_process(instance=instance_for(settings)).success
-    assert incremental.stale_shards(settings, list(ONLY_IN)) == list(ONLY_IN), "nothing processed yet"
+    assert status.needs_matching(settings, list(ONLY_IN)) == list(ONLY_IN), "nothing processed yet"

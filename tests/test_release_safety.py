@@ -471,3 +471,41 @@ def test_a_read_only_release_location_takes_a_rerun_of_the_release_it_holds(spac
         f"release location {read_only_mount}: cannot write (Read-only file system); expected a folder this process"
         " may write to (--release, RELAION_RELEASE)" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "variable, value, reason",
+    [
+        ("RELAION_SAFE_THRESHOLD", "0.1", "research-safe was written with another safe threshold"),
+        ("RELAION_SKIP_IMAGE_MATCHING", "1", "matched with another keyword rule or image matching"),
+        ("RELAION_RESEARCH_THRESHOLD", "0.5", "matched with another keyword rule or image matching"),
+    ],
+)
+def test_the_release_job_never_publishes_shards_made_with_other_settings(space, monkeypatch, variable, value, reason):
+    """The release job alone (the UI's "Materialize", the nightly schedule) after a setting changed, before the
+    shards ran again: its manifest would state the new setting over shards made with the old one. Every shard
+    is held back with the reason, nothing is published and `latest` stays; `relaion run` then reruns them."""
+    import dagster as dg
+
+    from assets.definitions import build_definitions
+    from relaion_pipeline.settings import Settings
+
+    assert space.run() == 0  # the copied workspace's files are new files: matched again
+    before = space.latest
+    monkeypatch.setenv(variable, value)
+    settings = Settings.from_env(
+        shards=str(space.shards), blocklists=str(space.root / "lists"), sidecars=str(space.root / "sidecars"),
+        work=str(space.root / "work"), release=str(space.releases),
+    )  # fmt: skip
+    monkeypatch.setenv("DAGSTER_HOME", settings.dagster_home)
+    with dg.DagsterInstance.get() as instance:
+        job = build_definitions(settings).resolve_job_def("release_job")
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    failure = error.cause.message if error.cause else error.message
+    assert "good-1" in failure and reason in failure
+    assert space.latest == before
+    assert [p.name for p in space.releases.iterdir() if p.name != "latest"] == [before]
+    assert space.run() == 0 and space.latest != before
+    assert main(["verify", str(space.releases)]) == 0
