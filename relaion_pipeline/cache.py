@@ -6,10 +6,12 @@ copy the research stage stages. Each one's key is a digest of
 
 - the fingerprints of the files it is made from (`fingerprint`: size, times, inode or ETag),
 - the settings and list facts it reads (given by its caller),
-- the code that makes it: the source of the functions named in its `Artifact.made_by` and, transitively, of
-  every function, class and constant of this package they refer to (`code_digest`), with the versions of the
-  libraries that compute values (DuckDB, pyarrow, numpy, numba, idna). A change to the SQL text of a query or
-  to the kernel that hashes URLs changes the key; nobody bumps a number by hand.
+- the code that makes it: the compiled code of the functions named in its `Artifact.made_by` and,
+  transitively, of every function, class and constant of this package they refer to (`code_digest`), with
+  the versions of Python and of the libraries that compute values (DuckDB, pyarrow, numpy, numba, idna). A
+  change to the SQL text of a query or to the kernel that hashes URLs changes the key; nobody bumps a number
+  by hand. It is the code the process runs, not the files on disk (an upgrade may replace them under a
+  running process); a change of comments or formatting alone changes nothing.
 
 An artifact is reused only when its record's key is the one asked for *and* its files are still the ones the
 record was written with (their fingerprints): an artifact edited, replaced or truncated after it was written is
@@ -77,9 +79,7 @@ CANDIDATES = Artifact("url candidates", ".url-candidates.parquet", ("index:candi
 IMAGE_HITS = Artifact("image hits", ".image-hits.parquet", ("matching:image_hits", "index:_keyless"))
 NEAR_MATCHES = Artifact("pdq near matches", ".pdq-matches.parquet", ("near_matching:near", "near_matching:_hits"))
 SIDECAR_COUNTS = Artifact("sidecar counts", ".sidecar.json", ("matching:sidecar_counts_sql",))
-INPUT_COUNTS = Artifact(
-    "input check counts", ".input-check.json", ("checks:_input_counts", "matching:shard_counts_sql")
-)
+INPUT_COUNTS = Artifact("input check counts", ".input-check.json", ("input_counts:count", "matching:shard_counts_sql"))
 INPUT_DIGEST = Artifact("input digest", ".input-digest.json", ("checks:_validated",))
 STAGED_SAFE = Artifact(  # its files are the staged variant and unsafe rows (`pipeline.Work.staged_safe`)
     "staged research-safe", ".json", ("variants:write_research", "variants:safe_keep_mask"), "staged/research-safe"
@@ -98,17 +98,20 @@ def resolve(name: str):
 
 # --- the digest of code ----------------------------------------------------------------------------------------
 
-_SOURCES: dict[int, tuple[Any, str]] = {}  # id -> (the object, kept alive so the id is not reused; its source)
+_SOURCES: dict[int, tuple[Any, str]] = {}  # id -> (the object, kept alive so the id is not reused; its text)
 
 
 def _source(obj) -> str:
+    """What stands for a function's or class's code: the code the process runs (its compiled instructions,
+    names and constants, the text of SQL included; defaults), not the file on disk, which an upgrade may have
+    replaced while this process still runs the old code. Comments and formatting do not count."""
     kept = _SOURCES.get(id(obj))
     if kept is None or kept[0] is not obj:
-        try:
-            text = inspect.getsource(obj)
-        except (OSError, TypeError):  # made at run time: its code object stands for it
-            code = getattr(obj, "__code__", None)
-            text = _code_text(code) if code else repr(obj)
+        if isinstance(obj, type):
+            plain = {k: _stable(v) for k, v in vars(obj).items() if isinstance(v, _PLAIN) and not k.startswith("__")}
+            text = repr((obj.__qualname__, [b.__qualname__ for b in obj.__mro__], sorted(plain.items())))
+        else:
+            text = repr((_code_text(obj.__code__), _stable(obj.__defaults__), _stable(obj.__kwdefaults__)))
         kept = _SOURCES[id(obj)] = (obj, text)
     return kept[1]
 
@@ -116,8 +119,20 @@ def _source(obj) -> str:
 def _code_text(code: types.CodeType) -> str:
     """A code object's instructions, names and constants, nested code objects included (their repr holds an
     address, which differs from one process to the next)."""
-    consts = [_code_text(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
-    return repr((code.co_code, code.co_names, code.co_varnames, consts))
+    consts = [_code_text(c) if isinstance(c, types.CodeType) else _stable(c) for c in code.co_consts]
+    return repr((code.co_code, code.co_names, code.co_varnames, code.co_freevars, consts))
+
+
+def _stable(value) -> str:
+    """repr of a plain value that is the same in every process (a set's order depends on string hashing,
+    which differs from one process to the next)."""
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}({sorted(_stable(v) for v in value)})"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}({[_stable(v) for v in value]})"
+    if isinstance(value, dict):
+        return f"dict({sorted((_stable(k), _stable(v)) for k, v in value.items())})"
+    return repr(value)
 
 
 def _ours(obj) -> bool:
@@ -143,7 +158,7 @@ def _uses(obj) -> list[tuple[str, Any]]:
     if isinstance(obj, type):
         members = [inspect.unwrap(m) for m in vars(obj).values() if inspect.isfunction(inspect.unwrap(m))]
         members += [p.fget for p in vars(obj).values() if isinstance(p, property) and p.fget]
-        source = inspect.getsourcefile(obj)  # not the methods a decorator made (a dataclass's __init__)
+        source = sys.modules[obj.__module__].__file__  # not the methods a decorator made (a dataclass's __init__)
         return [
             (f"{obj.__module__}.{obj.__qualname__}.{m.__name__}", m)
             for m in members
@@ -173,6 +188,7 @@ def code_digest(*roots) -> str:
     """sha256 over the source of `roots` and of every function, class and plain constant of this package they
     refer to, transitively (`closure`), and the versions of `LIBRARIES`."""
     digest = hashlib.sha256()
+    digest.update(f"python=={sys.version}\n".encode())
     for library in LIBRARIES:
         digest.update(f"{library}=={_version(library)}\n".encode())
     for label, text in closure(*roots):
@@ -199,7 +215,7 @@ def closure(*roots) -> list[tuple[str, str]]:
                 found.append((label, _source(obj)))
                 todo.extend(_uses(obj))
         elif isinstance(obj, _PLAIN) or isinstance(obj, pa.Schema):
-            found.append((label, repr(obj)))
+            found.append((label, _stable(obj)))
     return found
 
 

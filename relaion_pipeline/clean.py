@@ -12,12 +12,11 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-import mmh3
 import numpy as np
 import pyarrow as pa
 
 from relaion_pipeline import manifest as manifests
-from relaion_pipeline import report, schemas, shards, storage, variants, verification
+from relaion_pipeline import report, row_hashes, schemas, shards, storage, variants, verification
 
 
 class CleanError(ValueError):
@@ -35,26 +34,6 @@ class ShardCleaned:
     rows_removed: int
     rows_out: int
     seconds: float
-
-
-def batch_hashes(batch: pa.RecordBatch, roles: schemas.Roles) -> np.ndarray:
-    """LAION `hash` of every row of a batch: its own column when the shard has one, else mmh3(url + text)."""
-    if "hash" in batch.schema.names:
-        return batch.column("hash").to_numpy(zero_copy_only=False).astype(np.int64)
-    urls = batch.column(roles.url).to_pylist()
-    texts = batch.column(roles.caption).to_pylist() if roles.caption else [""] * len(urls)
-    return np.fromiter(
-        (mmh3.hash64(f"{u or ''}{t or ''}".encode(), signed=True)[0] for u, t in zip(urls, texts, strict=True)),
-        dtype=np.int64,
-        count=len(urls),
-    )
-
-
-def _file_hashes(path: str) -> np.ndarray:
-    parquet = shards.open_parquet(path)
-    roles = schemas.detect(parquet.schema_arrow, path)
-    parts = [batch_hashes(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
-    return np.unique(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
 
 
 def _listed(hashes: np.ndarray, removal_list: str) -> np.ndarray:
@@ -171,12 +150,12 @@ def _clean_shards(published: str, manifest: dict, found: list[shards.Shard], by:
         parquet = shards.open_parquet(shard.path)
         roles = schemas.detect(parquet.schema_arrow, shard.path)
         hashes = np.concatenate(
-            [batch_hashes(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
+            [row_hashes.of_batch(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
             or [np.array([], dtype=np.int64)]
         )
         if by == "difference":
             entry = manifest["shards"][shard.name]
-            keep_rows = np.isin(hashes, _file_hashes(storage.join(published, entry["files"][variant]["path"])))
+            keep_rows = np.isin(hashes, row_hashes.of_file(storage.join(published, entry["files"][variant]["path"])))
         else:
             keep_rows = ~_listed(hashes, removal_list)
 

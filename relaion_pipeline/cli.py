@@ -1,7 +1,8 @@
 """`relaion`: generate demo data, hash downloaded images, run the whole job, verify a release.
 
-`relaion run` goes through the Dagster definitions in `assets/` (imported only by that command), so a run from
-the terminal and a run from the UI are the same runs, in the same instance.
+`relaion run` goes through the Dagster definitions in `assets/`, so a run from the terminal and a run from the
+UI are the same runs, in the same instance. The library does not import them: the Dagster layer provides the
+runner as the entry point `relaion_pipeline.runners: dagster` (pyproject.toml), found when `run` starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shlex
 import sys
 import traceback
 from dataclasses import fields
+from importlib import metadata
 from pathlib import Path
 
 from relaion_pipeline import interrupts
@@ -61,9 +63,22 @@ def _setting_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) 
                                 type=_flag_type(flag, f.name, type(f.default)), help=text)  # fmt: skip
 
 
-def _run(args) -> int:
-    from assets.runner import run_all
+RUNNERS = "relaion_pipeline.runners"  # the entry point group a layer that runs the stages registers in
 
+
+def _runner():
+    """`run_all(settings, progress, force, debug)` of the layer that runs the stages (Dagster's: `assets.runner`)."""
+    found = {point.name: point for point in metadata.entry_points(group=RUNNERS)}
+    if "dagster" not in found:
+        raise SystemExit(
+            f"error: no runner is installed (entry point group {RUNNERS!r} has no 'dagster'): install the project"
+            " with its Dagster layer (make install, or pip install -e .)"
+        )
+    return found["dagster"].load()
+
+
+def _run(args) -> int:
+    run_all = _runner()
     settings = _settings(args)
     summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force, debug=args.debug)
     if summary.error:

@@ -26,14 +26,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mmh3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline import pdq
+from relaion_pipeline import pdq, row_hashes
 from relaion_pipeline.demo_urls import EXTS, NAMES, QUERIES, SAFE_STYLES, Pools, render
 from relaion_pipeline.urls import lookup_expressions, parse
 
@@ -238,7 +237,7 @@ def _scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 def _unique_hashes(urls: list[str], captions: list[str]) -> np.ndarray:
     """The LAION hash of every row, after making (url, caption) unique so that row keys are unique."""
-    hashes = np.array([mmh3.hash64(u + t, signed=True)[0] for u, t in zip(urls, captions, strict=True)])
+    hashes = np.array([row_hashes.of_text(u, t) for u, t in zip(urls, captions, strict=True)])
     while True:
         order = np.argsort(hashes, kind="stable")
         later = order[1:][hashes[order[1:]] == hashes[order[:-1]]].tolist()  # repeats after the first
@@ -246,7 +245,7 @@ def _unique_hashes(urls: list[str], captions: list[str]) -> np.ndarray:
             return hashes
         for row in later:
             captions[row] += f" ({row})"
-            hashes[row] = mmh3.hash64(urls[row] + captions[row], signed=True)[0]
+            hashes[row] = row_hashes.of_text(urls[row], captions[row])
 
 
 def _table(shard: _Shard, cols: dict[str, np.ndarray]) -> pa.Table:

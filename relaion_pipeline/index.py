@@ -261,6 +261,7 @@ def list_image_hits(
     every image hash of the sidecar with the list again (4.8 s of a 20M-row sidecar). With `keep` False, kept
     ones are read, new ones not kept. `kinds`: the list's kinds, or None to read them when the hits are not kept.
     """
+
     def compute() -> pa.Table:
         listed = kinds if kinds is not None else matching.list_kinds(con, inputs.blocklist_path)
         return matching.image_hits(con, inputs, listed)

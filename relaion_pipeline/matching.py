@@ -26,22 +26,10 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from relaion_pipeline import pdq, schemas, shards, storage, urls
+from relaion_pipeline import near_matching, pdq, schemas, shards, storage, urls
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
-REMOVALS_SCHEMA = pa.schema(
-    [
-        ("row_number", pa.int64()),
-        ("row_key", pa.string()),
-        ("kind", pa.string()),
-        ("source", pa.string()),
-        ("category", pa.string()),
-        ("hash", pa.string()),
-        ("match", pa.string()),
-        ("distance", pa.int16()),  # Hamming distance of a pdq match, null for every other kind
-    ]
-)
 KEYWORD_KIND = "keyword"
 KEYWORD_SOURCE = "keyword-list"
 KEYWORD_CATEGORY = "unsafe-caption"
@@ -499,8 +487,6 @@ def _run(
             registered.append(IMAGE_ROWS)
         if near_kinds(inputs, kinds):
             if near is None:
-                from relaion_pipeline import near_matching
-
                 near = near_matching.shard_matches(con, inputs)[0]
             con.register(PDQ_MATCHES, near)
             registered.append(PDQ_MATCHES)
@@ -508,7 +494,7 @@ def _run(
     finally:
         for name in registered:
             con.unregister(name)
-    return table.rename_columns(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+    return table.rename_columns(schemas.REMOVALS.names).cast(schemas.REMOVALS)
 
 
 def find_removals(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[str], settings: Settings) -> pa.Table:

@@ -17,8 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from relaion_pipeline import cache, pdq, storage
-from relaion_pipeline.matching import REMOVALS_SCHEMA
+from relaion_pipeline import cache, pdq, schemas, storage
 from relaion_pipeline.pdq_index import PdqIndex, hex_words
 
 BATCH_ROWS = 262_144
@@ -124,7 +123,7 @@ def _removal_rows(con: duckdb.DuckDBPyConnection, hits: pa.Table, blocklist_path
     """Removals rows (row_number, row_key, kind, source, category, hash, match, distance) of near matches
     (row_number, row_key, value, distance): one per list entry of that value whose distance they are within."""
     if not hits.num_rows:
-        return REMOVALS_SCHEMA.empty_table()
+        return schemas.REMOVALS.empty_table()
     con.register("relaion_hits", hits)
     try:
         return con.sql(

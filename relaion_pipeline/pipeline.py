@@ -7,9 +7,7 @@ metadata. Nothing here imports Dagster, so every stage runs the same from the CL
 
 from __future__ import annotations
 
-import atexit
 import functools
-import gc
 import hashlib
 import logging
 import time
@@ -22,8 +20,11 @@ import pyarrow as pa
 from relaion_pipeline import (
     blocklists,
     cache,
+    collector,
     index,
+    input_counts,
     matching,
+    near_matching,
     row_keys,
     schemas,
     shard_lock,
@@ -214,22 +215,6 @@ def _check_sidecar(path: str, name: str, roles: schemas.Roles, rows_in: int, row
     return []
 
 
-_FROZEN: set[str] = set()
-
-
-def freeze(what: str) -> None:
-    """Exempt every object that exists now from Python's cyclic garbage collector, once per `what` and
-    process: the modules a worker has imported (Dagster, pandas, Great Expectations: millions of objects),
-    which each collection of the oldest generation traversed again (a third of a 2M-row research-safe check).
-    Objects made later are collected as usual, and every object is still freed by reference counting; at
-    exit all are handed back to the collector, so that extension modules see their objects freed."""
-    if what not in _FROZEN:
-        if not _FROZEN:
-            atexit.register(gc.unfreeze)
-        _FROZEN.add(what)
-        gc.freeze()
-
-
 def locked(stage_name: str):
     """Run the stage `stage_name` as `stage(settings, name)` holding the shard's lock, so two runs of one
     partition never interleave. DuckDB running out of memory is reported with the settings that decide it.
@@ -239,7 +224,7 @@ def locked(stage_name: str):
     def wrap(stage):
         @functools.wraps(stage)
         def run(settings: Settings, name: str, *args, **kwargs):
-            freeze("imports")
+            collector.freeze("imports")
             failed = Work(settings.work).failure(stage_name, name)
             with shard_lock.holding(settings.work, name, waiting=log.info):
                 storage.remove(failed)
@@ -305,11 +290,9 @@ def _count_by(table, *columns: str) -> dict[str, int]:
 def _shard_counts(settings: Settings, name: str, con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs) -> dict:
     """The shard's row counts (COUNTS), from one pass that also makes the input check's (kept for it; the
     columns its rules compare are numeric, `schemas.check_types`)."""
-    from relaion_pipeline import checks
-
-    more = checks.input_count_columns(inputs.roles)
+    more = input_counts.columns(inputs.roles)
     row = con.execute(matching.shard_counts_sql(inputs, more)).fetchall()[0]
-    checks.remember_input_counts(settings, name, con, dict(zip(more, row[len(COUNTS) :], strict=True)))
+    input_counts.remember(settings, name, con, dict(zip(more, row[len(COUNTS) :], strict=True)))
     return dict(zip(COUNTS, row[: len(COUNTS)], strict=True))
 
 
@@ -366,8 +349,6 @@ def compute_removals(settings: Settings, name: str) -> dict:
         candidates = index.list_candidates(con, settings.work, name, blocklist_path)
         near, near_how = None, None
         if matching.near_kinds(inputs, kinds):
-            from relaion_pipeline import near_matching
-
             remember = (settings.work, {"input": input_fingerprint, "sidecar": fingerprints["sidecar_input"]})
             near, near_how = near_matching.shard_matches(con, inputs, remember)
         image = (

@@ -17,6 +17,8 @@ from functools import cache
 
 import pandas as pd
 
+from relaion_pipeline import collector
+
 SAMPLE_KEYS = 5
 
 
@@ -77,9 +79,7 @@ def expectations():
     """The GX expectations module, imported on first use (its objects then exempt from cyclic collection)."""
     import great_expectations as gx
 
-    from relaion_pipeline import pipeline
-
-    pipeline.freeze("great_expectations")
+    collector.freeze("great_expectations")
     return gx.expectations
 
 

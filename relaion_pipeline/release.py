@@ -62,7 +62,11 @@ def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
     for found in status.of_shards(settings, shard_names):
         if found.publishable:
             chain = found.chain
-            ready[found.name] = {"removals": chain.removals, RESEARCH: chain.research, RESEARCH_SAFE: chain.research_safe}
+            ready[found.name] = {
+                "removals": chain.removals,
+                RESEARCH: chain.research,
+                RESEARCH_SAFE: chain.research_safe,
+            }
         else:
             held_back[found.name] = found.reason
     return ready, held_back

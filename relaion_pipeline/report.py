@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import duckdb
-import mmh3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline import plots, shards, storage
+from relaion_pipeline import plots, row_hashes, shards, storage
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work
-from relaion_pipeline.schemas import quote
 from relaion_pipeline.settings import Settings
 
 REMOVAL_LIST = "removal-list.parquet"
@@ -170,32 +167,6 @@ Clean an old copy: `relaion clean --release <this release> --input <old copy> --
 """
 
 
-def _row_hashes(shard_path: str, row_numbers: np.ndarray, settings: Settings) -> np.ndarray:
-    """The LAION `hash` of the given rows: the shard's own column, else mmh3 of url + text computed here."""
-    shard = shards.Shard(name="", path=shard_path)
-    roles = shards.roles(shard)
-    con = duckdb.connect()
-    storage.register(con, shard_path)
-    con.register("wanted", pa.table({"row_number": pa.array(row_numbers, pa.int64())}))
-    names = set(shards.open_parquet(shard_path).schema_arrow.names)
-    source = f"read_parquet({storage.duckdb_path(shard_path)}, file_row_number = true)"
-    try:
-        if "hash" in names:
-            query = (
-                f"SELECT CAST(hash AS BIGINT) FROM {source} WHERE file_row_number IN (SELECT row_number FROM wanted)"
-            )
-            return np.array([h for (h,) in con.execute(query).fetchall()], dtype=np.int64)
-        caption = quote(roles.caption) if roles.caption else "''"
-        query = (
-            f"SELECT {quote(roles.url)}, {caption} FROM {source} "
-            "WHERE file_row_number IN (SELECT row_number FROM wanted)"
-        )
-        rows = con.execute(query).fetchall()  # held in memory only to hash them; never written
-        return np.array([mmh3.hash64(f"{u or ''}{t or ''}".encode(), signed=True)[0] for u, t in rows], dtype=np.int64)
-    finally:
-        con.close()
-
-
 def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
     """Row hashes to drop for research-safe, and whether they may be published (list matches <= max share)."""
     work = Work(settings.work)
@@ -205,7 +176,7 @@ def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
         unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
         matched += int(removed.size)
         rows = np.union1d(removed, unsafe)
-        hashes.append(_row_hashes(shards.resolve(settings.shards, name).path, rows, settings))
+        hashes.append(row_hashes.of_rows(shards.resolve(settings.shards, name).path, rows))
     values = np.unique(np.concatenate(hashes)) if hashes else np.array([], dtype=np.int64)
     share = matched / values.size if values.size else 0.0
     published = share <= settings.removal_list_max_match_share

@@ -10,6 +10,21 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+# The removals table a shard's removals stage writes: one row per (row, entry) that matched; never a URL.
+REMOVALS = pa.schema(
+    [
+        ("row_number", pa.int64()),
+        ("row_key", pa.string()),
+        ("kind", pa.string()),
+        ("source", pa.string()),
+        ("category", pa.string()),
+        ("hash", pa.string()),
+        ("match", pa.string()),
+        ("distance", pa.int16()),  # Hamming distance of a pdq match, null for every other kind
+    ]
+)
+
+
 # Columns pandas adds when a frame's index is written to parquet.
 PANDAS_INDEX_COLUMNS = ("__index_level_0__", "Unnamed: 0", "index")
 

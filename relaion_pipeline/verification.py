@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from relaion_pipeline import blocklists, matching, schemas, shards, storage, variants
+from relaion_pipeline import blocklists, matching, row_hashes, schemas, shards, storage, variants
 from relaion_pipeline import manifest as manifests
 from relaion_pipeline.manifest import ReleaseError
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE
@@ -65,10 +65,8 @@ def file_problems(release: str, manifest: dict, paths: list[str]) -> list[str]:
 
 def _subset_problems(release: str, name: str, files: dict) -> list[str]:
     """research-safe must hold only rows that research holds (compared by LAION hash)."""
-    from relaion_pipeline.clean import _file_hashes
-
-    research = _file_hashes(storage.join(release, files[RESEARCH]["path"]))
-    safe = _file_hashes(storage.join(release, files[RESEARCH_SAFE]["path"]))
+    research = row_hashes.of_file(storage.join(release, files[RESEARCH]["path"]))
+    safe = row_hashes.of_file(storage.join(release, files[RESEARCH_SAFE]["path"]))
     extra = int((~np.isin(safe, research)).sum())
     return [f"{name}: {extra} research-safe rows are not in research"] if extra else []
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import removed_keys
 
-from relaion_pipeline import cache, checks, demo, pipeline
+from relaion_pipeline import cache, checks, demo, pipeline, variants
 from relaion_pipeline.settings import Settings
 
 NAME = "joined/part-00000"
@@ -74,7 +74,7 @@ class Edits:
         body = ast.parse(source).body[0].body[0].lineno  # the first statement of the function's body
         lines = source.splitlines()
         indent = lines[body - 1][: len(lines[body - 1]) - len(lines[body - 1].lstrip())]
-        lines.insert(body - 1, f"{indent}pass  # edited")
+        lines.insert(body - 1, f"{indent}_edited = None")
         filename = f"<edited {name}>"
         text = "\n".join(lines) + "\n"
         linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
@@ -207,7 +207,7 @@ def test_a_changed_input_setting_or_file_makes_exactly_what_depends_on_it_again(
         ("matching:lower_hex_sql", {IMAGE_HITS}),
         ("near_matching:matchable", {NEAR}),
         ("pdq:out_of_range_sql", {SIDECAR}),
-        ("checks:_input_rules", {COUNTS}),
+        ("input_counts:rules", {COUNTS}),
         ("checks:_validated", {DIGEST}),
         ("report:documents", set()),  # code that makes no cached artifact
         ("blocklists:read_current", set()),
@@ -251,7 +251,7 @@ def test_an_edited_cached_artifact_never_hides_a_listed_row(shard):
 
 
 @pytest.mark.parametrize("change", ["nothing", "safe threshold", "research file", "staged file", "code", "license"])
-def test_the_staged_research_safe_copy_is_used_only_for_what_it_was_made_from(shard, edits, change):
+def test_the_staged_research_safe_copy_is_used_only_for_what_it_was_made_from(shard, edits, monkeypatch, change):
     settings, _ = shard
     work = pipeline.Work(settings.work)
     pipeline.compute_removals(settings, NAME)
@@ -269,9 +269,32 @@ def test_the_staged_research_safe_copy_is_used_only_for_what_it_was_made_from(sh
         edits("variants:safe_keep_mask")
     elif change == "license":
         settings = Settings(**{**settings.__dict__, "license": "cc-by-4.0"})
+    written = []  # research-safe written again from the shard, the staged copy not used
+    original = variants.write_research_safe
+    monkeypatch.setattr(variants, "write_research_safe", lambda *a: written.append(1) or original(*a))
     stats = pipeline.write_research_safe(settings, NAME)
-    used = os.stat(work.variant(pipeline.RESEARCH_SAFE, NAME)).st_ino == inode
+    used = not written
+    if used:
+        assert os.stat(work.variant(pipeline.RESEARCH_SAFE, NAME)).st_ino == inode, "the staged file, moved"
     assert used == (change in ("nothing", "license"))
     assert not any(os.path.exists(p) for p in work.staged_safe(NAME)), "a staged copy is used once"
     fresh = pq.read_table(work.variant(pipeline.RESEARCH_SAFE, NAME))
     assert stats["rows_out"] == fresh.num_rows
+
+
+def test_the_digest_of_code_is_the_same_in_every_process():
+    """Else nothing would ever be reused by the next run (string hashing differs between processes)."""
+    import subprocess
+
+    code = "from relaion_pipeline import cache; print([a.code() for a in cache.ARTIFACTS])"
+    found = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(found) == 1 and str([a.code() for a in cache.ARTIFACTS]) + "\n" in found

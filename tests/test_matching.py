@@ -98,7 +98,7 @@ def test_every_kind_matches_exactly_the_planted_rows(setup):
 def test_removals_never_hold_a_url_expression_or_caption(setup):
     inputs, kinds = setup
     table = matching.find_removals(matching.connect(), inputs, kinds, Settings())
-    assert table.schema == matching.REMOVALS_SCHEMA
+    assert table.schema == schemas.REMOVALS
     text = str(table.to_pylist())
     for needle in ["exact.example.com", "prefix.example.com", "hosted.example.org", "md5.example.net", "FORBIDDENTERM"]:
         assert needle not in text
