@@ -159,11 +159,21 @@ def test_research_safe_written_in_researchs_pass_is_byte_for_byte_the_one_writte
     assert unsafe.tolist() == survivors[~np.array(passes)].tolist() and research.rows_out == len(survivors)
 
 
+_HELD: list[int] = []
+
+
 def _held(path: str, folder: Path) -> int:
-    """The inode of the file at `path`, kept from reuse by a hard link of its own in `folder`."""
-    held = folder / f"held-{len(list(folder.glob('held-*')))}"
-    os.link(path, held)
-    return held.stat().st_ino
+    """The inode of the file at `path`, kept from reuse by a descriptor held open (a hard link would change
+    the file's change time, and the cache would rightly take it for another file)."""
+    _HELD.append(os.open(path, os.O_RDONLY))
+    return os.fstat(_HELD[-1]).st_ino
+
+
+@pytest.fixture(autouse=True)
+def _release_held():
+    yield
+    while _HELD:
+        os.close(_HELD.pop())
 
 
 @pytest.fixture
