@@ -53,7 +53,7 @@ class Kind:
 
     def __post_init__(self) -> None:
         def wrong(what: str) -> ValueError:
-            return ValueError(f"kind {self.name!r} ({self.match.value}): {what}")
+            return ValueError(f"kind {self.name!r} ({getattr(self.match, 'value', self.match)}): {what}")
 
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(f"kind name {self.name!r} must be lower-case letters, digits and '_', a letter first")
