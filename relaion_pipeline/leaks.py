@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from relaion_pipeline import index, matching, near_matching, pdq, pdq_index, pipeline, shards, storage
-from relaion_pipeline.kinds import PDQ
+from relaion_pipeline.kinds import PDQ, SIDECAR_EXACT, sidecar_column
 from relaion_pipeline.pipeline import StageError, Work
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -204,7 +204,7 @@ def _image_matches(
     """(row key, kind, source, category) of every exact image hash of the sidecar that the list holds: the
     sidecar joined with the list (`matching.image_hits`), or what removals found for this sidecar and list file
     when it kept them (`index.list_image_hits`; the check keeps none of its own)."""
-    if not sidecar_path or not {"md5", "sha1", "sha256"} & set(columns):
+    if not sidecar_path or not {sidecar_column(k) for k in SIDECAR_EXACT} & set(columns):
         return []
     inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), blocklist_path, sidecar_path, columns)
     hits = index.list_image_hits(con, settings.work, name, inputs, None, keep=False)
