@@ -33,7 +33,7 @@ from relaion_pipeline import (
     variants,
 )
 from relaion_pipeline.cache import fingerprint
-from relaion_pipeline.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_COLUMNS, URL_MD5, by_name
+from relaion_pipeline.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_COLUMNS, URL_MD5, sidecar_column
 from relaion_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -168,14 +168,11 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
     return path, columns
 
 
-SIDECAR_COLUMN_OF = {k: by_name(k).sidecar_column for k in IMAGE}  # image_md5 -> md5, ..., pdq -> pdq
-
-
 def image_gap(settings: Settings, name: str, kinds, sidecar_path: str | None, columns: tuple[str, ...]) -> str:
     """Why the shard cannot be matched against every image-hash entry of lists with these `kinds`: it has no
     sidecar, or its sidecar lacks the column of a listed kind (empty when it can, or when the operator set
     `skip_image_matching`). Without it the listed images would be published unseen: fail closed."""
-    needed = sorted(k for k in set(kinds) if k in SIDECAR_COLUMN_OF)
+    needed = sorted(k for k in set(kinds) if k in IMAGE)
     if not needed or settings.skip_image_matching:
         return ""
     how = (
@@ -190,9 +187,9 @@ def image_gap(settings: Settings, name: str, kinds, sidecar_path: str | None, co
         if not storage.exists(settings.sidecars):
             return f"{listed} and the sidecar location {settings.sidecars} does not exist (looked for {expected}){how}"
         return f"{listed} and its image-hash sidecar {expected} does not exist{how}"
-    missing = [k for k in needed if SIDECAR_COLUMN_OF[k] not in columns]
+    missing = [k for k in needed if sidecar_column(k) not in columns]
     if missing:
-        wanted = ", ".join(f"{SIDECAR_COLUMN_OF[k]!r} for {k}" for k in missing)
+        wanted = ", ".join(f"{sidecar_column(k)!r} for {k}" for k in missing)
         return f"shard {name!r}: its image-hash sidecar {sidecar_path} has no column {wanted} entries of the lists{how}"
     return ""
 

@@ -115,12 +115,6 @@ def test_every_kind_is_matched_in_exactly_one_way_and_the_groups_follow():
 
 def test_the_modules_group_kinds_as_the_registry_does(tmp_path):
     everything = set(kinds.NAMES)
-    assert pipeline.SIDECAR_COLUMN_OF == {
-        "image_md5": "md5",
-        "image_sha1": "sha1",
-        "image_sha256": "sha256",
-        "pdq": "pdq",
-    }
     inputs = matching.MatchInputs("s", "s.parquet", None, "l.parquet", "sidecar.parquet", kinds.SIDECAR_COLUMNS)
     assert matching.image_kinds(inputs, everything) == list(kinds.SIDECAR_EXACT)
     assert matching.near_kinds(inputs, everything)
@@ -130,6 +124,8 @@ def test_the_modules_group_kinds_as_the_registry_does(tmp_path):
     gap = pipeline.image_gap(Settings(sidecars=""), "s", everything, None, ())
     assert "(image_md5, image_sha1, image_sha256, pdq)" in gap
     assert pipeline.image_gap(Settings(sidecars=""), "s", set(kinds.URL_DERIVED), None, ()) == ""
+    gap = pipeline.image_gap(Settings(), "s", everything, "side.parquet", ("md5", "sha256"))
+    assert "side.parquet has no column 'sha1' for image_sha1, 'pdq' for pdq entries of the lists" in gap
     # the lookup-hash index is asked about exactly the URL-derived entries
     con = duckdb.connect()
     con.register("entries", pa.table({"kind": list(kinds.NAMES), "value": ["ab" * 8] * 7, "source": ["s"] * 7,
