@@ -102,20 +102,12 @@ IMAGE_SHA256 = Kind("image_sha256", Match.SIDECAR_EXACT, "SHA-256 of the image b
 PDQ = Kind("pdq", Match.SIDECAR_NEAR, "PDQ perceptual hash of the image", 64, None, "pdq", "image-near")
 DOMAIN = Kind("domain", Match.HOST_SUFFIX, "a host name: it and all its subdomains", label="host")
 
-ALL: tuple[Kind, ...] = (
-    URL_SHA256,
-    URL_MD5,
-    IMAGE_MD5,
-    IMAGE_SHA1,
-    IMAGE_SHA256,
-    PDQ,
-    DOMAIN,
-)  # messages list this order
+# Every kind, in the order the parser's messages list them.
+ALL: tuple[Kind, ...] = (URL_SHA256, URL_MD5, IMAGE_MD5, IMAGE_SHA1, IMAGE_SHA256, PDQ, DOMAIN)
 NAMES = tuple(k.name for k in ALL)
 _BY_NAME = {k.name: k for k in ALL}
-if len(_BY_NAME) != len(ALL) or len({k.sidecar_column for k in ALL if k.sidecar_column}) != len(
-    [k for k in ALL if k.sidecar_column]
-):
+_COLUMNS = [k.sidecar_column for k in ALL if k.sidecar_column]
+if len(_BY_NAME) != len(ALL) or len(set(_COLUMNS)) != len(_COLUMNS):
     raise ValueError("list kinds: two kinds share a name or a sidecar column")
 
 
@@ -129,7 +121,7 @@ URL_DERIVED = _names(Match.URL_EXPRESSION, Match.HOST_SUFFIX)  # matched from th
 SIDECAR_EXACT = _names(Match.SIDECAR_EXACT)  # exact image hashes
 NEAR = _names(Match.SIDECAR_NEAR)  # within a Hamming distance, not by equality
 IMAGE = _names(Match.SIDECAR_EXACT, Match.SIDECAR_NEAR)  # need the image-hash sidecar
-SIDECAR_COLUMNS = tuple(k.sidecar_column for k in ALL if k.sidecar_column)  # md5, sha1, sha256, pdq
+SIDECAR_COLUMNS = tuple(_COLUMNS)  # md5, sha1, sha256, pdq: one per image kind
 
 
 def by_name(name: str) -> Kind:
