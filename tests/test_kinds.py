@@ -2,6 +2,7 @@
 its entries are matched and labelled as declared, and no other module spells a kind's name."""
 
 import ast
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import blocklists, index, kinds, matching, pipeline, schemas
+from relaion_pipeline import blocklists, cache, index, kinds, matching, near_matching, pipeline, schemas
 from relaion_pipeline.blocklists import BlocklistError
 from relaion_pipeline.kinds import Kind, Match
 from relaion_pipeline.settings import Settings
@@ -206,6 +207,25 @@ def test_a_kind_that_contradicts_itself_is_refused_when_declared(fields, problem
 def test_the_declared_kinds_are_frozen():
     with pytest.raises(AttributeError):
         kinds.PDQ.hex_digits = 32
+
+
+def _code(artifact: cache.Artifact) -> str:
+    return cache.code_digest(*(cache.resolve(name) for name in artifact.made_by))
+
+
+def test_a_changed_declaration_makes_what_reads_it_again_and_nothing_else(monkeypatch):
+    """A kind's name no longer stands in the code that matches it, so the digest of that code (which keys every
+    cached artifact, relaion_pipeline/cache.py) must take the declaration instead."""
+    before = {a.name: _code(a) for a in cache.ARTIFACTS}
+    monkeypatch.setattr(near_matching, "PDQ", dataclasses.replace(kinds.PDQ, label="image-near-2"))
+    assert _code(cache.NEAR_MATCHES) != before[cache.NEAR_MATCHES.name]
+    monkeypatch.setattr(index, "URL_MD5", dataclasses.replace(kinds.URL_MD5, name="url_md5_2"))
+    assert _code(cache.CANDIDATES) != before[cache.CANDIDATES.name]
+    changed = dataclasses.replace(kinds.IMAGE_SHA1, sidecar_column="sha1_2")  # read through by_name
+    monkeypatch.setattr(kinds, "ALL", tuple(changed if k is kinds.IMAGE_SHA1 else k for k in kinds.ALL))
+    assert _code(cache.IMAGE_HITS) != before[cache.IMAGE_HITS.name]
+    for artifact in (cache.STAGED_SAFE, cache.INPUT_DIGEST):  # made without reading a kind
+        assert _code(artifact) == before[artifact.name]
 
 
 # --- tripwire: no module but kinds.py spells a kind's name ------------------------------------------------------
