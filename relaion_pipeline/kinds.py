@@ -36,8 +36,9 @@ class Kind:
     about: what its value is, in a few words (for documentation and messages).
     hex_digits: a value is exactly this many hex digits, in any case, stored lower-case; None for a host name,
         which `blocklists.normalize_value` validates and `urls.idna_domain` turns into its IDNA form.
-    digest: the hashlib (and DuckDB) function whose hex digest a value is: of a lookup expression
-        (URL_EXPRESSION) or of the image bytes (SIDECAR_EXACT); None for the other kinds.
+    digest: the hashlib function whose hex digest a value is: of a lookup expression (URL_EXPRESSION, where
+        the matching query calls DuckDB's function of that name) or of the image bytes (SIDECAR_EXACT, computed
+        by `relaion hash-images`); None for the other kinds.
     sidecar_column: the column of the image-hash sidecar its entries are matched against (SIDECAR_*), else None.
     label: the `match` column of its removals (why the row went); None for URL_EXPRESSION, whose removals say
         the scope of the lookup expression that hit (`url`, `path` or `host`).
