@@ -31,14 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from relaion_pipeline import pdq, schemas, storage, urls
+from relaion_pipeline.kinds import DOMAIN, NAMES, NEAR, by_name
 from relaion_pipeline.schemas import sql_string
 from relaion_pipeline.settings import Settings
 
-HEX_LENGTHS = {"url_sha256": 64, "url_md5": 32, "image_md5": 32, "image_sha1": 40, "image_sha256": 64, "pdq": 64}
-KINDS = (*HEX_LENGTHS, "domain")
-URL_KINDS = ("url_sha256", "url_md5")
-IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256")
-NEAR_KINDS = ("pdq",)  # matched within a Hamming distance, not by equality
+KINDS = NAMES  # declared in relaion_pipeline.kinds, with their value format and how they are matched
 SOURCE_CONFIG = "source.json"
 DEFAULT_CATEGORY = "unspecified"
 SCHEMA = pa.schema(
@@ -54,7 +51,6 @@ SCHEMA = pa.schema(
 _HEX = re.compile(r"^[0-9a-f]+$")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_DOMAIN_RE2 = r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)+$"  # >= 2 labels
 DIGEST_ROWS = 262_144  # merged entries digested and written at a time
 CHUNK_LINES = 262_144  # lines of a list file parsed at a time: memory follows this, not the file
 READ_BYTES = 8 << 20  # bytes of a list file read at a time: a file is never held whole
@@ -98,7 +94,8 @@ def normalize_value(kind: str, raw: str, where: str) -> str:
     if kind not in KINDS:
         raise BlocklistError(f"{where}: unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
     value = raw.strip().lower()
-    if kind == "domain":
+    expected = by_name(kind).hex_digits
+    if expected is None:  # a host name (DOMAIN)
         try:
             value = urls.idna_domain(value.rstrip("."))
         except ValueError:
@@ -113,7 +110,6 @@ def normalize_value(kind: str, raw: str, where: str) -> str:
                 " (expected e.g. 'example.com' or 'köln.example', no scheme, path or port)"
             )
         return value
-    expected = HEX_LENGTHS[kind]
     if len(value.split()) > 1:
         raise BlocklistError(f"{where}: {kind} value contains whitespace, expected one value of {expected} hex digits")
     if len(value) != expected:
@@ -139,7 +135,7 @@ def _first_false(mask: pa.Array | pa.ChunkedArray) -> int | None:
 
 def _pattern(kind: str) -> str:
     """RE2 pattern of a valid, normalized value of `kind`."""
-    return _DOMAIN_RE2 if kind == "domain" else f"^[0-9a-f]{{{HEX_LENGTHS[kind]}}}$"
+    return by_name(kind).pattern
 
 
 def _idna_domains(kinds: pa.Array, values: pa.Array) -> pa.Array:
@@ -147,7 +143,7 @@ def _idna_domains(kinds: pa.Array, values: pa.Array) -> pa.Array:
     (`xn--kln-sna.example`), the form a row's non-ASCII host is matched in as well as its own (`urls.host_forms`),
     so that an entry matches the same rows whether its partner wrote it in Unicode or in punycode. A value that
     does not convert is left as it is, for validation to name."""
-    unicode = pc.fill_null(pc.and_(pc.equal(kinds, "domain"), pc.invert(pc.string_is_ascii(values))), False)
+    unicode = pc.fill_null(pc.and_(pc.equal(kinds, DOMAIN.name), pc.invert(pc.string_is_ascii(values))), False)
     if not pc.any(unicode).as_py():
         return values
 
@@ -175,8 +171,8 @@ def _validated(kinds: pa.Array, values: pa.Array, categories: pa.Array | None, w
     categories = pc.utf8_trim_whitespace(pc.fill_null(categories.cast(pa.string()), ""))
     categories = pc.if_else(pc.equal(categories, ""), DEFAULT_CATEGORY, categories)
     present = pc.unique(kinds).to_pylist()
-    if "domain" in present:
-        values = pc.if_else(pc.equal(kinds, "domain"), pc.utf8_rtrim(values, characters="."), values)
+    if DOMAIN.name in present:
+        values = pc.if_else(pc.equal(kinds, DOMAIN.name), pc.utf8_rtrim(values, characters="."), values)
         values = _idna_domains(kinds, values)
     known = [kind for kind in present if kind in KINDS]
     if len(present) == 1 and known:
@@ -427,7 +423,7 @@ def _load(location: str, scratch: str) -> list[str]:
                 for entries in _parse_file(name, handle):
                     found += entries.num_rows
                     entries = entries.add_column(2, "source", pa.array([source] * entries.num_rows, pa.string()))
-                    near = pc.is_in(entries.column("kind"), pa.array(NEAR_KINDS))
+                    near = pc.is_in(entries.column("kind"), pa.array(NEAR))
                     entries = entries.append_column("distance", pc.if_else(near, limit, None).cast(pa.int16()))
                     part.write_table(entries.select(SCHEMA.names).cast(SCHEMA))
             if found == 0:

@@ -7,11 +7,11 @@ copy the research stage stages. Each one's key is a digest of
 - the fingerprints of the files it is made from (`fingerprint`: size, times, inode or ETag),
 - the settings and list facts it reads (given by its caller),
 - the code that makes it: the compiled code of the functions named in its `Artifact.made_by` and,
-  transitively, of every function, class and constant of this package they refer to (`code_digest`), with
-  the versions of Python and of the libraries that compute values (DuckDB, pyarrow, numpy, numba, idna). A
-  change to the SQL text of a query or to the kernel that hashes URLs changes the key; nobody bumps a number
-  by hand. It is the code the process runs, not the files on disk (an upgrade may replace them under a
-  running process); a change of comments or formatting alone changes nothing.
+  transitively, of every function, class, constant and declaration (a list kind) of this package they refer
+  to (`code_digest`), with the versions of Python and of the libraries that compute values (DuckDB, pyarrow,
+  numpy, numba, idna). A change to the SQL text of a query, to the kernel that hashes URLs or to a list kind
+  changes the key; nobody bumps a number by hand. It is the code the process runs, not the files on disk (an
+  upgrade may replace them under a running process); a change of comments or formatting alone changes nothing.
 
 An artifact is reused only when its record's key is the one asked for *and* its files are still the ones the
 record was written with (their fingerprints): an artifact edited, replaced or truncated after it was written is
@@ -21,6 +21,7 @@ that is reused. `tests/test_cache.py` changes each dependency of each artifact i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -216,7 +217,16 @@ def closure(*roots) -> list[tuple[str, str]]:
                 todo.extend(_uses(obj))
         elif isinstance(obj, _PLAIN) or isinstance(obj, pa.Schema):
             found.append((label, _stable(obj)))
+        elif _declared(obj):  # a declaration such as a list kind (`kinds.PDQ`): its fields, and its class's code
+            found.append((label, _stable(obj)))
+            todo.append((f"{type(obj).__module__}.{type(obj).__qualname__}", type(obj)))
     return found
+
+
+def _declared(obj) -> bool:
+    """Whether `obj` is an instance of a frozen dataclass of this package: a value fixed where it is declared."""
+    kind = type(obj)
+    return dataclasses.is_dataclass(kind) and kind.__dataclass_params__.frozen and _ours(kind)
 
 
 def _version(library: str) -> str:

@@ -29,6 +29,7 @@ from relaion_pipeline import (
     storage,
     variants,
 )
+from relaion_pipeline.kinds import ALL, DOMAIN, NAMES, PDQ, sql_list
 from relaion_pipeline.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -143,21 +144,21 @@ def check_blocklist(settings: Settings) -> list[quality.Outcome]:
     gx = quality.expectations()
     work = Work(settings.work)
     version, path = blocklists.read_current(work.blocklist_dir)
-    lengths = " ".join(f"WHEN '{kind}' THEN {n}" for kind, n in blocklists.HEX_LENGTHS.items())
+    lengths = " ".join(f"WHEN {k.sql} THEN {k.hex_digits}" for k in ALL if k.hex_digits is not None)
     has_distance = "distance" in shards.open_parquet(path).schema_arrow.names
     distance = "" if has_distance else ", NULL::SMALLINT AS distance"  # a list file from before pdq entries
     con = matching.connect(settings)
     try:
         frame = con.sql(
             f"""SELECT
-                count(*) FILTER (WHERE kind <> 'domain' AND NOT (regexp_full_match(value, '[0-9a-f]+')
+                count(*) FILTER (WHERE kind <> {DOMAIN.sql} AND NOT (regexp_full_match(value, '[0-9a-f]+')
                                  AND length(value) = CASE kind {lengths} ELSE -1 END)) AS malformed_hashes,
-                count(*) FILTER (WHERE kind = 'domain' AND NOT regexp_full_match(value,
+                count(*) FILTER (WHERE kind = {DOMAIN.sql} AND NOT regexp_full_match(value,
                                  '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+')) AS malformed_domains,
-                count(*) FILTER (WHERE kind NOT IN ({", ".join(sql_string(k) for k in blocklists.KINDS)})) AS unknown_kinds,
+                count(*) FILTER (WHERE kind NOT IN {sql_list(NAMES)}) AS unknown_kinds,
                 count(*) FILTER (WHERE coalesce(trim(source), '') = '') AS entries_without_source,
                 count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category,
-                count(*) FILTER (WHERE kind = 'pdq' AND NOT coalesce(distance BETWEEN 0 AND {pdq.MAX_DISTANCE}, false))
+                count(*) FILTER (WHERE kind = {PDQ.sql} AND NOT coalesce(distance BETWEEN 0 AND {pdq.MAX_DISTANCE}, false))
                     AS pdq_without_a_valid_distance
             FROM (SELECT *{distance} FROM read_parquet({storage.duckdb_path(path)}))"""
         ).df()

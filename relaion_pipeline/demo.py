@@ -34,21 +34,34 @@ import pyarrow.parquet as pq
 
 from relaion_pipeline import pdq, row_hashes
 from relaion_pipeline.demo_urls import EXTS, NAMES, QUERIES, SAFE_STYLES, Pools, render
+from relaion_pipeline.kinds import (
+    DOMAIN,
+    IMAGE,
+    IMAGE_MD5,
+    IMAGE_SHA1,
+    IMAGE_SHA256,
+    PDQ,
+    SIDECAR_EXACT,
+    URL_DERIVED,
+    URL_MD5,
+    URL_SHA256,
+    by_name,
+)
 from relaion_pipeline.urls import lookup_expressions, parse
 
 FAMILIES = ("joined", "plain", "relaion", "minimal")
-KINDS = ("url_sha256", "url_md5", "domain", "image_md5", "image_sha1", "image_sha256", "pdq", "keyword")
+KINDS = (*URL_DERIVED, *IMAGE, "keyword")  # the list kinds, and the keyword rule
 KEYWORDS_FILE = Path(__file__).parent / "data" / "keywords.txt"
 RESEARCH_THRESHOLD = 0.95  # keyword rule: punsafe above this (plain family: NSFW tag "NSFW") AND a keyword
 ORACLE_MAX_ROWS = 200_000  # up to this many rows in all, planted.json is computed by checking every row
 MIN_ROWS = 100
 OUTPUTS = ("shards", "sidecars", "blocklists", "planted.json")
 SOURCES = ("partner-a", "partner-b", "hrw-privacy", "opt-out", "pdq-partner")
-PDQ_FLIPS = {"pdq": (12, 30), "pdq_far": (34,), "pdq_low": (0,)}  # bits an entry differs from its row's image
+PDQ_FLIPS = {PDQ.name: (12, 30), "pdq_far": (34,), "pdq_low": (0,)}  # bits an entry differs from its row's image
 
 _WIDTHS = np.array([256, 320, 400, 480, 500, 600, 640, 736, 800, 1000, 1024, 1200, 1280, 1600, 1920, 2048])
 _ASPECTS = np.array([1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2 / 3])
-_IMAGE_HASHES = {"image_md5": hashlib.md5, "image_sha1": hashlib.sha1, "image_sha256": hashlib.sha256}
+_IMAGE_HASHES = {k: getattr(hashlib, by_name(k).digest) for k in SIDECAR_EXACT}  # image_md5: hashlib.md5, ...
 
 
 def load_keywords(path: str | Path = KEYWORDS_FILE) -> list[str]:
@@ -72,9 +85,17 @@ def _md5(text: str) -> str:
 
 # ---------------------------------------------------------------- shards and plants
 
-_URL_ROLES = (("exact_a", 2), ("exact_hrw", 2), ("md5", 2), ("path", 3), ("path_near", 1), ("host", 3), ("domain", 3))
-_IMAGE_ROLES = (("image_md5", 2), ("image_dup", 1), ("image_sha1", 2), ("image_sha256", 2))
-_IMAGE_ROLES += (("pdq", 2), ("pdq_far", 1), ("pdq_low", 1))  # near copies; beyond 31 bits; listed, low quality
+_URL_ROLES = (
+    ("exact_a", 2),
+    ("exact_hrw", 2),
+    ("md5", 2),
+    ("path", 3),
+    ("path_near", 1),
+    ("host", 3),
+    (DOMAIN.name, 3),
+)
+_IMAGE_ROLES = ((IMAGE_MD5.name, 2), ("image_dup", 1), (IMAGE_SHA1.name, 2), (IMAGE_SHA256.name, 2))
+_IMAGE_ROLES += ((PDQ.name, 2), ("pdq_far", 1), ("pdq_low", 1))  # near copies; beyond 31 bits; listed, low quality
 _KEYWORD_ROLES = (("keyword", 2), ("kw_low", 2), ("unsafe_only", 2), ("kw_substring", 1))
 
 
@@ -129,7 +150,7 @@ class _Shard:
         digest = hashlib.sha256(b"pdq:" + image).digest()
         if row in self.roles.get("pdq_low", ()):
             return digest.hex(), 30
-        planted = row in self.roles.get("pdq", ()) or row in self.roles.get("pdq_far", ())
+        planted = row in self.roles.get(PDQ.name, ()) or row in self.roles.get("pdq_far", ())
         return digest.hex(), 90 if planted else 40 + digest[0] % 61
 
     def unsafe(self, row: int) -> bool:
@@ -156,9 +177,9 @@ def _plant_urls(shard: _Shard, r: random.Random, pools: Pools, entries: dict) ->
 
     # exact plants: a token in the file name that no other row has makes the exact expression unique
     for role, source, kind, category, digest in (
-        ("exact_a", "partner-a", "url_sha256", "csam", _sha256),
-        ("exact_hrw", "hrw-privacy", "url_sha256", "privacy", _sha256),
-        ("md5", "partner-b", "url_md5", "csam", _md5),
+        ("exact_a", "partner-a", URL_SHA256.name, "csam", _sha256),
+        ("exact_hrw", "hrw-privacy", URL_SHA256.name, "privacy", _sha256),
+        ("md5", "partner-b", URL_MD5.name, "csam", _md5),
     ):
         for row in roles[role]:
             urls[row] = fresh(row, r.choice(pools.hosts), r.choice(pools.dirs), token=True)
@@ -168,25 +189,29 @@ def _plant_urls(shard: _Shard, r: random.Random, pools: Pools, entries: dict) ->
     for role, folder in (("path", top), ("path_near", f"{top}-old")):
         for row in roles[role]:
             urls[row] = fresh(row, host, f"/{folder}" + r.choice(pools.dirs))
-    entries["partner-a", "url_sha256"].append((_sha256(f"{parse(urls[roles['path'][0]]).host}/{top}/"), "csam"))
+    entries["partner-a", URL_SHA256.name].append((_sha256(f"{parse(urls[roles['path'][0]]).host}/{top}/"), "csam"))
     # host plant and opt-out domain: dedicated hosts, subdomains included
     blocked, optout = f"blocked-host-{i}-1.example", f"optout-{i}-1.example.net"
     for role, base, subs in (
         ("host", blocked, ("", "img.", "cdn.static.")),
-        ("domain", optout, ("", "cdn.", "img2.cdn.")),
+        (DOMAIN.name, optout, ("", "cdn.", "img2.cdn.")),
     ):
         for row, sub in zip(roles[role], subs, strict=True):
             urls[row] = fresh(row, sub + base, r.choice(pools.dirs))
-    entries["partner-a", "url_sha256"].append((_sha256(f"{blocked}/"), "csam"))
-    entries["opt-out", "domain"].append((optout, "opt-out"))
+    entries["partner-a", URL_SHA256.name].append((_sha256(f"{blocked}/"), "csam"))
+    entries["opt-out", DOMAIN.name].append((optout, "opt-out"))
 
 
 def _plant_images(shard: _Shard, rng: np.random.Generator, entries: dict) -> None:
     roles = shard.roles
-    shard.alias[roles["image_dup"][0]] = roles["image_md5"][0]  # the same image re-hosted at another URL
+    shard.alias[roles["image_dup"][0]] = roles[IMAGE_MD5.name][0]  # the same image re-hosted at another URL
     shard.covered = rng.random(shard.rows) >= 0.05  # ~5% failed downloads have no sidecar row
     shard.covered[[row for role, _ in _IMAGE_ROLES for row in roles[role]]] = True
-    for kind, source in (("image_md5", "partner-a"), ("image_sha1", "partner-b"), ("image_sha256", "partner-b")):
+    for kind, source in (
+        (IMAGE_MD5.name, "partner-a"),
+        (IMAGE_SHA1.name, "partner-b"),
+        (IMAGE_SHA256.name, "partner-b"),
+    ):
         for row in roles[kind]:
             entries[source, kind].append((_IMAGE_HASHES[kind](shard.image(row)).hexdigest(), "csam"))
     for role, flips in PDQ_FLIPS.items():
@@ -194,7 +219,7 @@ def _plant_images(shard: _Shard, rng: np.random.Generator, entries: dict) -> Non
             value = bytearray(bytes.fromhex(shard.pdq(row)[0]))
             for bit in rng.choice(256, flips[j % len(flips)], replace=False).tolist():
                 value[bit // 8] ^= 1 << (bit % 8)
-            entries["pdq-partner", "pdq"].append((value.hex(), "csam"))
+            entries["pdq-partner", PDQ.name].append((value.hex(), "csam"))
 
 
 def _with_keyword(r: random.Random, caption: str, keyword: str) -> str:
@@ -288,12 +313,12 @@ def _sidecar(shard: _Shard, rng: np.random.Generator) -> pa.Table:
     prefix = f"synthetic-image-{shard.seed}-{shard.name}-"
     images = [f"{prefix}{row}".encode() for row in source.tolist()]  # as in _Shard.image
     columns = {"key": shard.keys(rows)}
-    for column, function in zip(("md5", "sha1", "sha256"), _IMAGE_HASHES.values(), strict=True):
+    for column, function in ((by_name(kind).sidecar_column, f) for kind, f in _IMAGE_HASHES.items()):
         data = b"".join([function(image).digest() for image in images]).hex().encode("ascii")
         offsets = np.arange(0, len(data) + 1, 2 * function().digest_size, dtype=np.int32)
         columns[column] = pa.StringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(data))
     perceptual = [shard.pdq(row) for row in rows.tolist()]
-    columns["pdq"] = pa.array([h for h, _ in perceptual], pa.string())
+    columns[PDQ.sidecar_column] = pa.array([h for h, _ in perceptual], pa.string())
     columns["pdq_quality"] = pa.array([q for _, q in perceptual], pa.int16())
     return pa.table(columns)
 
@@ -337,11 +362,11 @@ def _noise(rng: np.random.Generator, n: int, size: int) -> list[str]:
     return [data[j : j + 2 * size] for j in range(0, len(data), 2 * size)]
 
 
-_NOISE = {  # source -> (kind, digest size in bytes, share of the noise count, category)
-    "partner-a": (("url_sha256", 32, 0.8, "csam"), ("image_md5", 16, 0.2, "csam")),
-    "partner-b": (("url_md5", 16, 1, "csam"), ("image_sha1", 20, 0.25, "csam"), ("image_sha256", 32, 0.25, "csam")),
-    "hrw-privacy": (("url_sha256", 32, 0.25, "privacy"),),
-    "pdq-partner": (("pdq", 32, 0.25, "csam"),),
+_NOISE = {  # source -> (kind, share of the noise count, category)
+    "partner-a": ((URL_SHA256, 0.8, "csam"), (IMAGE_MD5, 0.2, "csam")),
+    "partner-b": ((URL_MD5, 1, "csam"), (IMAGE_SHA1, 0.25, "csam"), (IMAGE_SHA256, 0.25, "csam")),
+    "hrw-privacy": ((URL_SHA256, 0.25, "privacy"),),
+    "pdq-partner": ((PDQ, 0.25, "csam"),),
 }
 
 
@@ -354,9 +379,10 @@ def _write_blocklists(root: Path, entries: dict, rng: np.random.Generator, rows:
         s: [(k, v, c) for (source, k), got in sorted(entries.items()) if source == s for v, c in got] for s in SOURCES
     }
     for source, noise in _NOISE.items():
-        for kind, size, share, category in noise:
-            lists[source] += [(kind, v, category) for v in _noise(rng, int(max(200, rows // 10) * share), size)]
-    lists["opt-out"] += [("domain", f"optout-x{k}.example.net", "opt-out") for k in range(20)]
+        for kind, share, category in noise:
+            size = kind.hex_digits // 2  # bytes
+            lists[source] += [(kind.name, v, category) for v in _noise(rng, int(max(200, rows // 10) * share), size)]
+    lists["opt-out"] += [(DOMAIN.name, f"optout-x{k}.example.net", "opt-out") for k in range(20)]
     counts = {}
     for source, got in lists.items():
         lists[source] = [got[j] for j in rng.permutation(len(got)).tolist()]
@@ -369,9 +395,9 @@ def _write_blocklists(root: Path, entries: dict, rng: np.random.Generator, rows:
     lines.insert(len(lines) // 2, "# --- second batch ---")  # ...and comments anywhere
     files = {
         "partner-a/hashes.csv": ["# partner-a hash list (synthetic demo data)", "kind,value,category", *lines],
-        "partner-b/url_md5.txt": [
+        f"partner-b/{URL_MD5.name}.txt": [
             "# partner-b: MD5 of URL lookup expressions",
-            *(v for k, v, _ in b if k == "url_md5"),
+            *(v for k, v, _ in b if k == URL_MD5.name),
         ],
         "hrw-privacy/list.tsv": ["kind\tvalue\tcategory", *("\t".join(row) for row in lists["hrw-privacy"])],
         "opt-out/domains.csv": ["kind,value,category", *(",".join(row) for row in lists["opt-out"])],
@@ -381,7 +407,7 @@ def _write_blocklists(root: Path, entries: dict, rng: np.random.Generator, rows:
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("\n".join(text) + "\n", encoding="utf-8", newline="\n")
-    images = [dict(zip(("kind", "value", "category"), row, strict=True)) for row in b if row[0] != "url_md5"]
+    images = [dict(zip(("kind", "value", "category"), row, strict=True)) for row in b if row[0] != URL_MD5.name]
     _write_parquet(pa.Table.from_pylist(images), root / "partner-b" / "images.parquet")
     return counts
 
@@ -405,17 +431,17 @@ def _matches(
 ) -> dict[str, list[str]]:
     """Brute force: the row keys among `rows` that each kind of entry removes."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
-    near = _near_rows(shard, rows, sets["pdq"])
+    near = _near_rows(shard, rows, sets[PDQ.name])
     for row in rows:
         url, image = shard.urls[row], shard.image(row)
         expressions = lookup_expressions(url)
         labels = parse(url).host.split(".") if expressions else []
         hit = {
-            "url_sha256": any(_sha256(e) in sets["url_sha256"] for e in expressions),
-            "url_md5": any(_md5(e) in sets["url_md5"] for e in expressions),
-            "domain": any(".".join(labels[k:]) in sets["domain"] for k in range(len(labels))),
+            URL_SHA256.name: any(_sha256(e) in sets[URL_SHA256.name] for e in expressions),
+            URL_MD5.name: any(_md5(e) in sets[URL_MD5.name] for e in expressions),
+            DOMAIN.name: any(".".join(labels[k:]) in sets[DOMAIN.name] for k in range(len(labels))),
             "keyword": shard.unsafe(row) and bool(pattern.search(shard.captions[row])),
-            "pdq": row in near,
+            PDQ.name: row in near,
         }
         for kind, function in _IMAGE_HASHES.items():
             hit[kind] = image is not None and function(image).hexdigest() in sets[kind]

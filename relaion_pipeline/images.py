@@ -32,24 +32,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relaion_pipeline import matching, pdq, pipeline, shards, storage
+from relaion_pipeline.kinds import PDQ, SIDECAR_EXACT, by_name
+from relaion_pipeline.kinds import SIDECAR_COLUMNS as HASH_COLUMNS
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings, available_cpus
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 PDQ_MAX_SIDE = 512  # images are scaled down to at most this before PDQ, as the reference hasher advises
 HASHES_DIR = ".images"
+URL_DIGEST = "url_sha256"  # sha256 of the URL as UTF-8, as downloaded: what the join with the shard's rows uses
 HASHES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),  # img2dataset's sample key
-        ("url_sha256", pa.string()),  # of the URL as UTF-8: what the join with the shard's rows uses
-        ("md5", pa.string()),
-        ("sha1", pa.string()),
-        ("sha256", pa.string()),
-        ("pdq", pa.string()),
+        (URL_DIGEST, pa.string()),
+        *((column, pa.string()) for column in HASH_COLUMNS),  # md5, sha1, sha256, pdq: one per image kind
         ("pdq_quality", pa.int16()),
     ]
 )
-SIDECAR_COLUMNS = ["key", "md5", "sha1", "sha256", "pdq", "pdq_quality"]
+SIDECAR_COLUMNS = ["key", *HASH_COLUMNS, "pdq_quality"]
+_EXACT = [by_name(k) for k in SIDECAR_EXACT]  # the byte hashes: md5, sha1 and sha256 of the image file
 
 
 class ImagesError(ValueError):
@@ -74,16 +75,11 @@ def hash_image(data: bytes) -> dict:
     """Byte hashes of an image file and, when it decodes, its PDQ hash and quality (else both None)."""
     from PIL import Image
 
-    out = {
-        "md5": hashlib.md5(data).hexdigest(),
-        "sha1": hashlib.sha1(data).hexdigest(),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "pdq": None,
-        "pdq_quality": None,
-    }
+    out = {k.sidecar_column: hashlib.new(k.digest, data).hexdigest() for k in _EXACT}
+    out |= {PDQ.sidecar_column: None, "pdq_quality": None}
     try:
         with Image.open(io.BytesIO(data)) as image:
-            out["pdq"], out["pdq_quality"] = pdq_of(image)
+            out[PDQ.sidecar_column], out["pdq_quality"] = pdq_of(image)
     except Exception:  # Pillow raises many types for damaged or unsupported files; the image counts as corrupt
         pass
     return out
@@ -169,9 +165,9 @@ def hash_tar(tar: str, out: str) -> TarResult:
                     continue
                 hashes = hash_image(image)
                 result.images += 1
-                result.corrupt += hashes["pdq"] is None
+                result.corrupt += hashes[PDQ.sidecar_column] is None
                 url_digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
-                for name, value in (("key", sample), ("url_sha256", url_digest), *hashes.items()):
+                for name, value in (("key", sample), (URL_DIGEST, url_digest), *hashes.items()):
                     rows[name].append(value)
     except ImagesError as error:
         raise ImagesError(f"{tar}: {error}") from None
@@ -244,7 +240,8 @@ def _by_url(files: list[str]) -> str:
     listed = "[" + ", ".join(storage.duckdb_path(p) for p in files) + "]"
     row = ", ".join(f"{c} := {c}" for c in SIDECAR_COLUMNS[1:])
     return (
-        f"SELECT url_sha256, unnest(arg_min(struct_pack({row}), key)) FROM read_parquet({listed}) GROUP BY url_sha256"
+        f"SELECT {URL_DIGEST}, unnest(arg_min(struct_pack({row}), key)) FROM read_parquet({listed})"
+        f" GROUP BY {URL_DIGEST}"
     )
 
 
@@ -277,7 +274,7 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
                 SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
                 FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
                       FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)) s
-                JOIN {images} i ON i.url_sha256 = sha256(s.url)
+                JOIN {images} i ON i.{URL_DIGEST} = sha256(s.url)
                 ORDER BY s.file_row_number"""
             final = storage.join(out, shard.file_name)
             written[shard.name] = _copy_atomic(con, query, final)

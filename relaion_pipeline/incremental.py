@@ -16,11 +16,10 @@ import duckdb
 import numpy as np
 
 from relaion_pipeline import blocklists, index, matching, near_matching, pdq, shard_lock, shards, status, storage
+from relaion_pipeline.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_EXACT, URL_DERIVED, URL_MD5, by_name
 from relaion_pipeline.pdq_index import PdqIndex
 from relaion_pipeline.pipeline import StageError, Work, image_gap, sidecar_of
 from relaion_pipeline.settings import Settings
-
-URL_DERIVED_KINDS = ("url_sha256", "url_md5", "domain")
 
 
 def _delta_sql(old_path: str, new_path: str) -> str:
@@ -47,31 +46,31 @@ def _touches(
 ) -> str:
     """Why the changed entries `delta` (a relation) may change this shard's removals; empty when they cannot.
     `near` keeps the multi-index of each delta's pdq entries, built for the first shard and shared."""
-    unknown = kinds - set(URL_DERIVED_KINDS) - set(blocklists.IMAGE_KINDS) - {"pdq"}
+    unknown = kinds - set(URL_DERIVED) - set(IMAGE)
     if unknown:
         return f"the change has entries of kind {', '.join(sorted(unknown))}"
-    if kinds & set(URL_DERIVED_KINDS):
+    if kinds & set(URL_DERIVED):
         rows = index.candidates(con, index.paths(settings.work, name)[0], f"SELECT * FROM {delta}")
         if rows.size:
             return f"{rows.size:,} rows may match a changed URL or domain entry"
     sidecar_path, columns = sidecar_of(settings, shard)
     if gap := image_gap(settings, name, kinds, sidecar_path, columns):
         return gap
-    image = [c for c in columns if f"image_{c}" in kinds]
+    image = [k for k in map(by_name, SIDECAR_EXACT) if k.name in kinds and k.sidecar_column in columns]
     if sidecar_path and image:
         hits = con.execute(
             " UNION ALL ".join(
                 f"SELECT 1 FROM read_parquet({storage.duckdb_path(sidecar_path)}) c JOIN {delta} d "
-                f"ON d.kind = 'image_{c}' AND d.value = {matching.lower_hex_sql('c.' + c)}"
-                for c in image
+                f"ON d.kind = {k.sql} AND d.value = {matching.lower_hex_sql('c.' + k.sidecar_column)}"
+                for k in image
             )
             + " LIMIT 1"
         ).fetchall()
         if hits:
             return "an image hash of its sidecar is a changed entry"
-    if sidecar_path and "pdq" in kinds and "pdq" in columns:
+    if sidecar_path and PDQ.name in kinds and PDQ.sidecar_column in columns:
         if delta not in near:
-            entries = con.execute(f"SELECT value, distance FROM {delta} WHERE kind = 'pdq'").fetchall()
+            entries = con.execute(f"SELECT value, distance FROM {delta} WHERE kind = {PDQ.sql}").fetchall()
             near[delta] = PdqIndex.build(
                 [v for v, _ in entries], np.array([pdq.DEFAULT_DISTANCE if d is None else d for _, d in entries])
             )
@@ -122,8 +121,8 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
                     settings.work,
                     name,
                     chain["removals"]["input"],
-                    md5=_has_kind(con, current_path, "url_md5"),
-                    domains=_has_kind(con, current_path, "domain"),
+                    md5=_has_kind(con, current_path, URL_MD5.name),
+                    domains=_has_kind(con, current_path, DOMAIN.name),
                 )
                 is None
             ):

@@ -28,9 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relaion_pipeline import cache, lookup_hashes, matching, storage, urls
+from relaion_pipeline.kinds import DOMAIN as DOMAIN_KIND
+from relaion_pipeline.kinds import URL_DERIVED, URL_MD5, URL_SHA256, sql_list
 from relaion_pipeline.schemas import sql_string
 
-SCOPES = ("url", "path", "host", "domain", "none")
+SCOPES = ("url", "path", "host", DOMAIN_KIND.name, "none")  # DOMAIN: the host suffixes that domain entries match
 URL, PATH, HOST, DOMAIN, NONE = range(len(SCOPES))
 BATCH_ROWS = 262_144  # URLs per batch of the compiled build: ~30 MB of URLs, ~4M entries
 SCHEMA = pa.schema([("row_number", pa.uint32()), ("scope", pa.uint8()), ("sha", pa.uint64()), ("md5", pa.uint64())])
@@ -210,8 +212,8 @@ def list_keys_sql(blocklist_sql: str) -> str:
     """SQL over a list relation (kind, value, source, category): the URL-derived entries with their index key."""
     return f"""
     SELECT kind, value, source, category,
-           CASE kind WHEN 'domain' THEN {_prefix("sha256(value)")} ELSE {_prefix("value")} END AS prefix
-    FROM ({blocklist_sql}) WHERE kind IN ('url_sha256', 'url_md5', 'domain')"""
+           CASE kind WHEN {DOMAIN_KIND.sql} THEN {_prefix("sha256(value)")} ELSE {_prefix("value")} END AS prefix
+    FROM ({blocklist_sql}) WHERE kind IN {sql_list(URL_DERIVED)}"""
 
 
 def candidates_sql(index_path: str, blocklist_sql: str) -> str:
@@ -221,9 +223,9 @@ def candidates_sql(index_path: str, blocklist_sql: str) -> str:
     return f"""
     WITH keys AS MATERIALIZED ({list_keys_sql(blocklist_sql)})
     SELECT DISTINCT row_number FROM (
-        SELECT row_number FROM {ix} i SEMI JOIN (SELECT prefix FROM keys WHERE kind <> 'url_md5') k ON i.sha = k.prefix
+        SELECT row_number FROM {ix} i SEMI JOIN (SELECT prefix FROM keys WHERE kind <> {URL_MD5.sql}) k ON i.sha = k.prefix
         UNION ALL
-        SELECT row_number FROM {ix} i SEMI JOIN (SELECT prefix FROM keys WHERE kind = 'url_md5') k ON i.md5 = k.prefix
+        SELECT row_number FROM {ix} i SEMI JOIN (SELECT prefix FROM keys WHERE kind = {URL_MD5.sql}) k ON i.md5 = k.prefix
     ) ORDER BY row_number"""
 
 
@@ -317,7 +319,7 @@ def reference(url: str | None) -> tuple[set[tuple[int, int | None, int | None]],
         data = expression.encode("utf-8", errors="surrogateescape")
         sha, md5 = hashlib.sha256(data).digest(), hashlib.md5(data).digest()
         entries.add((SCOPES.index(scope), int.from_bytes(sha[:8], "big"), int.from_bytes(md5[:8], "big")))
-        keys += [("url_sha256", sha.hex()), ("url_md5", md5.hex())]
+        keys += [(URL_SHA256.name, sha.hex()), (URL_MD5.name, md5.hex())]
     for host in urls.host_forms(canonical.host):
         if host.startswith("["):
             continue
@@ -326,7 +328,7 @@ def reference(url: str | None) -> tuple[set[tuple[int, int | None, int | None]],
             suffix = ".".join(labels[i:])
             sha = hashlib.sha256(suffix.encode("utf-8", errors="surrogateescape")).digest()
             entries.add((DOMAIN, int.from_bytes(sha[:8], "big"), None))
-            keys.append(("domain", suffix))
+            keys.append((DOMAIN_KIND.name, suffix))
     return entries, keys
 
 

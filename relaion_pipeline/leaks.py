@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from relaion_pipeline import index, matching, near_matching, pdq, pdq_index, pipeline, shards, storage
+from relaion_pipeline.kinds import PDQ, SIDECAR_EXACT, sidecar_column
 from relaion_pipeline.pipeline import StageError, Work
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
@@ -203,7 +204,7 @@ def _image_matches(
     """(row key, kind, source, category) of every exact image hash of the sidecar that the list holds: the
     sidecar joined with the list (`matching.image_hits`), or what removals found for this sidecar and list file
     when it kept them (`index.list_image_hits`; the check keeps none of its own)."""
-    if not sidecar_path or not {"md5", "sha1", "sha256"} & set(columns):
+    if not sidecar_path or not {sidecar_column(k) for k in SIDECAR_EXACT} & set(columns):
         return []
     inputs = matching.MatchInputs(name, shard.path, shards.roles(shard), blocklist_path, sidecar_path, columns)
     hits = index.list_image_hits(con, settings.work, name, inputs, None, keep=False)
@@ -217,13 +218,13 @@ def _pdq_audit(con, name: str, shard: shards.Shard, sidecar_path: str | None, co
     """PDQ near matches of a seeded sample of the shard's matchable sidecar hashes (the rows matching reads),
     found by comparing each with every pdq entry (`pdq_index.brute_force`), not with the multi-index: (row key, kind, source,
     category) of each, and how many hashes were sampled."""
-    if not sidecar_path or "pdq" not in columns:
+    if not sidecar_path or PDQ.sidecar_column not in columns:
         return [], 0
     if "distance" not in shards.open_parquet(blocklist_path).schema_arrow.names:
         return [], 0  # a list file from before pdq entries existed
     entries = con.sql(
         f"SELECT value, source, category, distance FROM read_parquet({storage.duckdb_path(blocklist_path)}) "
-        "WHERE kind = 'pdq' ORDER BY value, source, category"
+        f"WHERE kind = {PDQ.sql} ORDER BY value, source, category"
     ).to_arrow_table()
     if not entries.num_rows:
         return [], 0
@@ -240,4 +241,4 @@ def _pdq_audit(con, name: str, shard: shards.Shard, sidecar_path: str | None, co
     found = pdq_index.brute_force(words, entry_words, entries.column("distance").to_numpy().astype(np.int32))
     keys = sample.column("row_key").to_pylist()
     sources, categories = entries.column("source"), entries.column("category")
-    return [(keys[q], "pdq", sources[e].as_py(), categories[e].as_py()) for q, e, _ in found], sample.num_rows
+    return [(keys[q], PDQ.name, sources[e].as_py(), categories[e].as_py()) for q, e, _ in found], sample.num_rows

@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from relaion_pipeline import near_matching, pdq, schemas, shards, storage, urls
+from relaion_pipeline.kinds import DOMAIN, PDQ, SIDECAR_EXACT, URL_DERIVED, URL_EXPRESSION, by_name
 from relaion_pipeline.schemas import quote, sql_string
 from relaion_pipeline.settings import Settings
 
@@ -296,6 +297,7 @@ def keyword_pattern(path: str) -> str | None:
 PDQ_MATCHES = "relaion_pdq_matches"  # the near matches of `near_matching.shard_matches`, registered by name
 IMAGE_HITS = "relaion_image_hits"  # the exact image hash matches of `image_hits`, registered by name
 IMAGE_ROWS = "relaion_image_rows"  # the shard's rows of those matches (`image_rows_sql`), registered by name
+(_IMAGE_LABEL,) = {by_name(k).label for k in SIDECAR_EXACT}  # one `match` for every exact image hash kind
 
 
 @dataclass(frozen=True)
@@ -361,28 +363,27 @@ def removals_sql(inputs: MatchInputs, kinds: set[str], settings: Settings, candi
         f"bl AS NOT MATERIALIZED (SELECT * FROM read_parquet({storage.duckdb_path(inputs.blocklist_path)}))",  # read per kind
     ]
     selects = []
-    if kinds & {"url_sha256", "url_md5", "domain"}:
+    if kinds & set(URL_DERIVED):
         parts.append(f"url_src AS (SELECT * FROM {candidates or 'src'})")
         parts.append(canonical_parts_sql("url_src"))
-    if kinds & {"url_sha256", "url_md5"}:
+    if kinds & set(URL_EXPRESSION):
         parts.append(EXPRESSIONS_SQL)
-        for kind, function in (("url_sha256", "sha256"), ("url_md5", "md5")):
-            if kind in kinds:
-                selects.append(f"""
+        for kind in (by_name(k) for k in URL_EXPRESSION if k in kinds):
+            selects.append(f"""
         SELECT e.row_number, e.row_key, b.kind, b.source, b.category, b.value AS hash, e.scope AS match, NULL::SMALLINT
-        FROM expressions e JOIN bl b ON b.kind = '{kind}' AND b.value = {function}(e.expression)""")
-    if "domain" in kinds:
-        selects.append("""
-        SELECT c.row_number, c.row_key, b.kind, b.source, b.category, b.value AS hash, 'host' AS match, NULL::SMALLINT
+        FROM expressions e JOIN bl b ON b.kind = {kind.sql} AND b.value = {kind.digest}(e.expression)""")
+    if DOMAIN.name in kinds:
+        selects.append(f"""
+        SELECT c.row_number, c.row_key, b.kind, b.source, b.category, b.value AS hash, {sql_string(DOMAIN.label)} AS match, NULL::SMALLINT
         FROM (SELECT row_number, row_key, unnest(
                 CASE WHEN starts_with(host, '[') THEN [host] ELSE list_transform(
                     range(1, len(string_split(host, '.')) + 1),
                     lambda i: array_to_string(string_split(host, '.')[i:], '.')) END) AS suffix
               FROM canonical) c
-        JOIN bl b ON b.kind = 'domain' AND b.value = c.suffix""")
+        JOIN bl b ON b.kind = {DOMAIN.sql} AND b.value = c.suffix""")
     if image_kinds(inputs, kinds):  # exact image hash matches, found beforehand by _run (`image_rows_sql`)
         selects.append(f"""
-        SELECT row_number, row_key, kind, source, category, hash, 'image' AS match, NULL::SMALLINT FROM {IMAGE_ROWS}""")
+        SELECT row_number, row_key, kind, source, category, hash, {sql_string(_IMAGE_LABEL)} AS match, NULL::SMALLINT FROM {IMAGE_ROWS}""")
     if near_kinds(inputs, kinds):  # found by the compiled multi-index (near_matching), registered beforehand by _run
         selects.append(f"""
         SELECT row_number, row_key, kind, source, category, hash, match, distance FROM {PDQ_MATCHES}""")
@@ -410,7 +411,7 @@ def image_kinds(inputs: MatchInputs, kinds: set[str]) -> list[str]:
     """The image-hash kinds of the list that the shard's sidecar has a column for."""
     if not inputs.sidecar_path:
         return []
-    return [k for k in ("image_md5", "image_sha1", "image_sha256") if k in kinds and k[6:] in inputs.sidecar_columns]
+    return [k for k in SIDECAR_EXACT if k in kinds and by_name(k).sidecar_column in inputs.sidecar_columns]
 
 
 def lower_hex_sql(column: str) -> str:
@@ -445,7 +446,7 @@ def image_hits(con: duckdb.DuckDBPyConnection, inputs: MatchInputs, kinds: set[s
                b.value AS hash
         FROM read_parquet({storage.duckdb_path(inputs.sidecar_path)}, file_row_number = true) c
         JOIN (SELECT * FROM read_parquet({storage.duckdb_path(inputs.blocklist_path)}) WHERE kind = '{kind}') b
-          ON b.value = {lower_hex_sql("c." + kind.removeprefix("image_"))}"""
+          ON b.value = {lower_hex_sql("c." + by_name(kind).sidecar_column)}"""
         for kind in image_kinds(inputs, kinds)
     ]
     return con.sql(" UNION ALL ".join(selects) + " ORDER BY ALL").to_arrow_table().cast(IMAGE_HITS_SCHEMA)
@@ -465,7 +466,7 @@ def image_rows_sql(inputs: MatchInputs, hits: str) -> str:
 
 def near_kinds(inputs: MatchInputs, kinds: set[str]) -> bool:
     """Whether the removals query reads PDQ near matches: the list has pdq entries and the sidecar PDQ hashes."""
-    return "pdq" in kinds and inputs.sidecar_path is not None and "pdq" in inputs.sidecar_columns
+    return PDQ.name in kinds and inputs.sidecar_path is not None and PDQ.sidecar_column in inputs.sidecar_columns
 
 
 def _run(
@@ -613,12 +614,12 @@ def sidecar_counts_sql(inputs: MatchInputs) -> str:
     shard's PDQ hashes are of too low a quality to be matched, are not 64 hex digits, or have a quality
     outside 0-100. One pass: each sidecar key is marked by one
     lookup in the shard's row keys (a single hash table, which spills beyond the memory limit)."""
-    has_quality = {"pdq", "pdq_quality"} <= set(inputs.sidecar_columns)
+    has_quality = {PDQ.sidecar_column, "pdq_quality"} <= set(inputs.sidecar_columns)
     low = f"pdq IS NOT NULL AND {pdq.low_quality_sql()}" if has_quality else "false"
     odd_quality = f"pdq IS NOT NULL AND {pdq.out_of_range_sql()}" if has_quality else "false"
     malformed = (
         "pdq IS NOT NULL AND NOT regexp_full_match(CAST(pdq AS VARCHAR), '[0-9a-fA-F]{64}')"
-        if "pdq" in inputs.sidecar_columns
+        if PDQ.sidecar_column in inputs.sidecar_columns
         else "false"
     )
     key, in_shard = inputs.roles.key_sql(inputs.shard_name), "CAST(key AS VARCHAR) IN (SELECT row_key FROM src)"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from relaion_pipeline.kinds import PDQ
+
 BITS = 256
 SLOTS = 16
 SLOT_BITS = BITS // SLOTS
@@ -57,13 +59,13 @@ def radius(max_distance: int) -> int:
 def near_matches_sql(queries: str, entries: str, max_distance: int) -> str:
     """SQL: every (qid, eid, distance) with distance <= the entry's own `distance`.
 
-    `queries` is a relation with `qid` and `pdq` (hex); `entries` one with `eid`, `pdq` (hex) and `distance`
-    (at most `max_distance`, which sets how many bits a probe flips).
+    `queries` is a relation with `qid` and `pdq` (hex, named as the sidecar's column); `entries` one with `eid`,
+    `pdq` (hex) and `distance` (at most `max_distance`, which sets how many bits a probe flips).
     """
     flips = radius(max_distance)
     return f"""
-    WITH q AS (SELECT qid, {words_sql("pdq")} FROM ({queries})),
-    e AS (SELECT eid, distance, {words_sql("pdq")} FROM ({entries})),
+    WITH q AS (SELECT qid, {words_sql(PDQ.sidecar_column)} FROM ({queries})),
+    e AS (SELECT eid, distance, {words_sql(PDQ.sidecar_column)} FROM ({entries})),
     masks AS (SELECT m::INTEGER AS m FROM range(65536) t(m) WHERE bit_count(m) <= {int(flips)}),
     e_keys AS (SELECT s * 65536 + {_slot_sql("s")} AS k, eid, distance, h0, h1, h2, h3 FROM e, range({SLOTS}) t(s)),
     q_slots AS (SELECT s, {_slot_sql("s")} AS v, qid, h0, h1, h2, h3 FROM q, range({SLOTS}) t(s)),

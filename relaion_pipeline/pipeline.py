@@ -34,12 +34,13 @@ from relaion_pipeline import (
     variants,
 )
 from relaion_pipeline.cache import fingerprint
+from relaion_pipeline.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_COLUMNS, URL_MD5, sidecar_column
 from relaion_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 RESEARCH = "research"
 RESEARCH_SAFE = "research-safe"
-SIDECAR_HASHES = ("md5", "sha1", "sha256", "pdq")
+SIDECAR_HASHES = SIDECAR_COLUMNS  # md5, sha1, sha256, pdq: the sidecar columns of the image kinds
 COUNTS = ("rows_in", "without_url", "without_caption", "other_scheme", "duplicate_row_keys")  # shard_counts_sql
 
 
@@ -147,7 +148,7 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
     schemas.unique_names(schema, path)
     if "key" not in schema.names:
         raise shards.ShardError(
-            f"{path}: image-hash sidecar has no 'key' column (expected key plus md5/sha1/sha256/pdq)"
+            f"{path}: image-hash sidecar has no 'key' column (expected key plus {'/'.join(SIDECAR_HASHES)})"
         )
     columns = tuple(c for c in SIDECAR_HASHES if c in schema.names)
     if not columns:
@@ -158,7 +159,7 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
             raise shards.ShardError(
                 f"{path}: column {column!r} of the image-hash sidecar must hold hex strings, found {kind}"
             )
-    if "pdq_quality" in schema.names and "pdq" in columns:
+    if "pdq_quality" in schema.names and PDQ.sidecar_column in columns:
         kind = schema.field("pdq_quality").type
         if not pa.types.is_integer(kind):
             raise shards.ShardError(
@@ -168,14 +169,11 @@ def sidecar_of(settings: Settings, shard: shards.Shard) -> tuple[str | None, tup
     return path, columns
 
 
-SIDECAR_COLUMN_OF = {"image_md5": "md5", "image_sha1": "sha1", "image_sha256": "sha256", "pdq": "pdq"}
-
-
 def image_gap(settings: Settings, name: str, kinds, sidecar_path: str | None, columns: tuple[str, ...]) -> str:
     """Why the shard cannot be matched against every image-hash entry of lists with these `kinds`: it has no
     sidecar, or its sidecar lacks the column of a listed kind (empty when it can, or when the operator set
     `skip_image_matching`). Without it the listed images would be published unseen: fail closed."""
-    needed = sorted(k for k in set(kinds) if k in SIDECAR_COLUMN_OF)
+    needed = sorted(k for k in set(kinds) if k in IMAGE)
     if not needed or settings.skip_image_matching:
         return ""
     how = (
@@ -190,9 +188,9 @@ def image_gap(settings: Settings, name: str, kinds, sidecar_path: str | None, co
         if not storage.exists(settings.sidecars):
             return f"{listed} and the sidecar location {settings.sidecars} does not exist (looked for {expected}){how}"
         return f"{listed} and its image-hash sidecar {expected} does not exist{how}"
-    missing = [k for k in needed if SIDECAR_COLUMN_OF[k] not in columns]
+    missing = [k for k in needed if sidecar_column(k) not in columns]
     if missing:
-        wanted = ", ".join(f"{SIDECAR_COLUMN_OF[k]!r} for {k}" for k in missing)
+        wanted = ", ".join(f"{sidecar_column(k)!r} for {k}" for k in missing)
         return f"shard {name!r}: its image-hash sidecar {sidecar_path} has no column {wanted} entries of the lists{how}"
     return ""
 
@@ -326,7 +324,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
         kinds = matching.list_kinds(con, blocklist_path)
         if gap := image_gap(settings, name, kinds, sidecar_path, sidecar_columns):
             raise StageError(gap)
-        md5, domains = "url_md5" in kinds, "domain" in kinds  # what the index needs to hold for this list
+        md5, domains = URL_MD5.name in kinds, DOMAIN.name in kinds  # what the index needs to hold for this list
         meta = index.current(settings.work, name, input_fingerprint, md5=md5, domains=domains)
         reused = meta is not None
         if meta is None:
@@ -367,7 +365,7 @@ def compute_removals(settings: Settings, name: str) -> dict:
     if malformed_pdq:
         warnings.append(
             f"{sidecar_path}: {malformed_pdq:,} PDQ hashes of the shard's rows are not 64 hex digits in column"
-            " 'pdq'; those rows cannot be near-matched (their exact image hashes still are)"
+            f" {PDQ.sidecar_column!r}; those rows cannot be near-matched (their exact image hashes still are)"
         )
     if odd_quality:
         warnings.append(
