@@ -1,4 +1,4 @@
-"""Sensors that alert maintainers; what an alert says and where it goes is `relaion_pipeline.alerts`.
+"""Sensors that alert maintainers; what an alert says and where it goes is `relaion_pipeline.alerting.alerts`.
 
 - `alert_on_failed_checks`: a check failed on a shard (a blocking one holds the shard back), and later the same
   check on the same shard passed again;
@@ -21,9 +21,8 @@ import dagster as dg
 from assets import described
 from assets.resources import RelaionSettings
 from assets.variants import research, research_safe
-from relaion_pipeline import pipeline
-from relaion_pipeline.alert_channels import Notifier
-from relaion_pipeline.alerts import (
+from relaion_pipeline.alerting.alert_channels import Notifier
+from relaion_pipeline.alerting.alerts import (
     Alert,
     AlertSettings,
     CheckRecord,
@@ -33,6 +32,7 @@ from relaion_pipeline.alerts import (
     track_blocklist,
     track_checks,
 )
+from relaion_pipeline.stages import pipeline
 
 CHECK_ALERTS = "alert_on_failed_checks"
 RUN_ALERTS = "alert_on_failed_runs"

@@ -5,7 +5,9 @@ import dagster as dg
 from assets.metadata import check_result, from_stats, markdown_table
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import checks, incremental, pipeline
+from relaion_pipeline import incremental
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 
 @dg.asset(

@@ -17,7 +17,7 @@ import os
 from dagster_celery import celery_executor
 
 from assets.definitions import build_definitions
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
 
 
 def executor():

@@ -12,8 +12,8 @@ from assets.removals import removals
 from assets.resources import RelaionSettings, S3Storage
 from assets.sensors import build_sensors
 from assets.variants import research, research_safe
-from relaion_pipeline.alerts import AlertSettings
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.alerting.alerts import AlertSettings
+from relaion_pipeline.core.settings import Settings
 
 ALL_ASSETS = [blocklist, removals, research, research_safe, release]
 

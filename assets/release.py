@@ -5,8 +5,11 @@ import dagster as dg
 from assets.metadata import check_result, from_stats
 from assets.resources import RelaionSettings
 from assets.variants import research_safe
-from relaion_pipeline import checks, shards, status, verification
-from relaion_pipeline import release as releases
+from relaion_pipeline import status
+from relaion_pipeline.core import shards
+from relaion_pipeline.publishing import release as releases
+from relaion_pipeline.publishing import verification
+from relaion_pipeline.validation import checks
 
 
 @dg.asset(

@@ -6,7 +6,9 @@ from assets.blocklist import blocklist
 from assets.metadata import check_result, from_stats
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import checks, pipeline, prepare
+from relaion_pipeline import prepare
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 
 @dg.asset(

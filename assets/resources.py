@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from relaion_pipeline import storage
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import storage
+from relaion_pipeline.core.settings import Settings
 
 
 class S3Storage(dg.ConfigurableResource):
@@ -22,7 +22,7 @@ class S3Storage(dg.ConfigurableResource):
 
 
 class RelaionSettings(dg.ConfigurableResource):
-    """Locations and thresholds of the run (see `relaion_pipeline.settings.Settings` for each field)."""
+    """Locations and thresholds of the run (see `relaion_pipeline.core.settings.Settings` for each field)."""
 
     s3: S3Storage
 

@@ -15,9 +15,11 @@ import dagster as dg
 
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
-from relaion_pipeline import interrupts, pipeline, prepare, shard_lock, shards, status, storage
-from relaion_pipeline.release import preflight as release_preflight
-from relaion_pipeline.settings import Settings
+from relaion_pipeline import prepare, status
+from relaion_pipeline.core import interrupts, shard_lock, shards, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.publishing.release import preflight as release_preflight
+from relaion_pipeline.stages import pipeline
 
 DAGSTER_YAML = """\
 # Dagster instance of the embedded default store (SQLite storage under this folder).

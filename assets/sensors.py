@@ -13,7 +13,10 @@ from assets import described
 from assets.blocklist import blocklist
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline import blocklists, pipeline, shards, status
+from relaion_pipeline import status
+from relaion_pipeline.core import shards
+from relaion_pipeline.lists import blocklists
+from relaion_pipeline.stages import pipeline
 
 
 def build_sensors(shard_job, blocklist_job) -> list:

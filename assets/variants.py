@@ -8,7 +8,10 @@ from assets.metadata import check_result, from_stats
 from assets.partitions import shard_partitions
 from assets.removals import removals
 from assets.resources import RelaionSettings
-from relaion_pipeline import checks, pipeline, plots, storage
+from relaion_pipeline.core import storage
+from relaion_pipeline.publishing import plots
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 
 def _specs(asset_name: str, variant: str) -> list[dg.AssetCheckSpec]:

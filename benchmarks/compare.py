@@ -30,8 +30,12 @@ from urllib.parse import urlparse
 import numpy as np
 from stages import in_child
 
-from relaion_pipeline import checks, demo, index, pipeline, quality, storage
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.match import index
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks, quality
 
 LIST_ENTRIES = 1_000_000
 NAME = "joined/part-00000"
@@ -133,7 +137,7 @@ def _same_job_settings(root: Path, list_path: Path, urls: list[str]) -> Settings
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from relaion_pipeline import urls as canonical
+        from relaion_pipeline.canonical import urls as canonical
 
         lists.mkdir(parents=True)
         planted = urls[:: max(1, len(urls) // 1000)][:1000]

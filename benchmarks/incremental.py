@@ -19,8 +19,12 @@ import shutil
 import time
 from pathlib import Path
 
-from relaion_pipeline import checks, demo, incremental, index, pipeline, quality
-from relaion_pipeline.settings import Settings
+from relaion_pipeline import incremental
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.match import index
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks, quality
 
 NAME = "joined/part-00000"
 

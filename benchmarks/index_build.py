@@ -19,7 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline import demo, index, matching, schemas
+from relaion_pipeline.core import schemas
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.match import index, matching
 
 
 def _inputs(path: Path) -> matching.MatchInputs:

@@ -27,9 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from stages import in_child
 
-from relaion_pipeline import demo_images, images, pdq, pipeline
-from relaion_pipeline.pdq_index import PdqIndex
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo_images
+from relaion_pipeline.lists import pdq
+from relaion_pipeline.match import images
+from relaion_pipeline.match.pdq_index import PdqIndex
+from relaion_pipeline.stages import pipeline
 
 
 def _random_hashes(rng, n: int) -> np.ndarray:

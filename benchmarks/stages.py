@@ -19,8 +19,12 @@ import time
 import traceback
 from pathlib import Path
 
-from relaion_pipeline import cache, checks, demo, index, pipeline, quality, storage
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import cache, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.match import index
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks, quality
 
 
 def in_child(run) -> tuple[float, float]:

@@ -16,12 +16,12 @@ from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
-from relaion_pipeline import interrupts
-from relaion_pipeline.settings import Settings, parse
+from relaion_pipeline.core import interrupts
+from relaion_pipeline.core.settings import Settings, parse
 
 
 def _demo_data(args) -> int:
-    from relaion_pipeline import demo
+    from relaion_pipeline.demo_data import demo
 
     planted = demo.generate(args.out, shards=args.shards, rows=args.rows, seed=args.seed)
     shard_count = len([k for k in planted if not k.startswith("_")])
@@ -110,7 +110,7 @@ def _run(args) -> int:
 
 
 def _verify(args) -> int:
-    from relaion_pipeline import verification
+    from relaion_pipeline.publishing import verification
 
     manifest, problems = verification.verify(args.release, args.blocklists)
     for problem in problems:
@@ -130,7 +130,7 @@ def _verify(args) -> int:
 
 
 def _clean(args) -> int:
-    from relaion_pipeline import clean
+    from relaion_pipeline.publishing import clean
 
     try:
         result = clean.clean(args.release, args.input, args.output, by=args.by, variant=args.variant,
@@ -153,7 +153,7 @@ def _prepare(args) -> int:
 
 
 def _hash_images(args) -> int:
-    from relaion_pipeline import images
+    from relaion_pipeline.match import images
 
     settings = _settings(args)
     progress = functools.partial(print, flush=True)

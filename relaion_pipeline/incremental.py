@@ -15,11 +15,14 @@ import time
 import duckdb
 import numpy as np
 
-from relaion_pipeline import blocklists, index, matching, near_matching, pdq, shard_lock, shards, status, storage
-from relaion_pipeline.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_EXACT, URL_DERIVED, URL_MD5, by_name
-from relaion_pipeline.pdq_index import PdqIndex
-from relaion_pipeline.pipeline import StageError, Work, image_gap, sidecar_of
-from relaion_pipeline.settings import Settings
+from relaion_pipeline import status
+from relaion_pipeline.core import shard_lock, shards, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.lists import blocklists, pdq
+from relaion_pipeline.lists.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_EXACT, URL_DERIVED, URL_MD5, by_name
+from relaion_pipeline.match import index, matching, near_matching
+from relaion_pipeline.match.pdq_index import PdqIndex
+from relaion_pipeline.stages.pipeline import StageError, Work, image_gap, sidecar_of
 
 
 def _delta_sql(old_path: str, new_path: str) -> str:

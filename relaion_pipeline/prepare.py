@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 def kernels() -> dict:
     """The cached numba dispatchers of the pipeline, by name."""
-    from relaion_pipeline import canonical_kernel, lookup_hashes, pdq_index
+    from relaion_pipeline.canonical import canonical_kernel, lookup_hashes
+    from relaion_pipeline.match import pdq_index
 
     found = {}
     for module in (canonical_kernel, lookup_hashes, pdq_index):
@@ -44,8 +45,12 @@ def pending() -> list[str]:
 def prepare(progress=print) -> float:
     """Run a tiny job through every kernel and signature (both string offset widths, both PDQ search paths);
     return the seconds it took."""
-    from relaion_pipeline import checks, demo, pdq, pdq_index, pipeline
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
+    from relaion_pipeline.demo_data import demo
+    from relaion_pipeline.lists import pdq
+    from relaion_pipeline.match import pdq_index
+    from relaion_pipeline.stages import pipeline
+    from relaion_pipeline.validation import checks
 
     started = time.perf_counter()
     todo = pending()

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relaion_pipeline import blocklists, shards, storage, urls
-from relaion_pipeline.checks import BLOCKING, INPUT_WELL_FORMED
-from relaion_pipeline.pipeline import (
+from relaion_pipeline.canonical import urls
+from relaion_pipeline.core import shards, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.lists import blocklists
+from relaion_pipeline.stages.pipeline import (
     RESEARCH,
     RESEARCH_SAFE,
     StageError,
@@ -33,7 +35,7 @@ from relaion_pipeline.pipeline import (
     read_stats,
     removal_rules,
 )
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.validation.checks import BLOCKING, INPUT_WELL_FORMED
 
 STAGES = ("removals", RESEARCH, RESEARCH_SAFE)
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
 
 BLOCKED_URL = "http://blocked.example.org/secret-page.jpg"  # the one URL the `two_shards` partner list blocks
 
@@ -63,7 +63,7 @@ def sensor_requests(defs: dg.Definitions, instance: dg.DagsterInstance, sensor_n
 def written(shard_path, keys) -> list[str]:
     """Row keys as the pipeline writes them for this shard (`row_keys`): a text key column's keys as keyed hashes,
     integer and positional keys as they are."""
-    from relaion_pipeline import row_keys, schemas, shards
+    from relaion_pipeline.core import row_keys, schemas, shards
 
     schema = shards.open_parquet(str(shard_path)).schema_arrow
     return row_keys.Writer(str(shard_path), schemas.detect(schema, str(shard_path)), schema).many(list(keys))
@@ -71,7 +71,8 @@ def written(shard_path, keys) -> list[str]:
 
 def removed_keys(settings: Settings, name: str) -> list[str]:
     """The shard's own row keys of its removed rows, in row order, found by row number (what removals record)."""
-    from relaion_pipeline import pipeline, schemas
+    from relaion_pipeline.core import schemas
+    from relaion_pipeline.stages import pipeline
 
     path = f"{settings.shards}/{name}.parquet"
     table = pq.read_table(path)

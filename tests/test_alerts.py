@@ -23,10 +23,12 @@ from assets.alerts import BLOCKLIST_ALERTS, CHECK_ALERTS, RUN_ALERTS
 from assets.definitions import build_definitions
 from assets.resources import RelaionSettings
 from assets.runner import instance_for, run_all
-from relaion_pipeline import alert_channels, alerts, pipeline, release, variants
-from relaion_pipeline.alert_channels import Notifier
-from relaion_pipeline.alerts import AlertConfigError, AlertSettings
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.alerting import alert_channels, alerts
+from relaion_pipeline.alerting.alert_channels import Notifier
+from relaion_pipeline.alerting.alerts import AlertConfigError, AlertSettings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.publishing import release
+from relaion_pipeline.stages import pipeline, variants
 
 UNSAFE_URL = "http://unsafe.example.net/private-photo.jpg"
 UNSAFE_CAPTION = "caption that must never reach a chat room"
@@ -353,7 +355,7 @@ def test_channel_that_failed_is_retried_alone_on_the_next_tick(alert_settings, w
 
 def test_no_channel_configured_means_the_alert_is_only_logged(caplog):
     assert AlertSettings().channels == ()
-    with caplog.at_level("WARNING", logger="relaion_pipeline.alerts"):
+    with caplog.at_level("WARNING", logger="relaion_pipeline.alerting.alerts"):
         assert Notifier(AlertSettings()).deliver([ALERT], []) == []
     assert "(no channel configured: logged only): [relaion] test alert" in caplog.text
 

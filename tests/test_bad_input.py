@@ -19,10 +19,14 @@ import pytest
 from conftest import written
 
 from assets.runner import run_all
-from relaion_pipeline import blocklists, checks, pipeline, release, shards
-from relaion_pipeline.blocklists import BlocklistError
-from relaion_pipeline.schemas import ShardSchemaError
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import shards
+from relaion_pipeline.core.schemas import ShardSchemaError
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.lists import blocklists
+from relaion_pipeline.lists.blocklists import BlocklistError
+from relaion_pipeline.publishing import release
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 BLOCKED = "blocked.example.org"
 SECRET = "secret-page"  # in every URL of a row that must be removed; never in a message, statistic or output
@@ -305,7 +309,7 @@ def test_input_check_counts_are_remembered_until_the_shard_changes(settings, mon
     changes."""
     import os
 
-    from relaion_pipeline import matching
+    from relaion_pipeline.match import matching
 
     path = write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL, FINE_URL], keys=["a", "a", "b"]))
     first = checks.check_input(settings, "part")[0]
@@ -331,7 +335,8 @@ def test_input_check_counts_are_remembered_until_the_shard_changes(settings, mon
 def test_removals_counts_for_the_input_check_in_its_own_pass_exactly_as_the_check_would(settings, monkeypatch):
     """A first removals run counts the shard once for itself and for the input check: the check then finds
     the same counts and sample keys as its own pass makes, and validates them without reading the shard."""
-    from relaion_pipeline import cache, matching
+    from relaion_pipeline.core import cache
+    from relaion_pipeline.match import matching
 
     table = relaion_table(
         [FINE_URL, " ", "http://x.example/" + "a" * 4100, FINE_URL, None],
@@ -407,7 +412,7 @@ def test_sidecar_counts_are_remembered_until_the_shard_or_sidecar_changes(settin
     file, and again when either file changes."""
     import os
 
-    from relaion_pipeline import matching
+    from relaion_pipeline.match import matching
 
     write_shard(settings, "part", relaion_table([FINE_URL, FINE_URL]))
     md5 = hashlib.md5(IMAGE).hexdigest()

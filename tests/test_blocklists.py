@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import blocklists
-from relaion_pipeline.blocklists import BlocklistError
+from relaion_pipeline.lists import blocklists
+from relaion_pipeline.lists.blocklists import BlocklistError
 
 SHA = hashlib.sha256(b"a.example.com/").hexdigest()
 SHA2 = hashlib.sha256(b"b.example.com/x").hexdigest()

@@ -1,4 +1,4 @@
-"""The one cache (`relaion_pipeline.cache`): each cached artifact is made again when anything it depends on
+"""The one cache (`relaion_pipeline.core.cache`): each cached artifact is made again when anything it depends on
 changes (an input file, the list, a setting it reads, the code that makes it, a library that computes it, its
 own file or record edited), and reused when something it does not depend on changes.
 
@@ -24,8 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import removed_keys
 
-from relaion_pipeline import cache, checks, demo, pipeline, variants
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import cache
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.stages import pipeline, variants
+from relaion_pipeline.validation import checks
 
 NAME = "joined/part-00000"
 RECORDED = (
@@ -200,17 +203,17 @@ def test_a_changed_input_setting_or_file_makes_exactly_what_depends_on_it_again(
 @pytest.mark.parametrize(
     "function, made",
     [
-        ("matching:canonical_parts_sql", {INDEX, CANDIDATES}),  # the SQL tier the compiled build falls back on
-        ("lookup_hashes:_prefix", {INDEX, CANDIDATES}),  # the compiled kernel
-        ("matching:_canonical_udf", {INDEX, CANDIDATES}),  # the reference, for non-ASCII hosts
-        ("index:list_keys_sql", {CANDIDATES}),
-        ("matching:lower_hex_sql", {IMAGE_HITS}),
-        ("near_matching:matchable", {NEAR}),
-        ("pdq:out_of_range_sql", {SIDECAR}),
-        ("input_counts:rules", {COUNTS}),
-        ("checks:_validated", {DIGEST}),
-        ("report:documents", set()),  # code that makes no cached artifact
-        ("blocklists:read_current", set()),
+        ("canonical.url_sql:canonical_parts_sql", {INDEX, CANDIDATES}),  # the SQL tier the compiled build falls back on
+        ("canonical.lookup_hashes:_prefix", {INDEX, CANDIDATES}),  # the compiled kernel
+        ("canonical.url_sql:_canonical_udf", {INDEX, CANDIDATES}),  # the reference, for non-ASCII hosts
+        ("match.index:list_keys_sql", {CANDIDATES}),
+        ("match.matching:lower_hex_sql", {IMAGE_HITS}),
+        ("match.near_matching:matchable", {NEAR}),
+        ("lists.pdq:out_of_range_sql", {SIDECAR}),
+        ("stages.input_counts:rules", {COUNTS}),
+        ("validation.checks:_validated", {DIGEST}),
+        ("publishing.report:documents", set()),  # code that makes no cached artifact
+        ("lists.blocklists:read_current", set()),
     ],
 )
 def test_changed_code_makes_exactly_what_it_makes_again(shard, edits, function, made):
@@ -266,7 +269,7 @@ def test_the_staged_research_safe_copy_is_used_only_for_what_it_was_made_from(sh
         _edit_parquet(staged)
         inode = os.stat(staged).st_ino
     elif change == "code":
-        edits("variants:safe_keep_mask")
+        edits("stages.variants:safe_keep_mask")
     elif change == "license":
         settings = Settings(**{**settings.__dict__, "license": "cc-by-4.0"})
     written = []  # research-safe written again from the shard, the staged copy not used
@@ -286,7 +289,7 @@ def test_the_digest_of_code_is_the_same_in_every_process():
     """Else nothing would ever be reused by the next run (string hashing differs between processes)."""
     import subprocess
 
-    code = "from relaion_pipeline import cache; print([a.code() for a in cache.ARTIFACTS])"
+    code = "from relaion_pipeline.core import cache; print([a.code() for a in cache.ARTIFACTS])"
     found = {
         subprocess.run(
             [sys.executable, "-c", code],

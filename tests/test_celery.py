@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from assets.runner import run_all
-from relaion_pipeline import demo, pipeline
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.stages import pipeline
 
 REDIS = shutil.which("redis-server")
 BIN = Path(sys.executable).parent

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from assets.definitions import build_definitions, defs
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
 
 
 def test_definitions_validate_and_show_the_whole_graph():
@@ -90,7 +90,7 @@ def test_partner_list_sensor_fires_once_per_change(tmp_path):
 
 
 def test_lists_already_built_do_not_trigger_a_rebuild_but_a_change_does(tmp_path):
-    from relaion_pipeline import pipeline
+    from relaion_pipeline.stages import pipeline
 
     settings = _settings(tmp_path)
     (tmp_path / "lists" / "src").mkdir(parents=True)
@@ -106,7 +106,8 @@ def test_lists_already_built_do_not_trigger_a_rebuild_but_a_change_does(tmp_path
 
 
 def test_only_shards_matched_against_another_version_are_stale(tmp_path):
-    from relaion_pipeline import pipeline, status
+    from relaion_pipeline import status
+    from relaion_pipeline.stages import pipeline
 
     settings = _settings(tmp_path)
     for name in ("a", "b"):

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import demo, schemas
-from relaion_pipeline.urls import lookup_expressions, parse
+from relaion_pipeline.canonical.urls import lookup_expressions, parse
+from relaion_pipeline.core import schemas
+from relaion_pipeline.demo_data import demo
 
 ROWS, SHARDS = 2000, 4
 NAMES = ["joined/part-00000", "plain/part-00001", "relaion/part-00002", "minimal/part-00003"]

@@ -16,9 +16,10 @@ import pytest
 from conftest import written
 
 from assets.definitions import build_definitions
-from relaion_pipeline import manifest as manifests
-from relaion_pipeline import pipeline, schemas
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import schemas
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.publishing import manifest as manifests
+from relaion_pipeline.stages import pipeline
 
 SHARDS, ROWS = 4, 3000
 
@@ -181,7 +182,7 @@ def test_verify_against_lists_finds_published_rows_that_a_new_list_matches(demo,
     name = shard_names(root)[0]
     published = pq.read_table(release / "research" / f"{name}.parquet")
     url = published.column("URL" if "URL" in published.column_names else "url")[7].as_py()
-    from relaion_pipeline import urls
+    from relaion_pipeline.canonical import urls
 
     (lists / "new-partner").mkdir()
     (lists / "new-partner" / "url_sha256.txt").write_text(

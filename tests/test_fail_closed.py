@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import demo
+from relaion_pipeline.demo_data import demo
 
 IMAGE_KINDS = ("image_md5", "image_sha1", "image_sha256", "pdq")
 
@@ -152,7 +152,7 @@ def test_mistyped_flags_values_and_variables_stop_before_any_work(tmp_path):
 def test_every_setting_is_a_flag_and_a_variable_in_help():
     from dataclasses import fields
 
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
 
     shown = relaion("run", "--help").stdout
     for f in fields(Settings):

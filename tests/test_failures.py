@@ -10,7 +10,8 @@ import pytest
 from conftest import BLOCKED_URL, written
 
 from assets.runner import run_all
-from relaion_pipeline import pipeline, release, variants
+from relaion_pipeline.publishing import release
+from relaion_pipeline.stages import pipeline, variants
 
 BAD_URL = BLOCKED_URL
 
@@ -115,7 +116,9 @@ def test_malformed_input_fails_its_check_and_is_held_back(settings, tmp_path):
 
 
 def test_blocklist_check_revalidates_the_merged_list_independently_of_the_parser(settings, tmp_path):
-    from relaion_pipeline import blocklists, checks, pipeline
+    from relaion_pipeline.lists import blocklists
+    from relaion_pipeline.stages import pipeline
+    from relaion_pipeline.validation import checks
 
     pipeline.build_blocklist(settings)
     assert checks.check_blocklist(settings)[0].success
@@ -164,9 +167,10 @@ def test_research_safe_with_another_schema_than_its_input_is_held_back(settings,
 
 def test_duckdb_out_of_memory_names_the_stage_the_limit_and_the_settings(tmp_path):
     """A limit too small for the shard stops the stage with what to change, not DuckDB's advice to run SQL."""
-    from relaion_pipeline import demo, pipeline
-    from relaion_pipeline.pipeline import StageError
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
+    from relaion_pipeline.demo_data import demo
+    from relaion_pipeline.stages import pipeline
+    from relaion_pipeline.stages.pipeline import StageError
 
     demo.generate(tmp_path, shards=1, rows=20_000, seed=0)
     settings = Settings.layout(tmp_path, tmp_path, duckdb_memory_limit="2MB", duckdb_threads=2)
@@ -190,8 +194,8 @@ def test_duckdb_spill_space_running_out_asks_for_space_not_memory(tmp_path):
     temporary folder."""
     import duckdb
 
-    from relaion_pipeline import pipeline
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
+    from relaion_pipeline.stages import pipeline
 
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{tmp_path}'")
@@ -208,7 +212,8 @@ def test_duckdb_spill_space_running_out_asks_for_space_not_memory(tmp_path):
 def test_a_published_row_that_is_not_in_the_input_fails_the_counts_check(settings):
     """A research or research-safe file that is not its source minus the dropped rows, in order, is looked at
     row by row: a foreign row is counted (a reordered file still holds only input rows)."""
-    from relaion_pipeline import checks, pipeline
+    from relaion_pipeline.stages import pipeline
+    from relaion_pipeline.validation import checks
 
     pipeline.build_blocklist(settings)
     pipeline.compute_removals(settings, "good-1")

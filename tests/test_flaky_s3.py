@@ -16,13 +16,15 @@ import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
 
-from relaion_pipeline import demo
+from relaion_pipeline.demo_data import demo
 
 NAMES = ["joined/part-00000", "plain/part-00001"]
 WORKER = f"""
 import sys
-from relaion_pipeline import checks, pipeline, release
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.publishing import release
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
+from relaion_pipeline.core.settings import Settings
 settings = Settings.layout(sys.argv[1], sys.argv[2])
 pipeline.build_blocklist(settings)
 for name in {NAMES!r}:
@@ -187,7 +189,7 @@ def test_a_server_that_keeps_failing_stops_the_run_clearly(moto, tmp_path):
 
     assert done.returncode != 0
     last = done.stderr.decode().strip().splitlines()[-1]
-    assert last.startswith("relaion_pipeline.storage.StorageError: s3://broken/input/blocklists:"), last
+    assert last.startswith("relaion_pipeline.core.storage.StorageError: s3://broken/input/blocklists:"), last
     assert "the storage server kept failing after retries" in last
     assert "relaion-test-secret" not in done.stderr.decode()
     fs = s3fs.S3FileSystem(use_listings_cache=False)
@@ -200,8 +202,8 @@ def test_duckdb_asks_about_an_input_once_and_about_a_work_file_at_every_open(mot
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from relaion_pipeline import matching
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
+    from relaion_pipeline.match import matching
 
     (tmp_path / "in" / "shards").mkdir(parents=True)
     pq.write_table(pa.table({"x": list(range(5000))}), tmp_path / "in" / "shards" / "s.parquet", row_group_size=1000)

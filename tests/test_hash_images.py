@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.runner import run_all
-from relaion_pipeline import demo_images, images, pipeline
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo_images
+from relaion_pipeline.match import images
+from relaion_pipeline.stages import pipeline
 
 ROWS = 30
 

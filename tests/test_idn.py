@@ -14,8 +14,12 @@ import pytest
 from conftest import written
 
 from assets.runner import run_all
-from relaion_pipeline import canonical_kernel, cli, index, matching, schemas, urls, variants
-from relaion_pipeline.settings import Settings
+from relaion_pipeline import cli
+from relaion_pipeline.canonical import canonical_kernel, url_sql, urls
+from relaion_pipeline.core import schemas
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.match import index, matching
+from relaion_pipeline.stages import variants
 
 # (URL, the IDNA form of its canonical host; None: the host has one form, its percent-encoded one)
 UNICODE_HOSTS = [
@@ -77,7 +81,7 @@ def _table_urls() -> list[str]:
 def test_sql_expressions_agree_with_reference_on_unicode_hosts():
     con = matching.connect()
     values = _table_urls()
-    sql = matching.lookup_expressions_sql(con, values)
+    sql = url_sql.lookup_expressions_sql(con, values)
     for i, url in enumerate(values):
         assert sql[i] == set(urls.scoped_expressions(url)), url
 

@@ -14,8 +14,11 @@ from conftest import sensor_requests
 from assets.definitions import build_definitions
 from assets.partitions import shard_partitions
 from assets.runner import instance_for
-from relaion_pipeline import checks, incremental, pipeline, release, status
-from relaion_pipeline.settings import Settings
+from relaion_pipeline import incremental, status
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.publishing import release
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 SHARED = "http://shared.example.com/common/a.jpg"
 ONLY_IN = {"one": "http://only-one.example.org/pics/x.jpg", "two": "http://only-two.example.org/y.png"}

@@ -10,8 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BLOCKED_URL, removed_keys, written
 
-from relaion_pipeline import cache, checks, index, matching, pipeline
-from relaion_pipeline.checks import RESEARCH_NO_MATCH
+from relaion_pipeline.core import cache
+from relaion_pipeline.match import index, matching
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
+from relaion_pipeline.validation.checks import RESEARCH_NO_MATCH
 
 ROWS = [
     ("http://fine.example/a.jpg", "a bicycle", 0.1),
@@ -181,8 +184,8 @@ def test_the_research_check_reads_the_rows_removals_found_only_for_the_same_inde
 def test_candidate_rows_taken_by_their_row_numbers_or_by_a_join_give_the_planted_removals(tmp_path, monkeypatch, by):
     """Up to FEW_CANDIDATES candidate rows are filtered by row number inside the shard's scan, more by a join
     with them: both find every planted row of every kind, and nothing else."""
-    from relaion_pipeline import demo
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
+    from relaion_pipeline.demo_data import demo
 
     planted = demo.generate(tmp_path / "in", shards=2, rows=400, seed=8)
     if by == "join":
@@ -208,8 +211,8 @@ def test_the_research_check_reads_the_image_hits_removals_found_only_for_the_sam
     the index; a rerun with the same list and the research check read them instead of joining the sidecar with
     the list again. For a list version removals has not run with, the check joins them itself, finds the row
     that version matches, and keeps nothing."""
-    from relaion_pipeline import demo
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
+    from relaion_pipeline.demo_data import demo
 
     planted = demo.generate(tmp_path / "in", shards=1, rows=500, seed=5)
     settings = Settings.layout(tmp_path / "in", tmp_path / "out")

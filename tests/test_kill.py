@@ -15,14 +15,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import demo, release
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.publishing import release
 
 SHARDS = ["joined/part-00000", "plain/part-00001"]
 WORKER = f"""
 import sys
-from relaion_pipeline import checks, pipeline, release
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.publishing import release
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
+from relaion_pipeline.core.settings import Settings
 inputs, outputs, what = sys.argv[1:4]
 settings = Settings.layout(inputs, outputs)
 names = {SHARDS!r}
@@ -176,7 +179,7 @@ def test_two_runs_of_one_partition_at_once_do_not_corrupt_it(inputs, tmp_path):
     for folder in ("removals", "research", "research-safe"):
         assert _digests(outputs / "work" / folder) == _digests(reference / "work" / folder), folder
     settings = Settings.layout(inputs / "in", outputs)
-    from relaion_pipeline import pipeline
+    from relaion_pipeline.stages import pipeline
 
     for name in SHARDS:
         research = pipeline.read_stats(settings, "research", name)

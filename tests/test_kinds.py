@@ -1,4 +1,4 @@
-"""The list kinds are declared once (relaion_pipeline/kinds.py): each kind's values are validated as declared,
+"""The list kinds are declared once (relaion_pipeline/lists/kinds.py): each kind's values are validated as declared,
 its entries are matched and labelled as declared, and no other module spells a kind's name."""
 
 import ast
@@ -12,10 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import blocklists, cache, index, kinds, matching, near_matching, pipeline, schemas
-from relaion_pipeline.blocklists import BlocklistError
-from relaion_pipeline.kinds import Kind, Match
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import cache, schemas
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.lists import blocklists, kinds
+from relaion_pipeline.lists.blocklists import BlocklistError
+from relaion_pipeline.lists.kinds import Kind, Match
+from relaion_pipeline.match import index, matching, near_matching
+from relaion_pipeline.stages import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,7 +218,7 @@ def _code(artifact: cache.Artifact) -> str:
 
 def test_a_changed_declaration_makes_what_reads_it_again_and_nothing_else(monkeypatch):
     """A kind's name no longer stands in the code that matches it, so the digest of that code (which keys every
-    cached artifact, relaion_pipeline/cache.py) must take the declaration instead."""
+    cached artifact, relaion_pipeline/core/cache.py) must take the declaration instead."""
     before = {a.name: _code(a) for a in cache.ARTIFACTS}
     monkeypatch.setattr(near_matching, "PDQ", dataclasses.replace(kinds.PDQ, label="image-near-2"))
     assert _code(cache.NEAR_MATCHES) != before[cache.NEAR_MATCHES.name]
@@ -232,7 +235,7 @@ def test_a_changed_declaration_makes_what_reads_it_again_and_nothing_else(monkey
 
 # Strings that are a kind's name but mean something else, each with why: (file, string).
 NOT_A_KIND = {
-    ("relaion_pipeline/images.py", "url_sha256"),  # the image store's column: sha256 of the URL as downloaded
+    ("relaion_pipeline/match/images.py", "url_sha256"),  # the image store's column: sha256 of the URL as downloaded
 }
 
 
@@ -286,12 +289,14 @@ def test_no_module_spells_a_kind_name_outside_the_registry():
     offences, allowed = [], set()
     for path in files:
         relative = path.relative_to(ROOT).as_posix()
-        if relative == "relaion_pipeline/kinds.py":
+        if relative == "relaion_pipeline/lists/kinds.py":
             continue
         for line, name, text in kind_literals(path.read_text(encoding="utf-8")):
             if (relative, text) in NOT_A_KIND:
                 allowed.add((relative, text))
             else:
-                offences.append(f"{relative}:{line}: kind {name!r} spelled in {text!r}: use relaion_pipeline.kinds")
+                offences.append(
+                    f"{relative}:{line}: kind {name!r} spelled in {text!r}: use relaion_pipeline.lists.kinds"
+                )
     assert not offences, "\n".join(offences)
     assert allowed == NOT_A_KIND  # an exception that no longer applies is removed

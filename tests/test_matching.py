@@ -7,8 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import blocklists, matching, schemas
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import schemas
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.lists import blocklists
+from relaion_pipeline.match import matching
 
 
 def sha(text):
@@ -187,7 +189,7 @@ def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
     node and the default memory limit would follow them."""
     import os
 
-    from relaion_pipeline.settings import available_cpus
+    from relaion_pipeline.core.settings import available_cpus
 
     mine = len(os.sched_getaffinity(0))
     assert available_cpus(str(tmp_path)) == mine, "no cgroup file: the CPU affinity"
@@ -207,7 +209,7 @@ def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
 def test_default_memory_limit_stays_within_half_a_pods_memory_limit(tmp_path):
     """On a node with many CPUs and no CPU quota, 128MB a thread could exceed a pod's memory: the default
     never takes more than half of a cgroup v2 `memory.max`."""
-    from relaion_pipeline.settings import memory_cap
+    from relaion_pipeline.core.settings import memory_cap
 
     settings = Settings()
     assert memory_cap(str(tmp_path)) is None and settings.memory_limit(64, str(tmp_path)) == "8192MB"

@@ -14,8 +14,10 @@ import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
 
-from relaion_pipeline import demo_images, release, storage
 from relaion_pipeline.cli import main
+from relaion_pipeline.core import storage
+from relaion_pipeline.demo_data import demo_images
+from relaion_pipeline.publishing import release
 
 BLOCKED = "blocked.example.org"  # listed for the run: every row on it is removed
 LATE = "late.example.org"  # listed only in the lists given to `verify` afterwards

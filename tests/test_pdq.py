@@ -11,9 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import written
 
-from relaion_pipeline import blocklists, checks, demo_images, images, incremental, pdq, pdq_index, pipeline
-from relaion_pipeline.pdq_index import PdqIndex
-from relaion_pipeline.settings import Settings
+from relaion_pipeline import incremental
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo_images
+from relaion_pipeline.lists import blocklists, pdq
+from relaion_pipeline.match import images, pdq_index
+from relaion_pipeline.match.pdq_index import PdqIndex
+from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 
 def _flip(hex_hash: str, bits, rng) -> str:
@@ -257,7 +262,7 @@ def test_a_new_pdq_entry_touches_only_the_shard_with_an_image_near_it(pdq_shard)
 
 def _removals_twice(settings):
     """The shard's removals (as rows) and how near matching found them; then again with nothing remembered."""
-    from relaion_pipeline import cache
+    from relaion_pipeline.core import cache
 
     work = pipeline.Work(settings.work)
     how = pipeline.compute_removals(settings, "s")["near_matching"]
@@ -380,7 +385,7 @@ def test_the_audit_sample_spreads_over_the_whole_sidecar_and_is_repeatable(tmp_p
     """The research check's PDQ audit draws every k-th sidecar row from a seeded start: up to `sample` rows
     from the first to the last part of the file, the same ones for the same seed, and only matchable hashes
     (64 characters, quality 50+ or unknown) whose key is a row key of the shard."""
-    from relaion_pipeline import matching, near_matching
+    from relaion_pipeline.match import matching, near_matching
 
     rng = np.random.default_rng(11)
     n = 10_000

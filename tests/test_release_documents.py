@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.runner import run_all
-from relaion_pipeline import demo, release
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.publishing import release
 
 
 def _run(root: Path, **overrides) -> Path:
@@ -106,7 +107,7 @@ def test_removal_list_holds_laion_hashes_of_every_row_missing_from_research_safe
 
 @pytest.mark.parametrize("by", ["removal-list", "difference"])
 def test_clean_turns_an_old_copy_into_research_safe(listed, tmp_path, by):
-    from relaion_pipeline import clean
+    from relaion_pipeline.publishing import clean
 
     root, published = listed
     result = clean.clean(str(root / "releases"), str(root / "in" / "shards"), str(tmp_path / "cleaned"), by=by,
@@ -123,7 +124,7 @@ def test_clean_turns_an_old_copy_into_research_safe(listed, tmp_path, by):
 
 
 def test_clean_by_removal_list_explains_when_the_list_is_withheld(withheld, tmp_path):
-    from relaion_pipeline import clean
+    from relaion_pipeline.publishing import clean
 
     root, _ = withheld
     with pytest.raises(

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BLOCKED_URL
 
-from relaion_pipeline import manifest as manifests
 from relaion_pipeline.cli import main
+from relaion_pipeline.publishing import manifest as manifests
 
 ROWS = [(f"http://fine.example/{i}.jpg", f"a picture {i}", (i % 10) / 10) for i in range(200)] + [
     (BLOCKED_URL, "secret caption", 0.1)
@@ -488,7 +488,7 @@ def test_the_release_job_never_publishes_shards_made_with_other_settings(space, 
     import dagster as dg
 
     from assets.definitions import build_definitions
-    from relaion_pipeline.settings import Settings
+    from relaion_pipeline.core.settings import Settings
 
     assert space.run() == 0  # the copied workspace's files are new files: matched again
     before = space.latest

@@ -10,9 +10,10 @@ from conftest import sensor_requests
 
 from assets.definitions import build_definitions
 from assets.runner import instance_for, run_all
-from relaion_pipeline import demo, pipeline
-from relaion_pipeline.release import plan
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.publishing.release import plan
+from relaion_pipeline.stages import pipeline
 
 
 def _outputs(settings: Settings) -> dict[str, tuple[bytes, int]]:

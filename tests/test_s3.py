@@ -11,8 +11,10 @@ from conftest import written
 from moto.server import ThreadedMotoServer
 
 from assets.runner import run_all
-from relaion_pipeline import demo, release, shards, storage
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import shards, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.publishing import release
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_missing_bucket_is_a_clear_error(s3):
 
 
 def test_clean_and_verify_work_on_the_bucket(bucket_run, s3):
-    from relaion_pipeline import clean
+    from relaion_pipeline.publishing import clean
 
     settings = bucket_run[2]
     manifest, problems = release.verify(settings.release, blocklist_location=settings.blocklists)
@@ -235,7 +237,8 @@ def test_s3_settings_can_come_from_the_dagster_resource_and_never_reach_the_logs
 
 
 def test_hash_images_reads_downloads_from_a_bucket_and_writes_sidecars_there(s3, tmp_path):
-    from relaion_pipeline import demo_images, images
+    from relaion_pipeline.demo_data import demo_images
+    from relaion_pipeline.match import images
 
     urls = [f"http://pics{i}.example.org/{i}.jpg" for i in range(12)]
     files = [demo_images.encode(demo_images.picture(i)) for i in range(12)]

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.runner import run_all
-from relaion_pipeline import demo, release
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.publishing import release
 
 
 @pytest.fixture(scope="module")

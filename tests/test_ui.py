@@ -32,7 +32,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from relaion_pipeline import demo, pipeline
+from relaion_pipeline.demo_data import demo
+from relaion_pipeline.stages import pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import canonical_kernel, index, matching, schemas, urls
+from relaion_pipeline.canonical import canonical_kernel, url_sql, urls
+from relaion_pipeline.core import schemas
+from relaion_pipeline.match import index, matching
 
 # --------------------------------------------------------------------------------------------------------------
 # 1. Canonicalization vectors from Google's Safe Browsing "URLs and Hashing" document.
@@ -597,7 +599,7 @@ def fast_flags(con, url_values: list[str | None]) -> list[bool]:
     try:
         rows = con.sql(
             "WITH src AS (SELECT row_number, CAST(row_number AS VARCHAR) AS row_key, url FROM test_urls_fast),"
-            f"{matching.canonical_parts_sql('src')} SELECT row_number, fast FROM classified"
+            f"{url_sql.canonical_parts_sql('src')} SELECT row_number, fast FROM classified"
         ).fetchall()
     finally:
         con.unregister("test_urls_fast")
@@ -629,7 +631,7 @@ def test_generated_urls_cover_both_paths(con, generated):
 
 
 def test_sql_expressions_agree_with_reference(con, generated):
-    sql = matching.lookup_expressions_sql(con, generated)
+    sql = url_sql.lookup_expressions_sql(con, generated)
     flags = fast_flags(con, generated)
     mismatches = []
     for i, url in enumerate(generated):
@@ -645,7 +647,7 @@ def test_sql_expressions_agree_with_reference(con, generated):
 
 
 def test_sql_expressions_agree_on_almost_fast_urls(con):
-    sql = matching.lookup_expressions_sql(con, ALMOST_FAST)
+    sql = url_sql.lookup_expressions_sql(con, ALMOST_FAST)
     mismatches = [
         (u, sorted(reference_scoped(u)), sorted(sql[i]))
         for i, u in enumerate(ALMOST_FAST)
@@ -661,7 +663,7 @@ def test_sql_expressions_agree_on_spec_and_edge_vectors(con):
         "http://1.2.3.4/1/",
     ]
     values += ["http://a.b.c.d.e.f.g.h/1/2/3/4/5/6/7.html?x=1&y=2", "http://x.a.b/d/p.jpg?k=v", "http://x.a.b/?q"]
-    sql = matching.lookup_expressions_sql(con, values)
+    sql = url_sql.lookup_expressions_sql(con, values)
     for i, url in enumerate(values):
         assert sql[i] == reference_scoped(url), url
 
@@ -678,7 +680,7 @@ def test_expression_hashes_agree(con, generated):
     try:
         rows = con.sql(
             "WITH src AS (SELECT row_number, CAST(row_number AS VARCHAR) AS row_key, url FROM test_urls_hash),"
-            f"{matching.canonical_parts_sql('src')}, {matching.EXPRESSIONS_SQL} "
+            f"{url_sql.canonical_parts_sql('src')}, {url_sql.EXPRESSIONS_SQL} "
             "SELECT row_number, expression, sha256(expression), md5(expression) FROM expressions"
         ).fetchall()
     finally:

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from relaion_pipeline import schemas, variants
-from relaion_pipeline.settings import Settings
+from relaion_pipeline.core import schemas
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.stages import variants
 
 ROWS = 150_000  # more than two read batches
 NONE = np.zeros(0, np.int64)  # no removed rows: research is the shard
@@ -179,7 +180,8 @@ def _release_held():
 @pytest.fixture
 def matched(tmp_path):
     """A generated shard matched against its lists: (settings, shard name, work folders)."""
-    from relaion_pipeline import demo, pipeline
+    from relaion_pipeline.demo_data import demo
+    from relaion_pipeline.stages import pipeline
 
     demo.generate(tmp_path / "in", shards=1, rows=3_000, seed=3)
     settings = Settings.layout(tmp_path / "in", tmp_path / "out")
@@ -190,7 +192,7 @@ def matched(tmp_path):
 
 
 def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_and_its_rule_hold(matched, tmp_path):
-    from relaion_pipeline import pipeline
+    from relaion_pipeline.stages import pipeline
 
     settings, name, work = matched
 
@@ -225,7 +227,7 @@ def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_a
 def test_research_safe_written_alone_refuses_removals_newer_than_research(matched):
     """Written alone, research-safe comes from the shard and its removals: only while those are the ones
     research was written from, so that it stays research minus its unsafe rows."""
-    from relaion_pipeline import pipeline
+    from relaion_pipeline.stages import pipeline
 
     settings, name, work = matched
     pipeline.write_research(settings, name)

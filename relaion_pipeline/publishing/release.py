@@ -1,0 +1,283 @@
+"""Releases: assemble the shards that passed their checks into a versioned, verifiable release.
+
+Layout under the release location:
+
+    <release>/<version>/manifest.json
+    <release>/<version>/research/<shard>.parquet
+    <release>/<version>/research-safe/<shard>.parquet
+    <release>/latest                      (the version a reader should use)
+
+The version is a digest of what the release holds (`manifest`), so publishing the same inputs twice gives the
+same version and writes nothing new. A release is assembled under a temporary folder, its manifest written last,
+then the folder is renamed into place and `latest` replaced: a reader never sees a partial release.
+
+`latest` never gets worse: a release with no shard is never published, nor one that drops a shard of the
+release `latest` names because that shard failed or is held back (unless the operator sets
+`allow_partial_release`). Checking a published release is `verification`'s job.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from relaion_pipeline import status
+from relaion_pipeline.core import shard_lock, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.lists import blocklists
+from relaion_pipeline.publishing import manifest as manifests
+from relaion_pipeline.publishing import report
+from relaion_pipeline.publishing.manifest import ReleaseError
+from relaion_pipeline.publishing.verification import resolve, verify  # noqa: F401  (where callers have always found them)
+from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE, Work
+
+VARIANTS = (RESEARCH, RESEARCH_SAFE)
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout."""
+    try:
+        version = metadata.version("relaion-pipeline")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
+    """Which shards can be published (with their stats) and which are held back (with the reason), as
+    `status` says."""
+    ready, held_back = {}, {}
+    for found in status.of_shards(settings, shard_names):
+        if found.publishable:
+            chain = found.chain
+            ready[found.name] = {
+                "removals": chain.removals,
+                RESEARCH: chain.research,
+                RESEARCH_SAFE: chain.research_safe,
+            }
+        else:
+            held_back[found.name] = found.reason
+    return ready, held_back
+
+
+def _settings(settings: Settings) -> dict:
+    """Every setting that shapes a release besides its thresholds: part of the content, so of the version."""
+    return {
+        "license": settings.license,
+        "removal_list_max_match_share": settings.removal_list_max_match_share,
+        "allow_partial_release": settings.allow_partial_release,
+        "skip_image_matching": settings.skip_image_matching,
+    }
+
+
+def _content(settings: Settings, ready: dict, held_back: dict, left: dict, blocklist_version: str) -> dict:
+    """What a release holds and how it was made, before its documents are added (they are made from it)."""
+    shards = {}
+    for name, stats in ready.items():
+        removals = stats["removals"]
+        shards[name] = {
+            "rows_in": removals["rows_in"],
+            "rows_removed": removals["rows_removed"],
+            "removed_by_kind": removals["removed_by_kind"],
+            "files": {
+                variant: {
+                    "path": f"{variant}/{name}.parquet",
+                    "rows": stats[variant]["rows_out"],
+                    "bytes": stats[variant]["bytes"],
+                    "sha256": stats[variant]["sha256"],
+                }
+                for variant in VARIANTS
+            },
+        }
+    return {
+        "format": manifests.FORMAT,
+        "blocklist_version": blocklist_version,
+        "thresholds": {
+            "research_threshold": settings.research_threshold,
+            "safe_threshold": settings.safe_threshold,
+            "unsafe_tags": settings.unsafe_tag_values,
+            "missing_score": settings.missing_score,
+        },
+        "settings": _settings(settings),
+        "code_version": code_version(),
+        "shards": shards,
+        "held_back": held_back,
+        "left": left,
+        "totals": manifests.totals(shards, held_back),
+    }
+
+
+def previous(location: str) -> dict | None:
+    """The manifest of the release `latest` names now (None when there is no `latest`): what a new release
+    replaces. A `latest` or manifest that cannot be read stops the release, naming the file."""
+    try:
+        version = manifests.read_latest(location)
+        return None if version is None else manifests.read(storage.join(location, version))
+    except manifests.ManifestError as error:
+        raise ReleaseError(
+            f"{error}; fix or remove it, then run again (the release it names is what a new one replaces)"
+        ) from None
+
+
+def preflight(settings: Settings) -> None:
+    """Fail before any work on what would stop the release at its end: a release location that cannot hold
+    releases (a file, or a `latest` that cannot be read). (The keyword file every shard's removals need is
+    read before it, `pipeline.removal_rules`.)"""
+    check_location(settings.release)
+
+
+def check_location(location: str) -> None:
+    """Fail before any work when `location` cannot hold releases: a file, or a `latest` that cannot be read."""
+    fs, path = storage.filesystem(location)
+    with storage.reaching(location):
+        if fs.exists(path) and not fs.isdir(path):
+            raise ReleaseError(
+                f"release location {location} (--release, RELAION_RELEASE) is a file; expected a folder of"
+                " releases, or a location that does not exist yet"
+            )
+    previous(location)
+
+
+def _refusal(settings: Settings, ready: dict, held_back: dict, last: dict | None) -> str:
+    """Why this release must not be published (empty when it may): it would hold no shard, or it would replace
+    a release that held shards of the input which are now held back, without the operator asking for that."""
+    reasons = "; ".join(f"{name}: {why}" for name, why in sorted(held_back.items()))
+    if not ready:
+        where = (
+            f"none of the {len(held_back)} shards of {settings.shards} passed ({reasons})"
+            if held_back
+            else (f"{settings.shards} holds no shard")
+        )
+        kept = f"; latest stays at {last['version']}" if last else ""
+        return f"no release published: a release with no shards is never published, and {where}{kept}"
+    if settings.allow_partial_release or last is None:
+        return ""
+    lost = {name: why for name, why in sorted(held_back.items()) if name in last.get("shards", {})}
+    if not lost:
+        return ""
+    named = "; ".join(f"{name}: {why}" for name, why in lost.items())
+    return (
+        f"no release published: {len(lost)} shard(s) of release {last['version']} failed or are held back ({named});"
+        f" latest stays at {last['version']}. Fix them and run again, or publish without them with"
+        " --allow-partial-release (RELAION_ALLOW_PARTIAL_RELEASE=1)"
+    )
+
+
+def _same(content: dict, last: dict | None) -> bool:
+    """True when `last` is the release `content` would make, apart from which shards left since (a rerun after a
+    shard left must not make a new release that only forgets that it left)."""
+    if last is None or last.get("format") != content["format"]:
+        return False
+    ignore = ("version", "created", "documents", "removal_list", "left")
+    return {k: v for k, v in last.items() if k not in ignore} == {k: v for k, v in content.items() if k != "left"}
+
+
+def _clear_leftovers(location: str) -> None:
+    """Remove what publishes killed midway left in the release location (`.tmp-*`: staging folders and partial
+    files). Called holding the release lock, so no living publish of this work location owns them."""
+    if not storage.is_local(location) or not os.path.isdir(location):
+        return
+    for entry in os.scandir(location):
+        if entry.name.startswith(".tmp-"):
+            try:
+                shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+            except OSError:
+                pass  # a read-only location: nothing can be left there by this run either
+
+
+def publish(settings: Settings, shard_names: list[str]) -> dict:
+    """Publish the shards of `shard_names` (the shards in the input) that passed their checks; return the
+    manifest. Refuses (ReleaseError, `latest` untouched) a release with no shard, or one that would drop a shard
+    the current release holds because it failed or is held back, unless `allow_partial_release`. Shards of the
+    current release that are no longer in the input are recorded as `left`.
+
+    Locally the release is assembled in a hidden folder and renamed into place; on an object store its files
+    are written under the version prefix and it becomes visible when `manifest.json` (written last) exists.
+    `latest` is replaced after that, and only when it names another version.
+    """
+    started = time.perf_counter()
+    with shard_lock.holding(settings.work, f"release {settings.release}"):
+        _clear_leftovers(settings.release)
+        manifest = _publish(settings, shard_names)
+    final = storage.join(settings.release, manifest["version"])
+    return manifest | {"path": final, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _publish(settings: Settings, shard_names: list[str]) -> dict:
+    work = Work(settings.work)
+    blocklist_version, _ = blocklists.read_current(work.blocklist_dir)
+    last = previous(settings.release)
+    ready, held_back = plan(settings, shard_names)
+    refusal = _refusal(settings, ready, held_back, last)
+    if refusal:
+        raise ReleaseError(refusal)
+    present = set(shard_names)
+    left = {
+        name: f"no longer in the input; published in release {last['version']}"
+        for name in sorted(last.get("shards", {}) if last else ())
+        if name not in present
+    }
+    content = _content(settings, ready, held_back, left, blocklist_version)
+    if _same(content, last):
+        return last  # the release `latest` names is this one: nothing to write
+    docs, removal_info = report.documents(settings, content, ready)
+    listed = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in docs.items()}
+    manifest = manifests.seal(content | {"documents": listed, "removal_list": removal_info})
+    try:
+        final = storage.join(settings.release, manifest["version"])
+        if not storage.exists(storage.join(final, "manifest.json")):
+            _assemble(settings, manifest, ready, docs)
+        if last is None or last["version"] != manifest["version"]:
+            storage.write_text_atomic(manifest["version"] + "\n", storage.join(settings.release, "latest"))
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise ReleaseError(
+            f"release location {settings.release}: cannot write ({error.strerror or error}); expected a folder"
+            " this process may write to (--release, RELAION_RELEASE)"
+        ) from None
+    return manifest
+
+
+def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, bytes]) -> None:
+    """Write the release's files and, last, its manifest under its version (through a hidden staging folder
+    renamed into place, locally)."""
+    work = Work(settings.work)
+    final = storage.join(settings.release, manifest["version"])
+    local = storage.is_local(settings.release)
+    staging = storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
+    try:
+        for name in ready:
+            for variant in VARIANTS:
+                storage.copy(work.variant(variant, name), storage.join(staging, variant, f"{name}.parquet"))
+        for name, entry in manifest["shards"].items():  # the work files may have changed while copying
+            for variant, file in entry["files"].items():
+                _, digest = storage.size_and_sha256(storage.join(staging, file["path"]))
+                if digest != file["sha256"]:
+                    raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
+        for doc_name, data in docs.items():
+            storage.write_bytes_atomic(data, storage.join(staging, doc_name))
+        stamped = manifest | {"created": datetime.now(UTC).isoformat(timespec="seconds")}
+        storage.write_json_atomic(stamped, storage.join(staging, "manifest.json"))
+        if local:
+            if os.path.exists(final):  # an earlier attempt died before its manifest: replace it
+                shutil.rmtree(final)
+            os.replace(staging, final)
+    finally:
+        if local and os.path.exists(staging):
+            shutil.rmtree(staging)

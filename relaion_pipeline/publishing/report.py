@@ -1,0 +1,211 @@
+"""What a release tells the world besides its shards: a dataset card, a transparency report, a removal list.
+
+None of them holds a URL, a caption, or which row matched which list. The transparency report only counts
+(by source, category, kind and shard). The removal list names the row keys a holder of an old copy must drop to
+get research-safe, without reasons; following LAION's practice it is published only when the rows that matched
+a list are a small share of it (default at most 1%), so that a listed key does not reveal a match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from relaion_pipeline.core import row_hashes, shards, storage
+from relaion_pipeline.core.settings import Settings
+from relaion_pipeline.publishing import plots
+from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE, Work
+
+REMOVAL_LIST = "removal-list.parquet"
+
+
+def transparency(manifest: dict, ready: dict) -> dict:
+    """Counts of removed rows by source, category, kind and shard; rows dropped from research-safe. It does not
+    name the release's version: the version is a digest of the manifest, which lists this report's sha256."""
+    by = {"source": Counter(), "category": Counter(), "kind": Counter()}
+    per_shard = {}
+    for name, stats in ready.items():
+        removals = stats["removals"]
+        for key in by:
+            by[key].update(removals[f"removed_by_{key}"])
+        per_shard[name] = {
+            "rows_in": removals["rows_in"],
+            "rows_removed": removals["rows_removed"],
+            "rows_dropped_unsafe": stats[RESEARCH_SAFE]["rows_dropped_unsafe"],
+            "rows_research": stats[RESEARCH]["rows_out"],
+            "rows_research_safe": stats[RESEARCH_SAFE]["rows_out"],
+        }
+    return {
+        "blocklist_version": manifest["blocklist_version"],
+        "thresholds": manifest["thresholds"],
+        "removed_rows_by_source": dict(sorted(by["source"].items())),
+        "removed_rows_by_category": dict(sorted(by["category"].items())),
+        "removed_rows_by_kind": dict(sorted(by["kind"].items())),
+        "shards": per_shard,
+        "held_back": manifest["held_back"],
+        "left": manifest["left"],
+        "allow_partial_release": manifest["settings"]["allow_partial_release"],
+        "totals": manifest["totals"],
+    }
+
+
+def _table(title: str, counts: dict) -> str:
+    rows = "\n".join(f"| {key} | {value:,} |" for key, value in counts.items()) or "| (none) | 0 |"
+    return f"| {title} | rows |\n|---|---:|\n{rows}\n"
+
+
+def transparency_markdown(report: dict) -> str:
+    totals = report["totals"]
+    shard_rows = "\n".join(
+        f"| {name} | {s['rows_in']:,} | {s['rows_removed']:,} | {s['rows_dropped_unsafe']:,} | "
+        f"{s['rows_research']:,} | {s['rows_research_safe']:,} |"
+        for name, s in report["shards"].items()
+    )
+    held = "\n".join(f"- `{name}`: {why}" for name, why in report["held_back"].items()) or "none"
+    left = "\n".join(f"- `{name}`: {why}" for name, why in report["left"].items()) or "none"
+    return f"""# Transparency report
+
+The release whose `manifest.json` lists this file's sha256.
+
+Blocklist version `{report["blocklist_version"]}`. Counts only: no URL, caption or row key of a removed row.
+A row matching several lists is counted once per source, category and kind.
+
+{totals["rows_in"]:,} rows in {totals["shards"]} shards; {totals["rows_removed"]:,} removed from research;
+{totals["rows_research"]:,} rows in research, {totals["rows_research_safe"]:,} in research-safe.
+
+## Removed rows by source
+{_table("source", report["removed_rows_by_source"])}
+## Removed rows by category
+{_table("category", report["removed_rows_by_category"])}
+## Removed rows by kind
+{_table("kind", report["removed_rows_by_kind"])}
+## Per shard
+| shard | rows in | removed | unsafe (research-safe only) | research | research-safe |
+|---|---:|---:|---:|---:|---:|
+{shard_rows}
+
+![Removals per shard](removals-per-shard.png)
+
+## Held back
+{held}
+
+## Left since the previous release
+{left}
+"""
+
+
+def _changes(manifest: dict) -> str:
+    """What the card says about shards this release does not hold: held back (and whether the operator asked
+    to publish without them) and left since the previous release."""
+    lines = []
+    if manifest["held_back"]:
+        asked = (
+            " The operator asked to publish without them (allow_partial_release)."
+            if manifest["settings"]["allow_partial_release"]
+            else ""
+        )
+        names = ", ".join(f"`{name}`" for name in manifest["held_back"])
+        lines.append(f"Held back (failed or not current; see `transparency.md`): {names}.{asked}")
+    if manifest["settings"]["skip_image_matching"]:
+        lines.append("Shards without an image-hash sidecar were matched by URL only (skip_image_matching).")
+    if manifest["left"]:
+        names = ", ".join(f"`{name}`" for name in manifest["left"])
+        lines.append(f"No longer in the input since the previous release: {names}.")
+    return "\n\n" + "\n\n".join(lines) if lines else ""
+
+
+def dataset_card(manifest: dict, settings: Settings, removal_list: dict) -> str:
+    """The Hugging Face dataset card. It does not name the release's version: the version is a digest of the
+    manifest, which lists this card's sha256."""
+    totals = manifest["totals"]
+    removal = (
+        f"`{REMOVAL_LIST}` lists the `hash` (mmh3 of url + text, as in LAION-5B) of every row a copy must drop "
+        "to become research-safe."
+        if removal_list["published"]
+        else f"The removal list is withheld: {removal_list['reason']}"
+    )
+    return f"""---
+license: {settings.license}
+pretty_name: Re-LAION release (blocklist {manifest["blocklist_version"]})
+tags:
+- image-text
+- laion
+configs:
+- config_name: research
+  data_files: "research/**/*.parquet"
+- config_name: research-safe
+  data_files: "research-safe/**/*.parquet"
+dataset_info:
+- config_name: research
+  splits:
+  - name: train
+    num_examples: {totals["rows_research"]}
+- config_name: research-safe
+  splits:
+  - name: train
+    num_examples: {totals["rows_research_safe"]}
+---
+
+# Re-LAION release
+
+Image-text metadata (URLs, captions, scores; no images), cleaned against hash lists from child-protection
+partners (blocklist version `{manifest["blocklist_version"]}`) by relaion-pipeline {manifest["code_version"]}.
+
+- **research**: every row that matched a partner list removed, and rows with punsafe above
+  {settings.research_threshold} whose caption hits the child-safety keyword list ({totals["rows_research"]:,} rows).
+- **research-safe**: research minus rows with punsafe above {settings.safe_threshold}
+  ({totals["rows_research_safe"]:,} rows).
+
+Each shard keeps exactly the columns and types of the original, so it replaces it file for file.
+`manifest.json` holds the row count and sha256 of every file: check a download with `relaion verify`.
+`transparency.md` counts removals by source, category and shard. {removal}
+
+Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>`.{_changes(manifest)}
+"""
+
+
+def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
+    """Row hashes to drop for research-safe, and whether they may be published (list matches <= max share)."""
+    work = Work(settings.work)
+    hashes, matched = [], 0
+    for name in ready:
+        removed = work.removed_rows(name)
+        unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
+        matched += int(removed.size)
+        rows = np.union1d(removed, unsafe)
+        hashes.append(row_hashes.of_rows(shards.resolve(settings.shards, name).path, rows))
+    values = np.unique(np.concatenate(hashes)) if hashes else np.array([], dtype=np.int64)
+    share = matched / values.size if values.size else 0.0
+    published = share <= settings.removal_list_max_match_share
+    info = {
+        "published": published,
+        "keys": int(values.size),
+        "reason": ""
+        if published
+        else (
+            f"rows matching a list would be {share:.1%} of its keys, above the "
+            f"{settings.removal_list_max_match_share:.1%} that keeps them hidden among neutral removals"
+        ),
+    }
+    return pa.table({"hash": pa.array(values, pa.int64())}), info
+
+
+def documents(settings: Settings, manifest: dict, ready: dict) -> tuple[dict[str, bytes], dict]:
+    """Every document of a release by file name, and what became of the removal list."""
+    table, info = removal_list(settings, ready)
+    report = transparency(manifest, ready)
+    docs = {
+        "removals-per-shard.png": plots.removals_plot(report["shards"]),
+        "README.md": dataset_card(manifest, settings, info).encode(),
+        "transparency.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+        "transparency.md": transparency_markdown(report).encode(),
+    }
+    if info["published"]:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression=storage.PARQUET_COMPRESSION)
+        docs[REMOVAL_LIST] = sink.getvalue().to_pybytes()
+    return docs, info
