@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import tarfile
 import tempfile
@@ -31,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline import matching, pdq, pipeline, shards, storage
+from relaion_pipeline import interrupts, matching, pdq, pipeline, shards, storage
 from relaion_pipeline.kinds import PDQ, SIDECAR_EXACT, by_name
 from relaion_pipeline.kinds import SIDECAR_COLUMNS as HASH_COLUMNS
 from relaion_pipeline.schemas import quote, sql_string
@@ -55,6 +56,19 @@ _EXACT = [by_name(k) for k in SIDECAR_EXACT]  # the byte hashes: md5, sha1 and s
 
 class ImagesError(ValueError):
     """Downloaded shards that cannot be hashed; the message names the file."""
+
+
+class Stopped(Exception):
+    """A worker left its tar unhashed because the command was interrupted (nothing of it was written)."""
+
+
+_stop = None  # in a worker process: the Event set when the command is interrupted
+
+
+def _start_worker(stop) -> None:
+    global _stop
+    _stop = stop
+    interrupts.ignore_in_worker()
 
 
 def pdq_of(image) -> tuple[str, int]:
@@ -148,6 +162,8 @@ def hash_tar(tar: str, out: str) -> TarResult:
     try:
         with fs.open(path, "rb") as handle:
             for key, files in _samples(handle):
+                if _stop is not None and _stop.is_set():
+                    raise Stopped(tar)
                 image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
                 if image is None:
                     continue
@@ -215,7 +231,9 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
     workers = workers or available_cpus()
     results = []
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=min(workers, len(tars))) as pool:
+    stop = multiprocessing.Event()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tars)), initializer=_start_worker, initargs=(stop,))
+    try:
         futures = {pool.submit(_hash_one, images, out, t): t for t in tars}
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
@@ -229,6 +247,11 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
                 f"[{done}/{len(tars)}] {futures[future]}: {result.images:,} images, {result.corrupt:,} corrupt,"
                 f" {result.failed_downloads:,} failed downloads, {result.without_url:,} without url ({how})"
             )
+    except BaseException:  # interrupted: the workers drop their tars unwritten, the queued ones never start
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     total = sum(r.images for r in results)
     progress(f"hashed {total:,} images from {len(tars)} tars in {time.perf_counter() - started:.1f} s")
     return sorted(results, key=lambda r: r.tar)
@@ -266,7 +289,8 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
                 images = f"({_by_url(own)})"
             else:
                 if not shared:
-                    con.execute(f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}")
+                    statement = f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}"
+                    interrupts.call(lambda statement=statement: con.execute(statement), con.interrupt)
                     shared = True
                 images = "relaion_images"
             roles = shards.roles(shard)
@@ -289,7 +313,8 @@ def _copy_atomic(con, query: str, final: str) -> int:
     """Write a query's result as parquet under `final`, visible only once complete; its row count."""
 
     def copy(target: str) -> int:
-        con.execute(f"COPY ({query}) TO {sql_string(target)} (FORMAT parquet, COMPRESSION zstd, USE_TMP_FILE false)")
+        statement = f"COPY ({query}) TO {sql_string(target)} (FORMAT parquet, COMPRESSION zstd, USE_TMP_FILE false)"
+        interrupts.call(lambda: con.execute(statement), con.interrupt)
         return pq.ParquetFile(target).metadata.num_rows
 
     if storage.is_local(final):

@@ -1,0 +1,179 @@
+"""A hostile or careless operator (issue 19's remaining cases), through the CLI as they would run it: signals in
+the middle of `clean` and `hash-images`, locations that cannot be written, a publish to S3 killed midway, two
+work locations publishing to one release location, and a `latest` or release location that is not what it
+should be. Each test asserts what the operator relies on: the command stops or fails naming the cause, nothing
+that looks complete is left, `latest` never moves to something worse, and `verify` accepts only what it proves.
+
+One run publishes a release of two shards (`good-1`, `good-2`: 200 rows each plus one listed row, the removal
+list published); each test works on its own copy of that workspace.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import BLOCKED_URL
+
+from relaion_pipeline import demo_images
+
+ROWS = [(f"http://fine.example/{i}.jpg", f"a picture {i}", (i % 10) / 10) for i in range(200)] + [
+    (BLOCKED_URL, "secret caption", 0.1)
+]
+ENV = {"RELAION_REMOVAL_LIST_MAX_MATCH_SHARE": "1.0"}  # publish the removal list
+
+
+def relaion(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "relaion_pipeline.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, **ENV, **(env or {})),
+    )  # fmt: skip
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relaion_pipeline.cli", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **ENV),
+    )  # fmt: skip
+
+
+def write_shard(path: Path, name: str, rows=ROWS) -> None:
+    urls, captions, scores = zip(*rows, strict=True)
+    table = pa.table(
+        {
+            "url": list(urls),
+            "caption": list(captions),
+            "key": [f"{name}-{i}" for i in range(len(rows))],
+            "punsafe": pa.array(scores, pa.float32()),
+        }
+    )
+    pq.write_table(table, path / f"{name}.parquet")
+
+
+class Workspace:
+    """Inputs, work and releases of one pipeline under `root`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.shards, self.lists, self.releases = root / "shards", root / "lists", root / "releases"
+        self.work = root / "work"
+
+    def layout(self, **where) -> list:
+        places = {"shards": self.shards, "blocklists": self.lists, "sidecars": self.root / "sidecars",
+                  "work": self.work, "release": self.releases} | where  # fmt: skip
+        return [item for name, place in places.items() for item in (f"--{name}", place)]
+
+    def run(self, *extra, env=None, **where) -> subprocess.CompletedProcess:
+        return relaion("run", *self.layout(**where), *extra, env=env)
+
+    @property
+    def latest(self) -> str:
+        return (self.releases / "latest").read_text().strip()
+
+    def manifest(self, version: str | None = None) -> dict:
+        return json.loads((self.releases / (version or self.latest) / "manifest.json").read_text())
+
+
+def make(root: Path, names=("good-1", "good-2")) -> Workspace:
+    space = Workspace(root)
+    space.shards.mkdir(parents=True)
+    for name in names:
+        write_shard(space.shards, name)
+    (space.lists / "iwf").mkdir(parents=True)
+    expression = BLOCKED_URL.removeprefix("http://")
+    (space.lists / "iwf" / "url_sha256.txt").write_text(hashlib.sha256(expression.encode()).hexdigest() + "\n")
+    return space
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("published")
+    ran = make(root).run()
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return root
+
+
+@pytest.fixture
+def space(published, tmp_path) -> Workspace:
+    """A copy of the published workspace (modification times kept: its shards are up to date)."""
+    shutil.copytree(published, tmp_path / "ws", symlinks=True)
+    return Workspace(tmp_path / "ws")
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files and folders of an interrupted write under `folder`."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def stop_after(process: subprocess.Popen, first_line: str, signum: int) -> tuple[str, str]:
+    """Signal `process` once it has printed a line starting with `first_line` (so it is mid-work); its output."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(first_line):
+            break
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=300)
+    return "".join(seen) + out, err
+
+
+# 1. SIGINT and SIGTERM during clean and hash-images.
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_clean_stops_it_leaving_no_shard_and_no_report(space, signum):
+    old = space.root / "old-copy"
+    old.mkdir()
+    big = [(f"http://old.example/{i}.jpg", f"an old picture {i}", 0.1) for i in range(150_000)] + ROWS
+    write_shard(old, "part-00", rows=big)
+    for n in range(1, 6):  # six shards of 150,201 rows: the clean is mid-work after its first one
+        shutil.copy(old / "part-00.parquet", old / f"part-{n:02d}.parquet")
+    output = space.root / "cleaned"
+
+    process = start("clean", "--release", space.releases, "--input", old, "--output", output)
+    out, err = stop_after(process, "[1/6]", signum)
+
+    assert process.returncode == 128 + signum, out + err
+    assert err.splitlines() == ["interrupted"]
+    assert "cleaned " not in out
+    assert not (output / "clean-report.json").exists()
+    assert not list(output.rglob("*.parquet")), "the shards it wrote are removed: nothing looks complete"
+    assert not leftovers(output)
+
+
+@pytest.fixture
+def downloads(tmp_path) -> Path:
+    """One metadata shard of 3,000 rows and its images in 12 tars (one picture, so they are quick to make)."""
+    urls = [f"http://pics{i}.example.org/photo-{i}.jpg" for i in range(3000)]
+    (tmp_path / "shards").mkdir()
+    pq.write_table(
+        pa.table({"key": [f"a-{i}" for i in range(len(urls))], "url": urls, "caption": ["a photo"] * len(urls)}),
+        tmp_path / "shards" / "a.parquet",
+    )
+    picture = demo_images.encode(demo_images.picture(1))
+    demo_images.write_downloads(tmp_path / "downloads", [(url, picture) for url in urls], per_tar=250)
+    return tmp_path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_hash_images_stops_it_leaving_no_sidecar(downloads, signum):
+    out = downloads / "sidecars"
+
+    process = start("hash-images", "--images", downloads / "downloads", "--out", out,
+                    "--shards", downloads / "shards", "--workers", 1)  # fmt: skip
+    printed, err = stop_after(process, "[1/12]", signum)
+
+    assert process.returncode == 128 + signum, printed + err
+    assert err.splitlines() == ["interrupted"], "one line, no worker's traceback"
+    assert not list(out.glob("*.parquet")), "no sidecar"
+    assert len(list((out / ".images").glob("*.json"))) < 12, "it stopped: the tars left were not hashed"
+    for record in (out / ".images").glob("*.json"):  # what a rerun reuses is whole
+        assert pq.read_table(record.with_suffix(".parquet")).num_rows == 250
+    assert not leftovers(out)
