@@ -119,6 +119,7 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
     problems = verification.file_problems(published, manifest, sorted(set(reads)))
     if problems:
         raise UnverifiedRelease(f"{published}: not used to clean: {'; '.join(problems)} (check it with relaion verify)")
+    storage.check_writable(output_location, "--output")
     report_path = storage.join(output_location, "clean-report.json")
     storage.remove(report_path)  # an older report must not vouch for this run's output
     written: list[str] = []

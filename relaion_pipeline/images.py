@@ -228,6 +228,7 @@ def _hash_one(images: str, out: str, relative: str) -> TarResult:
 def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str], None] = print) -> list[TarResult]:
     """Step 1 over every tar, `workers` processes at once (0: one per CPU the process may use)."""
     tars = discover_tars(images)
+    storage.check_writable(out, "--out")
     workers = workers or available_cpus()
     results = []
     started = time.perf_counter()

@@ -177,3 +177,80 @@ def test_a_signal_during_hash_images_stops_it_leaving_no_sidecar(downloads, sign
     for record in (out / ".images").glob("*.json"):  # what a rerun reuses is whole
         assert pq.read_table(record.with_suffix(".parquet")).num_rows == 250
     assert not leftovers(out)
+
+
+# 2. Locations that cannot be written.
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder the test fills, then seals (the returned function) so that this process cannot write there: a
+    tmpfs remounted read-only as root (root ignores file permissions), a folder without write permission
+    otherwise."""
+    folder = tmp_path / "sealed"
+    folder.mkdir()
+    if os.geteuid() != 0:
+
+        def seal():
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(path.stat().st_mode & ~0o222)
+
+        yield folder, seal
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+        return
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root, where permissions do not stop writes, and cannot mount a read-only tmpfs"
+                    f" ({done.stderr.decode().strip()})")  # fmt: skip
+    try:
+        yield folder, lambda: subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def one_error(err: str, starts: str) -> None:
+    assert len(err.splitlines()) == 1 and err.startswith(starts), err
+    assert "expected a folder this process may write to" in err
+
+
+def test_a_read_only_work_location_fails_at_once_naming_it_and_its_flag(space, unwritable):
+    folder, seal = unwritable
+    shutil.copytree(space.work, folder, dirs_exist_ok=True, symlinks=True)
+    seal()
+    before = space.latest
+
+    ran = space.run(work=folder)
+
+    assert ran.returncode == 2
+    one_error(ran.stderr, f"error: {folder} (--work, RELAION_WORK): cannot write there (")
+    assert space.latest == before
+
+
+def test_hash_images_to_a_read_only_out_fails_before_hashing(downloads, unwritable):
+    folder, seal = unwritable
+    seal()
+
+    ran = relaion("hash-images", "--images", downloads / "downloads", "--out", folder, "--shards", downloads / "shards")
+
+    assert ran.returncode == 2
+    one_error(ran.stderr, f"error: {folder} (--out): cannot write there (")
+    assert "images hashed" not in ran.stdout
+
+
+@pytest.mark.parametrize("where", ["read-only", "a file in the way"])
+def test_clean_to_an_output_that_cannot_be_written_fails_naming_it(space, request, where):
+    if where == "read-only":
+        folder, seal = request.getfixturevalue("unwritable")
+        seal()
+        output = folder / "cleaned"
+    else:
+        output = space.root / "notes.txt"
+        output.write_text("an operator's file\n")
+
+    ran = relaion("clean", "--release", space.releases, "--input", space.shards, "--output", output)
+
+    assert ran.returncode == 2
+    one_error(ran.stderr, f"error: {output} (--output): cannot write there (")
+    if where != "read-only":
+        assert output.read_text() == "an operator's file\n"
