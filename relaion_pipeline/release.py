@@ -185,9 +185,21 @@ def _same(content: dict, last: dict | None) -> bool:
 
 
 def _clear_leftovers(location: str) -> None:
-    """Remove what publishes killed midway left in the release location (`.tmp-*`: staging folders and partial
-    files). Called holding the release lock, so no living publish of this work location owns them."""
-    if not storage.is_local(location) or not os.path.isdir(location):
+    """Remove what publishes killed midway left in the release location: locally `.tmp-*` (staging folders and
+    partial files); on an object store, the objects under a version prefix without `manifest.json` (a release
+    never made visible). Called holding the release location's lock, so no living publish owns them."""
+    if not storage.is_local(location):
+        fs, root = storage.filesystem(location)
+        if not fs.isdir(root):
+            return
+        for entry in fs.ls(root, detail=True, refresh=True):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            version = storage.join(location, name)
+            if entry["type"] == "directory" and manifests.VERSION.fullmatch(name):
+                if not storage.exists(storage.join(version, "manifest.json")):
+                    storage.remove(version)
+        return
+    if not os.path.isdir(location):
         return
     for entry in os.scandir(location):
         if entry.name.startswith(".tmp-"):
@@ -208,7 +220,7 @@ def publish(settings: Settings, shard_names: list[str]) -> dict:
     `latest` is replaced after that, and only when it names another version.
     """
     started = time.perf_counter()
-    with shard_lock.holding(settings.work, f"release {settings.release}"):
+    with shard_lock.holding(settings.work, f"release {settings.release}"), shard_lock.publishing(settings.release):
         _clear_leftovers(settings.release)
         manifest = _publish(settings, shard_names)
     final = storage.join(settings.release, manifest["version"])
@@ -224,6 +236,9 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
     if refusal:
         raise ReleaseError(refusal)
     present = set(shard_names)
+    foreign = _foreign(settings, last, present)
+    if foreign:
+        raise ReleaseError(foreign)
     left = {
         name: f"no longer in the input; published in release {last['version']}"
         for name in sorted(last.get("shards", {}) if last else ())
@@ -251,6 +266,29 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
     return manifest
 
 
+def _foreign(settings: Settings, last: dict | None, present: set[str]) -> str:
+    """Why this run must not replace `last` (empty when it may): `last` holds shards that this run's input lacks
+    and that this work location never matched, so they did not leave its input: `last` was made by another
+    pipeline (another work location with other shards publishing here, or a mistyped --shards), and replacing
+    it would drop them. `allow_partial_release` publishes without them, recorded as left."""
+    if last is None or settings.allow_partial_release:
+        return ""
+    work = Work(settings.work)
+    unknown = sorted(
+        n for n in last.get("shards", {}) if n not in present and not storage.exists(work.stats("removals", n))
+    )
+    if not unknown:
+        return ""
+    named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return (
+        f"no release published: release {last['version']} holds {len(unknown)} shard(s) that are not in"
+        f" {settings.shards} and that work location {settings.work} never matched ({named}): it was published by"
+        f" another pipeline (another --work or --shards), and this release would drop them; latest stays at"
+        f" {last['version']}. Publish from the pipeline that has them, or without them with --allow-partial-release"
+        " (RELAION_ALLOW_PARTIAL_RELEASE=1)"
+    )
+
+
 def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, bytes]) -> None:
     """Write the release's files and, last, its manifest under its version (through a hidden staging folder
     renamed into place, locally)."""
@@ -258,6 +296,8 @@ def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, b
     final = storage.join(settings.release, manifest["version"])
     local = storage.is_local(settings.release)
     staging = storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
+    if not local:  # objects of a publish killed before its manifest: never part of this release
+        storage.remove(final)
     try:
         for name in ready:
             for variant in VARIANTS:

@@ -13,16 +13,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs
 from conftest import BLOCKED_URL
+from test_s3 import s3_env, s3_server  # noqa: F401  (the moto server and its environment)
 
-from relaion_pipeline import demo_images
+from relaion_pipeline import demo_images, shard_lock
 
 ROWS = [(f"http://fine.example/{i}.jpg", f"a picture {i}", (i % 10) / 10) for i in range(200)] + [
     (BLOCKED_URL, "secret caption", 0.1)
@@ -254,3 +258,107 @@ def test_clean_to_an_output_that_cannot_be_written_fails_naming_it(space, reques
     one_error(ran.stderr, f"error: {output} (--output): cannot write there (")
     if where != "read-only":
         assert output.read_text() == "an operator's file\n"
+
+
+# 3. A publish to S3 killed midway.
+
+
+@pytest.fixture
+def s3_space(space, request):
+    """The workspace publishing to a bucket (inputs and work stay local)."""
+    request.getfixturevalue("s3_env")
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(use_listings_cache=False)
+    bucket = f"releases-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    space.releases = f"s3://{bucket}/re-laion"
+    ran = space.run(release=space.releases)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    yield space, fs, f"{bucket}/re-laion"
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_publish_to_s3_killed_before_its_manifest_leaves_nothing_verify_or_the_next_publish_accepts(s3_space):
+    space, fs, root = s3_space
+    version = fs.cat_file(f"{root}/latest").decode().strip()
+    # killed before its manifest and `latest`: the version's objects are there, and one no manifest lists
+    fs.rm_file(f"{root}/{version}/manifest.json")
+    fs.rm_file(f"{root}/latest")
+    fs.pipe_file(f"{root}/{version}/research/stray.parquet", fs.cat_file(f"{root}/{version}/research/good-1.parquet"))
+    other = "0123456789abcdef"  # a version whose publish was killed and that no later content makes again
+    fs.pipe_file(f"{root}/{other}/research/good-1.parquet", b"PAR1 half a file")
+
+    for target in (f"s3://{root}/{version}", f"s3://{root}/{other}", f"s3://{root}"):
+        checked = relaion("verify", target)
+        assert checked.returncode != 0 and "OK" not in checked.stdout, target
+        assert "not a release" in checked.stderr, checked.stderr
+
+    ran = space.run(release=space.releases)
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert fs.cat_file(f"{root}/latest").decode().strip() == version
+    assert not fs.exists(f"{root}/{version}/research/stray.parquet")
+    assert not fs.exists(f"{root}/{other}"), "a version prefix without a manifest is cleared"
+    assert not fs.exists(f"{root}/.lock"), "the release location's lock is gone with its publish"
+    checked = relaion("verify", f"s3://{root}")
+    assert checked.returncode == 0 and f"release {version}: OK" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_an_s3_release_lock_left_by_a_killed_publish_of_this_machine_is_taken_over(s3_space):
+    space, fs, root = s3_space
+    first = fs.cat_file(f"{root}/latest").decode().strip()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"host": socket.gethostname(), "pid": int(gone.stdout), "token": "killed", "since": "2026-01-01"}
+    fs.pipe_file(f"{root}/.lock", json.dumps(holder).encode())
+    (space.shards / "good-2.parquet").unlink()  # a new release is due
+
+    ran = space.run(release=space.releases)
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert fs.cat_file(f"{root}/latest").decode().strip() != first
+    assert not fs.exists(f"{root}/.lock")
+
+
+# 4. Two work locations publishing to one release location.
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_a_publish_waits_for_the_release_locations_lock_whichever_work_location_holds_it(space):
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(use_listings_cache=False)
+    bucket = f"locks-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    probe = (
+        "import sys\nfrom relaion_pipeline import shard_lock\n"
+        "try:\n    with shard_lock.publishing(sys.argv[1], timeout=0):\n        print('took it')\n"
+        "except shard_lock.ReleaseLocked as error:\n    print(error)"
+    )
+    for location in (str(space.releases), f"s3://{bucket}/re-laion"):
+        with shard_lock.publishing(location):  # another publish (any work location) is under way
+            held = subprocess.run([sys.executable, "-c", probe, location], capture_output=True, text=True)
+        after = subprocess.run([sys.executable, "-c", probe, location], capture_output=True, text=True)
+
+        assert held.stdout.startswith(f"{location}/.lock: another publish to this release location"), held
+        assert after.stdout == "took it\n", after
+    assert sorted(p.name for p in space.releases.iterdir()) == [space.latest, "latest"], "no lock file stays"
+
+
+def test_a_second_work_location_with_fewer_shards_never_moves_latest_to_a_release_without_them(space):
+    first = space.latest
+    other = space.root / "other"
+    (other / "shards").mkdir(parents=True)
+    shutil.copy(space.shards / "good-1.parquet", other / "shards" / "good-1.parquet")
+
+    ran = space.run(shards=other / "shards", work=other / "work")
+
+    assert ran.returncode == 1
+    assert (
+        f"no release published: release {first} holds 1 shard(s) that are not in {other / 'shards'} and that work"
+        f" location {other / 'work'} never matched (good-2)" in ran.stderr
+    ), ran.stderr
+    assert space.latest == first
+    assert space.run().returncode == 0 and space.latest == first, "the pipeline that has them goes on"
+
+    allowed = space.run("--allow-partial-release", shards=other / "shards", work=other / "work")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert sorted(space.manifest()["shards"]) == ["good-1"] and list(space.manifest()["left"]) == ["good-2"]
