@@ -8,7 +8,6 @@ shard streams batch by batch and is written with its original schema under the s
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -48,27 +47,14 @@ def _listed(hashes: np.ndarray, removal_list: str) -> np.ndarray:
     return listed
 
 
-def _inside(path: str, folder: str) -> bool:
-    """True when location `path` is `folder` or below it (compared as absolute paths, or URLs without a slash
-    at the end)."""
-
-    def norm(location: str) -> str:
-        if storage.is_local(location):
-            return os.path.realpath(str(location).removeprefix("file://"))
-        return str(location).rstrip("/")
-
-    path, folder = norm(path), norm(folder)
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def _check_locations(release_location: str, input_location: str, output_location: str) -> None:
     """Refuse an output that would overwrite the input, or write into a release."""
-    if _inside(output_location, input_location):
+    if storage.inside(output_location, input_location):
         raise CleanError(
             f"--output {output_location} is --input {input_location} or inside it; expected a separate folder"
             " (the input is never modified)"
         )
-    if _inside(output_location, release_location):
+    if storage.inside(output_location, release_location):
         raise CleanError(
             f"--output {output_location} is inside --release {release_location}; expected a separate folder"
         )

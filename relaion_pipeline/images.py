@@ -195,6 +195,16 @@ def hash_tar(tar: str, out: str) -> TarResult:
     return result
 
 
+def check_out(out: str, shard_location: str) -> None:
+    """Refuse a sidecar location that is the shard location or inside it: `<out>/<shard>.parquet` would replace
+    the input shard itself (or, below it, be read as a shard by the next run)."""
+    if storage.inside(out, shard_location):
+        raise ImagesError(
+            f"--out {out} is --shards {shard_location} or inside it: the sidecars would overwrite the input shards"
+            " or be read as shards; expected a folder of their own (the input is never modified)"
+        )
+
+
 def discover_tars(images: str) -> list[str]:
     """Every `.tar` under the images location, as relative paths, sorted."""
     fs, root = storage.filesystem(images)

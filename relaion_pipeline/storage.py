@@ -358,3 +358,16 @@ def check_writable(location: str, named: str) -> None:
         raise StorageError(
             f"{location} ({named}): cannot write there ({why or error}); expected a folder this process may write to"
         ) from None
+
+
+def inside(path: str, folder: str) -> bool:
+    """True when location `path` is `folder` or below it (compared as absolute paths with links resolved, or as
+    URLs without a slash at the end)."""
+
+    def norm(location: str) -> str:
+        if is_local(location):
+            return os.path.realpath(str(location).removeprefix("file://"))
+        return str(location).rstrip("/")
+
+    path, folder = norm(path), norm(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")

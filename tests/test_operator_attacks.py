@@ -362,3 +362,21 @@ def test_a_second_work_location_with_fewer_shards_never_moves_latest_to_a_releas
     allowed = space.run("--allow-partial-release", shards=other / "shards", work=other / "work")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert sorted(space.manifest()["shards"]) == ["good-1"] and list(space.manifest()["left"]) == ["good-2"]
+
+
+# 5. More of the same kind.
+
+
+def test_hash_images_never_writes_its_sidecars_into_the_shard_location(downloads):
+    shards = downloads / "shards"
+    before = (shards / "a.parquet").read_bytes()
+    for out in (shards, shards / "sidecars"):  # `<out>/a.parquet` replaced the input shard with its sidecar
+        ran = relaion("hash-images", "--images", downloads / "downloads", "--out", out, "--shards", shards)
+
+        assert ran.returncode == 2
+        assert ran.stderr == (
+            f"error: --out {out} is --shards {shards} or inside it: the sidecars would overwrite the input shards"
+            " or be read as shards; expected a folder of their own (the input is never modified)\n"
+        )
+    assert (shards / "a.parquet").read_bytes() == before
+    assert sorted(p.name for p in shards.iterdir()) == ["a.parquet"]
