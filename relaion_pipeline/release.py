@@ -186,18 +186,10 @@ def _same(content: dict, last: dict | None) -> bool:
 
 def _clear_leftovers(location: str) -> None:
     """Remove what publishes killed midway left in the release location: locally `.tmp-*` (staging folders and
-    partial files); on an object store, the objects under a version prefix without `manifest.json` (a release
-    never made visible). Called holding the release location's lock, so no living publish owns them."""
+    partial files); on an object store, version prefixes without `manifest.json` (`_clear_unpublished`). Called
+    holding the release location's lock, so no living publish owns them."""
     if not storage.is_local(location):
-        fs, root = storage.filesystem(location)
-        if not fs.isdir(root):
-            return
-        for entry in fs.ls(root, detail=True, refresh=True):
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            version = storage.join(location, name)
-            if entry["type"] == "directory" and manifests.VERSION.fullmatch(name):
-                if not storage.exists(storage.join(version, "manifest.json")):
-                    storage.remove(version)
+        _clear_unpublished(location)
         return
     if not os.path.isdir(location):
         return
@@ -207,6 +199,26 @@ def _clear_leftovers(location: str) -> None:
                 shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
             except OSError:
                 pass  # a read-only location: nothing can be left there by this run either
+
+
+def _clear_unpublished(location: str) -> None:
+    """Remove the objects under each version prefix of an object store that has no `manifest.json`: a release
+    never made visible, whose objects a later publish of that version must not take in. Not the version `latest`
+    names (its missing manifest stops the publish, naming it; the objects stay for the operator)."""
+    fs, root = storage.filesystem(location)
+    if not fs.isdir(root):
+        return
+    try:
+        current = manifests.read_latest(location)
+    except manifests.ManifestError:
+        current = None
+    for entry in fs.ls(root, detail=True, refresh=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        version = storage.join(location, name)
+        if entry["type"] != "directory" or not manifests.VERSION.fullmatch(name) or name == current:
+            continue
+        if not storage.exists(storage.join(version, "manifest.json")):
+            storage.remove(version)
 
 
 def publish(settings: Settings, shard_names: list[str]) -> dict:
@@ -274,9 +286,7 @@ def _foreign(settings: Settings, last: dict | None, present: set[str]) -> str:
     if last is None or settings.allow_partial_release:
         return ""
     work = Work(settings.work)
-    unknown = sorted(
-        n for n in last.get("shards", {}) if n not in present and not storage.exists(work.stats("removals", n))
-    )
+    unknown = sorted(n for n in last.get("shards", {}) if n not in present and not _matched_here(work, n))
     if not unknown:
         return ""
     named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -287,6 +297,11 @@ def _foreign(settings: Settings, last: dict | None, present: set[str]) -> str:
         f" {last['version']}. Publish from the pipeline that has them, or without them with --allow-partial-release"
         " (RELAION_ALLOW_PARTIAL_RELEASE=1)"
     )
+
+
+def _matched_here(work: Work, name: str) -> bool:
+    """True when this work location has matched shard `name` (its removals are there, or failed there)."""
+    return storage.exists(work.stats("removals", name)) or storage.exists(work.failure("removals", name))
 
 
 def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, bytes]) -> None:

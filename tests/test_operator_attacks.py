@@ -380,3 +380,39 @@ def test_hash_images_never_writes_its_sidecars_into_the_shard_location(downloads
         )
     assert (shards / "a.parquet").read_bytes() == before
     assert sorted(p.name for p in shards.iterdir()) == ["a.parquet"]
+
+
+@pytest.mark.parametrize("latest", [b"", b"\xff\xfe\x00garbage", b"../elsewhere\n"], ids=["empty", "binary", "path"])
+def test_a_latest_that_names_no_version_stops_run_and_clean_naming_it(space, latest):
+    (space.releases / "latest").write_bytes(latest)
+    before = sorted(p.name for p in space.releases.iterdir())
+
+    ran = space.run("--force")
+    cleaned = relaion("clean", "--release", space.releases, "--input", space.shards, "--output", space.root / "out")
+
+    for done in (ran, cleaned):
+        assert done.returncode == 2
+        assert done.stderr.startswith(f"error: {space.releases / 'latest'}: "), done.stderr
+        assert "is not a release version" in done.stderr or "not text" in done.stderr
+    assert (space.releases / "latest").read_bytes() == latest, "latest is never rewritten over the operator's file"
+    assert sorted(p.name for p in space.releases.iterdir()) == before, "nothing published"
+    assert not (space.root / "out").exists()
+
+
+def test_clean_by_difference_with_a_tampered_release_file_writes_nothing(space):
+    published = space.releases / space.latest / "research-safe" / "good-1.parquet"
+    data = bytearray(published.read_bytes())
+    data[len(data) // 2] ^= 1
+    published.write_bytes(bytes(data))
+    output = space.root / "cleaned"
+
+    ran = relaion(
+        "clean", "--release", space.releases, "--input", space.shards, "--output", output, "--by", "difference"
+    )
+
+    assert ran.returncode == 1
+    assert ran.stderr == (
+        f"error: {space.releases / space.latest}: not used to clean: research-safe/good-1.parquet: size or sha256"
+        " does not match the manifest (check it with relaion verify)\n"
+    )
+    assert not output.exists()
