@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from relaion_pipeline import interrupts, report, row_hashes, schemas, shards, storage, variants, verification
 from relaion_pipeline import manifest as manifests
-from relaion_pipeline import report, row_hashes, schemas, shards, storage, variants, verification
 
 
 class CleanError(ValueError):
@@ -35,12 +35,19 @@ class ShardCleaned:
     seconds: float
 
 
+def _hashes(batch: pa.RecordBatch, roles: schemas.Roles):
+    """The batch's LAION hashes, after stopping here if the command was interrupted (`interrupts.deferred`)."""
+    interrupts.raise_if_signalled()
+    return row_hashes.of_batch(batch, roles)
+
+
 def _listed(hashes: np.ndarray, removal_list: str) -> np.ndarray:
     """Which of `hashes` the removal list names, reading the list a row group at a time: memory grows with
     the shard being cleaned, not with the list (which may name hundreds of millions of rows)."""
     listed = np.zeros(hashes.size, dtype=bool)
     wanted = np.unique(hashes)
     for batch in shards.open_parquet(removal_list).iter_batches(batch_size=1 << 20, columns=["hash"]):
+        interrupts.raise_if_signalled()
         found = np.intersect1d(wanted, batch.column(0).to_numpy(), assume_unique=False)
         if found.size:
             listed |= np.isin(hashes, found)
@@ -110,7 +117,9 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
     storage.remove(report_path)  # an older report must not vouch for this run's output
     written: list[str] = []
     try:
-        cleaned = _clean_shards(published, manifest, found, by, variant, output_location, written, progress)
+        with interrupts.deferred():  # stopped between batches: a signal inside a pyarrow read looked like a bad file
+            cleaned = _clean_shards(published, manifest, found, by, variant, output_location, written, progress)
+            interrupts.raise_if_signalled()
     except BaseException:
         for path in written:
             storage.remove(path)
@@ -137,7 +146,7 @@ def _clean_shards(published: str, manifest: dict, found: list[shards.Shard], by:
         parquet = shards.open_parquet(shard.path)
         roles = schemas.detect(parquet.schema_arrow, shard.path)
         hashes = np.concatenate(
-            [row_hashes.of_batch(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
+            [_hashes(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
             or [np.array([], dtype=np.int64)]
         )
         if by == "difference":
@@ -147,6 +156,7 @@ def _clean_shards(published: str, manifest: dict, found: list[shards.Shard], by:
             keep_rows = ~_listed(hashes, removal_list)
 
         def keep(batch: pa.RecordBatch, first: int, keep_rows=keep_rows) -> pa.Array:
+            interrupts.raise_if_signalled()
             return pa.array(keep_rows[first : first + batch.num_rows])
 
         destination = storage.join(output_location, shard.file_name)

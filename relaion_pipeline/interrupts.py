@@ -67,8 +67,10 @@ def interruptible():
 @contextmanager
 def deferred():
     """Within `interruptible`, SIGINT and SIGTERM only mark the command as interrupted, and the caller stops at
-    its next `raise_if_signalled`: for code that runs Dagster steps (which take the signal themselves) and
-    whose own work between them is short, so that no library call is left in the middle by an exception."""
+    its next `raise_if_signalled`: for code that runs Dagster steps (which take the signal themselves), or
+    pyarrow reads of Python file objects (which turn the exception into "I/O operation on closed file", a
+    damaged file to the caller), and whose own work between checks is short, so that no library call is left
+    in the middle by an exception."""
     if threading.current_thread() is not threading.main_thread() or not _pipe:
         yield
         return
