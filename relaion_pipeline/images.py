@@ -292,31 +292,40 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
     relative = [p[len(root.rstrip("/")) + 1 :] for p in files]
     located = {rel: storage.join(hashes, rel) for rel in relative}
     con = matching.connect(settings.with_(sidecars=out), writes_inputs=True)
-    written, shared = {}, False
     try:
-        for shard in shards.discover(settings.shards):
-            own = [path for rel, path in located.items() if rel.startswith(shard.name + "/")]
-            if own:
-                images = f"({_by_url(own)})"
-            else:
-                if not shared:
-                    statement = f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}"
-                    interrupts.call(lambda statement=statement: con.execute(statement), con.interrupt)
-                    shared = True
-                images = "relaion_images"
-            roles = shards.roles(shard)
-            query = f"""
-                SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
-                FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
-                      FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)) s
-                JOIN {images} i ON i.{URL_DIGEST} = sha256(s.url)
-                ORDER BY s.file_row_number"""
-            final = storage.join(out, shard.file_name)
-            written[shard.name] = _copy_atomic(con, query, final)
-            scope = "its own folder's images" if own else "all images"
-            progress(f"{shard.name}: sidecar with {written[shard.name]:,} rows from {scope} -> {final}")
+        with interrupts.deferred():  # a signal inside a pyarrow read would be taken for a damaged shard
+            written = _join_shards(settings, con, located, out, progress)
+            interrupts.raise_if_signalled()
     finally:
         con.close()
+    return written
+
+
+def _join_shards(settings: Settings, con, located: dict[str, str], out: str, progress) -> dict[str, int]:
+    """Write each shard's sidecar (the join of its rows with the image hashes); rows per shard."""
+    written, shared = {}, False
+    for shard in shards.discover(settings.shards):
+        interrupts.raise_if_signalled()
+        own = [path for rel, path in located.items() if rel.startswith(shard.name + "/")]
+        if own:
+            images = f"({_by_url(own)})"
+        else:
+            if not shared:
+                statement = f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}"
+                interrupts.call(lambda statement=statement: con.execute(statement), con.interrupt)
+                shared = True
+            images = "relaion_images"
+        roles = shards.roles(shard)
+        query = f"""
+            SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
+            FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
+                  FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)) s
+            JOIN {images} i ON i.{URL_DIGEST} = sha256(s.url)
+            ORDER BY s.file_row_number"""
+        final = storage.join(out, shard.file_name)
+        written[shard.name] = _copy_atomic(con, query, final)
+        scope = "its own folder's images" if own else "all images"
+        progress(f"{shard.name}: sidecar with {written[shard.name]:,} rows from {scope} -> {final}")
     return written
 
 

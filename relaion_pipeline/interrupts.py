@@ -103,7 +103,7 @@ def call(work, stop):
     threading.Thread(target=run, name="relaion-interruptible", daemon=True).start()
     try:
         while not done.wait(0.1):
-            pass
+            raise_if_signalled()  # a signal that only marked the command (`deferred`)
     except BaseException:
         stop()
         while not done.wait(0.1):
