@@ -195,14 +195,16 @@ def hash_tar(tar: str, out: str) -> TarResult:
     return result
 
 
-def check_out(out: str, shard_location: str) -> None:
-    """Refuse a sidecar location that is the shard location or inside it: `<out>/<shard>.parquet` would replace
-    the input shard itself (or, below it, be read as a shard by the next run)."""
-    if storage.inside(out, shard_location):
-        raise ImagesError(
-            f"--out {out} is --shards {shard_location} or inside it: the sidecars would overwrite the input shards"
-            " or be read as shards; expected a folder of their own (the input is never modified)"
-        )
+def check_out(out: str, shard_location: str, images: str) -> None:
+    """Refuse a sidecar location that is the shard location or the images location, or inside one: the sidecar
+    `<out>/<shard>.parquet` would replace an input shard (or, below it, be read as a shard by the next run), or
+    img2dataset's `<n>.parquet` of the same name."""
+    for inputs, flag in ((shard_location, "--shards"), (images, "--images")):
+        if storage.inside(out, inputs):
+            raise ImagesError(
+                f"--out {out} is {flag} {inputs} or inside it: the sidecars would overwrite the input files"
+                " or be read as input; expected a folder of their own (the input is never modified)"
+            )
 
 
 def discover_tars(images: str) -> list[str]:

@@ -367,19 +367,23 @@ def test_a_second_work_location_with_fewer_shards_never_moves_latest_to_a_releas
 # 5. More of the same kind.
 
 
-def test_hash_images_never_writes_its_sidecars_into_the_shard_location(downloads):
-    shards = downloads / "shards"
-    before = (shards / "a.parquet").read_bytes()
-    for out in (shards, shards / "sidecars"):  # `<out>/a.parquet` replaced the input shard with its sidecar
-        ran = relaion("hash-images", "--images", downloads / "downloads", "--out", out, "--shards", shards)
+def test_hash_images_never_writes_its_sidecars_into_its_inputs(downloads):
+    shards, images = downloads / "shards", downloads / "downloads"
+    before = {p: p.read_bytes() for p in downloads.rglob("*") if p.is_file()}
+    for out, flag, inputs in (
+        (shards, "--shards", shards),  # `<out>/a.parquet` replaced the input shard with its sidecar
+        (shards / "sidecars", "--shards", shards),  # read as a shard by the next run
+        (images, "--images", images),  # `<out>/<n>.parquet` would replace img2dataset's table of the same name
+    ):
+        ran = relaion("hash-images", "--images", images, "--out", out, "--shards", shards)
 
         assert ran.returncode == 2
         assert ran.stderr == (
-            f"error: --out {out} is --shards {shards} or inside it: the sidecars would overwrite the input shards"
-            " or be read as shards; expected a folder of their own (the input is never modified)\n"
+            f"error: --out {out} is {flag} {inputs} or inside it: the sidecars would overwrite the input files"
+            " or be read as input; expected a folder of their own (the input is never modified)\n"
         )
-    assert (shards / "a.parquet").read_bytes() == before
-    assert sorted(p.name for p in shards.iterdir()) == ["a.parquet"]
+    assert {p: p.read_bytes() for p in downloads.rglob("*") if p.is_file()} == before, "no input modified"
+    assert not list(downloads.rglob(".images"))
 
 
 @pytest.mark.parametrize("latest", [b"", b"\xff\xfe\x00garbage", b"../elsewhere\n"], ids=["empty", "binary", "path"])
