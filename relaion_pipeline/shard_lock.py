@@ -187,6 +187,8 @@ def _create(fs, path: str, holder: dict, deadline: float, release: str) -> dict:
             other, etag = _holder(fs, path)
             if other is None:
                 continue  # removed meanwhile
+            if other.get("token") == holder["token"]:
+                return {"ETag": etag}  # ours: a retried request whose first try was stored, its answer lost
             if _dead_here(other):
                 with contextlib.suppress(OSError):
                     fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
@@ -204,11 +206,12 @@ def _holder(fs, path: str) -> tuple[dict | None, str]:
     """What the lock object says about its holder, and its ETag (None when it is gone)."""
     try:
         etag = fs.info(path, refresh=True)["ETag"]
-        return json.loads(fs.cat_file(path)), etag
+        said = json.loads(fs.cat_file(path))
     except FileNotFoundError:
         return None, ""
-    except ValueError:
+    except ValueError:  # not JSON: a holder that cannot be named, but a holder
         return {}, etag
+    return (said if isinstance(said, dict) else {}), etag
 
 
 def _dead_here(holder: dict) -> bool:
