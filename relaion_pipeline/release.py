@@ -232,6 +232,7 @@ def publish(settings: Settings, shard_names: list[str]) -> dict:
     `latest` is replaced after that, and only when it names another version.
     """
     started = time.perf_counter()
+    check_location(settings.release)  # the release job runs without `relaion run`'s preflight too (the UI)
     with shard_lock.holding(settings.work, f"release {settings.release}"), shard_lock.publishing(settings.release):
         _clear_leftovers(settings.release)
         manifest = _publish(settings, shard_names)

@@ -26,7 +26,9 @@ import s3fs
 from conftest import BLOCKED_URL
 from test_s3 import s3_env, s3_server  # noqa: F401  (the moto server and its environment)
 
-from relaion_pipeline import demo_images, shard_lock
+from relaion_pipeline import demo_images, release, shard_lock
+from relaion_pipeline.manifest import ReleaseError
+from relaion_pipeline.settings import Settings
 
 ROWS = [(f"http://fine.example/{i}.jpg", f"a picture {i}", (i % 10) / 10) for i in range(200)] + [
     (BLOCKED_URL, "secret caption", 0.1)
@@ -420,3 +422,13 @@ def test_clean_by_difference_with_a_tampered_release_file_writes_nothing(space):
         " does not match the manifest (check it with relaion verify)\n"
     )
     assert not output.exists()
+
+
+def test_the_release_job_on_its_own_refuses_a_release_location_that_is_a_file(tmp_path):
+    """The UI's release job publishes without `relaion run`'s checks before work: the lock of a file is no lock."""
+    (tmp_path / "releases").write_text("an operator's file\n")
+    settings = Settings(work=str(tmp_path / "work"), release=str(tmp_path / "releases"))
+
+    with pytest.raises(ReleaseError, match=r"\(--release, RELAION_RELEASE\) is a file"):
+        release.publish(settings, ["good-1"])
+    assert (tmp_path / "releases").read_text() == "an operator's file\n"
