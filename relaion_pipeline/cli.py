@@ -157,6 +157,7 @@ def _hash_images(args) -> int:
 
     settings = _settings(args)
     progress = functools.partial(print, flush=True)
+    images.check_out(args.out, settings.shards, args.images)
     results = images.hash_tars(args.images, args.out, workers=args.workers, progress=progress)
     written = images.write_sidecars(settings, args.out, progress=progress)
     failed = [r for r in results if r.error]

@@ -6,6 +6,10 @@ signal raises `Interrupted` wherever the command is, and one that Dagster took i
 the number of every signal it receives to a wakeup pipe, which `raise_if_signalled` reads between steps.
 Every write is atomic (a temporary name renamed into place), so an interrupted command leaves nothing
 half-written under a final name, and the release, written last, is never published.
+
+Two kinds of work do not return to Python often enough for a signal to stop them at once: a DuckDB query (its
+Python client sees a signal only when the query ends) and worker processes. `call` runs the first in a helper
+thread and stops it on a signal; `ignore_in_worker` leaves stopping the second to the command.
 """
 
 from __future__ import annotations
@@ -63,8 +67,10 @@ def interruptible():
 @contextmanager
 def deferred():
     """Within `interruptible`, SIGINT and SIGTERM only mark the command as interrupted, and the caller stops at
-    its next `raise_if_signalled`: for code that runs Dagster steps (which take the signal themselves) and
-    whose own work between them is short, so that no library call is left in the middle by an exception."""
+    its next `raise_if_signalled`: for code that runs Dagster steps (which take the signal themselves), or
+    pyarrow reads of Python file objects (which turn the exception into "I/O operation on closed file", a
+    damaged file to the caller), and whose own work between checks is short, so that no library call is left
+    in the middle by an exception."""
     if threading.current_thread() is not threading.main_thread() or not _pipe:
         yield
         return
@@ -74,6 +80,45 @@ def deferred():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def call(work, stop):
+    """Return `work()`, run in a helper thread while this one waits: a signal stops the wait at once, then
+    `stop()` (a DuckDB connection's `interrupt`) ends the work, and `Interrupted` goes on once it has ended.
+    (Waiting on an Event, not `Thread.join`: a join that a signal interrupts can report a living thread as
+    ended.)"""
+    if threading.current_thread() is not threading.main_thread() or not _pipe:
+        return work()
+    outcome: dict = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="relaion-interruptible", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            raise_if_signalled()  # a signal that only marked the command (`deferred`)
+    except BaseException:
+        stop()
+        while not done.wait(0.1):
+            pass
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def ignore_in_worker() -> None:
+    """In a worker process: SIGINT and SIGTERM (Ctrl-C reaches the whole process group) are left to the command,
+    which tells its workers to stop, so that no worker prints a traceback or dies in the middle of a write."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _mark(signum, frame) -> None:

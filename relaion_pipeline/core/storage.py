@@ -338,3 +338,36 @@ def write_json_atomic(value, final: str) -> None:
 def exists(location: str) -> bool:
     fs, path = filesystem(location)
     return fs.exists(path)
+
+
+def check_writable(location: str, named: str) -> None:
+    """Fail at once, naming `location` and the flag or variable that gave it (`named`), when this process cannot
+    write files there (a read-only mount or folder, or a file where a folder should be): before any work, rather
+    than with a bare errno after it. Creates the folder; a local location only (an object store says so on
+    its first write, through `reaching`)."""
+    if not is_local(location):
+        return
+    path = str(location).removeprefix("file://")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", suffix=".probe", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        why = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+        raise StorageError(
+            f"{location} ({named}): cannot write there ({why or error}); expected a folder this process may write to"
+        ) from None
+
+
+def inside(path: str, folder: str) -> bool:
+    """True when location `path` is `folder` or below it (compared as absolute paths with links resolved, or as
+    URLs without a slash at the end)."""
+
+    def norm(location: str) -> str:
+        if is_local(location):
+            return os.path.realpath(str(location).removeprefix("file://"))
+        return str(location).rstrip("/")
+
+    path, folder = norm(path), norm(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import tarfile
 import tempfile
@@ -31,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline.core import cache, shards, storage
+from relaion_pipeline.core import cache, interrupts, shards, storage
 from relaion_pipeline.core.schemas import quote, sql_string
 from relaion_pipeline.core.settings import Settings, available_cpus
 from relaion_pipeline.lists import pdq
@@ -57,6 +58,19 @@ _EXACT = [by_name(k) for k in SIDECAR_EXACT]  # the byte hashes: md5, sha1 and s
 
 class ImagesError(ValueError):
     """Downloaded shards that cannot be hashed; the message names the file."""
+
+
+class Stopped(Exception):
+    """A worker left its tar unhashed because the command was interrupted (nothing of it was written)."""
+
+
+_stop = None  # in a worker process: the Event set when the command is interrupted
+
+
+def _start_worker(stop) -> None:
+    global _stop
+    _stop = stop
+    interrupts.ignore_in_worker()
 
 
 def pdq_of(image) -> tuple[str, int]:
@@ -150,6 +164,8 @@ def hash_tar(tar: str, out: str) -> TarResult:
     try:
         with fs.open(path, "rb") as handle:
             for key, files in _samples(handle):
+                if _stop is not None and _stop.is_set():
+                    raise Stopped(tar)
                 image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
                 if image is None:
                     continue
@@ -179,6 +195,18 @@ def hash_tar(tar: str, out: str) -> TarResult:
     storage.write_parquet_atomic(pa.table(rows, schema=HASHES_SCHEMA), out)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def check_out(out: str, shard_location: str, images: str) -> None:
+    """Refuse a sidecar location that is the shard location or the images location, or inside one: the sidecar
+    `<out>/<shard>.parquet` would replace an input shard (or, below it, be read as a shard by the next run), or
+    img2dataset's `<n>.parquet` of the same name."""
+    for inputs, flag in ((shard_location, "--shards"), (images, "--images")):
+        if storage.inside(out, inputs):
+            raise ImagesError(
+                f"--out {out} is {flag} {inputs} or inside it: the sidecars would overwrite the input files"
+                " or be read as input; expected a folder of their own (the input is never modified)"
+            )
 
 
 def discover_tars(images: str) -> list[str]:
@@ -214,10 +242,13 @@ def _hash_one(images: str, out: str, relative: str) -> TarResult:
 def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str], None] = print) -> list[TarResult]:
     """Step 1 over every tar, `workers` processes at once (0: one per CPU the process may use)."""
     tars = discover_tars(images)
+    storage.check_writable(out, "--out")
     workers = workers or available_cpus()
     results = []
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=min(workers, len(tars))) as pool:
+    stop = multiprocessing.Event()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tars)), initializer=_start_worker, initargs=(stop,))
+    try:
         futures = {pool.submit(_hash_one, images, out, t): t for t in tars}
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
@@ -231,6 +262,11 @@ def hash_tars(images: str, out: str, workers: int = 0, progress: Callable[[str],
                 f"[{done}/{len(tars)}] {futures[future]}: {result.images:,} images, {result.corrupt:,} corrupt,"
                 f" {result.failed_downloads:,} failed downloads, {result.without_url:,} without url ({how})"
             )
+    except BaseException:  # interrupted: the workers drop their tars unwritten, the queued ones never start
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     total = sum(r.images for r in results)
     progress(f"hashed {total:,} images from {len(tars)} tars in {time.perf_counter() - started:.1f} s")
     return sorted(results, key=lambda r: r.tar)
@@ -260,30 +296,40 @@ def write_sidecars(settings: Settings, out: str, progress: Callable[[str], None]
     relative = [p[len(root.rstrip("/")) + 1 :] for p in files]
     located = {rel: storage.join(hashes, rel) for rel in relative}
     con = matching.connect(settings.with_(sidecars=out), writes_inputs=True)
-    written, shared = {}, False
     try:
-        for shard in shards.discover(settings.shards):
-            own = [path for rel, path in located.items() if rel.startswith(shard.name + "/")]
-            if own:
-                images = f"({_by_url(own)})"
-            else:
-                if not shared:
-                    con.execute(f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}")
-                    shared = True
-                images = "relaion_images"
-            roles = shards.roles(shard)
-            query = f"""
-                SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
-                FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
-                      FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)) s
-                JOIN {images} i ON i.{URL_DIGEST} = sha256(s.url)
-                ORDER BY s.file_row_number"""
-            final = storage.join(out, shard.file_name)
-            written[shard.name] = _copy_atomic(con, query, final)
-            scope = "its own folder's images" if own else "all images"
-            progress(f"{shard.name}: sidecar with {written[shard.name]:,} rows from {scope} -> {final}")
+        with interrupts.deferred():  # a signal inside a pyarrow read would be taken for a damaged shard
+            written = _join_shards(settings, con, located, out, progress)
+            interrupts.raise_if_signalled()
     finally:
         con.close()
+    return written
+
+
+def _join_shards(settings: Settings, con, located: dict[str, str], out: str, progress) -> dict[str, int]:
+    """Write each shard's sidecar (the join of its rows with the image hashes); rows per shard."""
+    written, shared = {}, False
+    for shard in shards.discover(settings.shards):
+        interrupts.raise_if_signalled()
+        own = [path for rel, path in located.items() if rel.startswith(shard.name + "/")]
+        if own:
+            images = f"({_by_url(own)})"
+        else:
+            if not shared:
+                statement = f"CREATE TEMP TABLE relaion_images AS {_by_url(list(located.values()))}"
+                interrupts.call(lambda statement=statement: con.execute(statement), con.interrupt)
+                shared = True
+            images = "relaion_images"
+        roles = shards.roles(shard)
+        query = f"""
+            SELECT s.row_key AS key, {", ".join(f"i.{c}" for c in SIDECAR_COLUMNS[1:])}
+            FROM (SELECT file_row_number, {roles.key_sql(shard.name)} AS row_key, {quote(roles.url)} AS url
+                  FROM read_parquet({storage.duckdb_path(shard.path)}, file_row_number = true)) s
+            JOIN {images} i ON i.{URL_DIGEST} = sha256(s.url)
+            ORDER BY s.file_row_number"""
+        final = storage.join(out, shard.file_name)
+        written[shard.name] = _copy_atomic(con, query, final)
+        scope = "its own folder's images" if own else "all images"
+        progress(f"{shard.name}: sidecar with {written[shard.name]:,} rows from {scope} -> {final}")
     return written
 
 
@@ -291,7 +337,8 @@ def _copy_atomic(con, query: str, final: str) -> int:
     """Write a query's result as parquet under `final`, visible only once complete; its row count."""
 
     def copy(target: str) -> int:
-        con.execute(f"COPY ({query}) TO {sql_string(target)} (FORMAT parquet, COMPRESSION zstd, USE_TMP_FILE false)")
+        statement = f"COPY ({query}) TO {sql_string(target)} (FORMAT parquet, COMPRESSION zstd, USE_TMP_FILE false)"
+        interrupts.call(lambda: con.execute(statement), con.interrupt)
         return pq.ParquetFile(target).metadata.num_rows
 
     if storage.is_local(final):

@@ -8,14 +8,13 @@ shard streams batch by batch and is written with its original schema under the s
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline.core import row_hashes, schemas, shards, storage
+from relaion_pipeline.core import interrupts, row_hashes, schemas, shards, storage
 from relaion_pipeline.publishing import manifest as manifests
 from relaion_pipeline.publishing import report, verification
 from relaion_pipeline.stages import variants
@@ -38,39 +37,33 @@ class ShardCleaned:
     seconds: float
 
 
+def _hashes(batch: pa.RecordBatch, roles: schemas.Roles):
+    """The batch's LAION hashes, after stopping here if the command was interrupted (`interrupts.deferred`)."""
+    interrupts.raise_if_signalled()
+    return row_hashes.of_batch(batch, roles)
+
+
 def _listed(hashes: np.ndarray, removal_list: str) -> np.ndarray:
     """Which of `hashes` the removal list names, reading the list a row group at a time: memory grows with
     the shard being cleaned, not with the list (which may name hundreds of millions of rows)."""
     listed = np.zeros(hashes.size, dtype=bool)
     wanted = np.unique(hashes)
     for batch in shards.open_parquet(removal_list).iter_batches(batch_size=1 << 20, columns=["hash"]):
+        interrupts.raise_if_signalled()
         found = np.intersect1d(wanted, batch.column(0).to_numpy(), assume_unique=False)
         if found.size:
             listed |= np.isin(hashes, found)
     return listed
 
 
-def _inside(path: str, folder: str) -> bool:
-    """True when location `path` is `folder` or below it (compared as absolute paths, or URLs without a slash
-    at the end)."""
-
-    def norm(location: str) -> str:
-        if storage.is_local(location):
-            return os.path.realpath(str(location).removeprefix("file://"))
-        return str(location).rstrip("/")
-
-    path, folder = norm(path), norm(folder)
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def _check_locations(release_location: str, input_location: str, output_location: str) -> None:
     """Refuse an output that would overwrite the input, or write into a release."""
-    if _inside(output_location, input_location):
+    if storage.inside(output_location, input_location):
         raise CleanError(
             f"--output {output_location} is --input {input_location} or inside it; expected a separate folder"
             " (the input is never modified)"
         )
-    if _inside(output_location, release_location):
+    if storage.inside(output_location, release_location):
         raise CleanError(
             f"--output {output_location} is inside --release {release_location}; expected a separate folder"
         )
@@ -121,11 +114,14 @@ def clean(release_location: str, input_location: str, output_location: str, by: 
     problems = verification.file_problems(published, manifest, sorted(set(reads)))
     if problems:
         raise UnverifiedRelease(f"{published}: not used to clean: {'; '.join(problems)} (check it with relaion verify)")
+    storage.check_writable(output_location, "--output")
     report_path = storage.join(output_location, "clean-report.json")
     storage.remove(report_path)  # an older report must not vouch for this run's output
     written: list[str] = []
     try:
-        cleaned = _clean_shards(published, manifest, found, by, variant, output_location, written, progress)
+        with interrupts.deferred():  # stopped between batches: a signal inside a pyarrow read looked like a bad file
+            cleaned = _clean_shards(published, manifest, found, by, variant, output_location, written, progress)
+            interrupts.raise_if_signalled()
     except BaseException:
         for path in written:
             storage.remove(path)
@@ -152,7 +148,7 @@ def _clean_shards(published: str, manifest: dict, found: list[shards.Shard], by:
         parquet = shards.open_parquet(shard.path)
         roles = schemas.detect(parquet.schema_arrow, shard.path)
         hashes = np.concatenate(
-            [row_hashes.of_batch(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
+            [_hashes(b, roles) for b in parquet.iter_batches(batch_size=variants.BATCH_ROWS)]
             or [np.array([], dtype=np.int64)]
         )
         if by == "difference":
@@ -162,6 +158,7 @@ def _clean_shards(published: str, manifest: dict, found: list[shards.Shard], by:
             keep_rows = ~_listed(hashes, removal_list)
 
         def keep(batch: pa.RecordBatch, first: int, keep_rows=keep_rows) -> pa.Array:
+            interrupts.raise_if_signalled()
             return pa.array(keep_rows[first : first + batch.num_rows])
 
         destination = storage.join(output_location, shard.file_name)

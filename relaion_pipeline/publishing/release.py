@@ -188,9 +188,13 @@ def _same(content: dict, last: dict | None) -> bool:
 
 
 def _clear_leftovers(location: str) -> None:
-    """Remove what publishes killed midway left in the release location (`.tmp-*`: staging folders and partial
-    files). Called holding the release lock, so no living publish of this work location owns them."""
-    if not storage.is_local(location) or not os.path.isdir(location):
+    """Remove what publishes killed midway left in the release location: locally `.tmp-*` (staging folders and
+    partial files); on an object store, version prefixes without `manifest.json` (`_clear_unpublished`). Called
+    holding the release location's lock, so no living publish owns them."""
+    if not storage.is_local(location):
+        _clear_unpublished(location)
+        return
+    if not os.path.isdir(location):
         return
     for entry in os.scandir(location):
         if entry.name.startswith(".tmp-"):
@@ -198,6 +202,26 @@ def _clear_leftovers(location: str) -> None:
                 shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
             except OSError:
                 pass  # a read-only location: nothing can be left there by this run either
+
+
+def _clear_unpublished(location: str) -> None:
+    """Remove the objects under each version prefix of an object store that has no `manifest.json`: a release
+    never made visible, whose objects a later publish of that version must not take in. Not the version `latest`
+    names (its missing manifest stops the publish, naming it; the objects stay for the operator)."""
+    fs, root = storage.filesystem(location)
+    if not fs.isdir(root):
+        return
+    try:
+        current = manifests.read_latest(location)
+    except manifests.ManifestError:
+        current = None
+    for entry in fs.ls(root, detail=True, refresh=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        version = storage.join(location, name)
+        if entry["type"] != "directory" or not manifests.VERSION.fullmatch(name) or name == current:
+            continue
+        if not storage.exists(storage.join(version, "manifest.json")):
+            storage.remove(version)
 
 
 def publish(settings: Settings, shard_names: list[str]) -> dict:
@@ -211,7 +235,8 @@ def publish(settings: Settings, shard_names: list[str]) -> dict:
     `latest` is replaced after that, and only when it names another version.
     """
     started = time.perf_counter()
-    with shard_lock.holding(settings.work, f"release {settings.release}"):
+    check_location(settings.release)  # the release job runs without `relaion run`'s preflight too (the UI)
+    with shard_lock.holding(settings.work, f"release {settings.release}"), shard_lock.publishing(settings.release):
         _clear_leftovers(settings.release)
         manifest = _publish(settings, shard_names)
     final = storage.join(settings.release, manifest["version"])
@@ -227,6 +252,9 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
     if refusal:
         raise ReleaseError(refusal)
     present = set(shard_names)
+    foreign = _foreign(settings, last, present)
+    if foreign:
+        raise ReleaseError(foreign)
     left = {
         name: f"no longer in the input; published in release {last['version']}"
         for name in sorted(last.get("shards", {}) if last else ())
@@ -254,6 +282,32 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
     return manifest
 
 
+def _foreign(settings: Settings, last: dict | None, present: set[str]) -> str:
+    """Why this run must not replace `last` (empty when it may): `last` holds shards that this run's input lacks
+    and that this work location never matched, so they did not leave its input: `last` was made by another
+    pipeline (another work location with other shards publishing here, or a mistyped --shards), and replacing
+    it would drop them. `allow_partial_release` publishes without them, recorded as left."""
+    if last is None or settings.allow_partial_release:
+        return ""
+    work = Work(settings.work)
+    unknown = sorted(n for n in last.get("shards", {}) if n not in present and not _matched_here(work, n))
+    if not unknown:
+        return ""
+    named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return (
+        f"no release published: release {last['version']} holds {len(unknown)} shard(s) that are not in"
+        f" {settings.shards} and that work location {settings.work} never matched ({named}): it was published by"
+        f" another pipeline (another --work or --shards), and this release would drop them; latest stays at"
+        f" {last['version']}. Publish from the pipeline that has them, or without them with --allow-partial-release"
+        " (RELAION_ALLOW_PARTIAL_RELEASE=1)"
+    )
+
+
+def _matched_here(work: Work, name: str) -> bool:
+    """True when this work location has matched shard `name` (its removals are there, or failed there)."""
+    return storage.exists(work.stats("removals", name)) or storage.exists(work.failure("removals", name))
+
+
 def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, bytes]) -> None:
     """Write the release's files and, last, its manifest under its version (through a hidden staging folder
     renamed into place, locally)."""
@@ -261,6 +315,8 @@ def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, b
     final = storage.join(settings.release, manifest["version"])
     local = storage.is_local(settings.release)
     staging = storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
+    if not local:  # objects of a publish killed before its manifest: never part of this release
+        storage.remove(final)
     try:
         for name in ready:
             for variant in VARIANTS:
