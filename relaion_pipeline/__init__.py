@@ -1,6 +1,6 @@
 """relaion-pipeline: the library behind the Re-LAION job, free of orchestration (Dagster lives in `assets/`).
 
-Its layers, each importing only the ones above it in this list (tests/test_layout.py holds it to that):
+Its layers, each importing only the ones above it in this list (tests/core/test_layout.py holds it to that):
 
 - `core`        settings, locations and storage, shard schemas and discovery, locks, signals, the cache, row keys
 - `canonical`   URL canonicalization and lookup expressions: the Python reference, the compiled kernels, the SQL tier

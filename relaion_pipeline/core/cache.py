@@ -16,7 +16,7 @@ copy the research stage stages. Each one's key is a digest of
 An artifact is reused only when its record's key is the one asked for *and* its files are still the ones the
 record was written with (their fingerprints): an artifact edited, replaced or truncated after it was written is
 made again, never trusted. The record is written after the artifact, so an interrupted write leaves nothing
-that is reused. `tests/test_cache.py` changes each dependency of each artifact in turn and watches it rebuild.
+that is reused. `tests/core/test_cache.py` changes each dependency of each artifact in turn and watches it rebuild.
 """
 
 from __future__ import annotations
@@ -206,27 +206,47 @@ def code_digest(*roots) -> str:
 
 def closure(*roots) -> list[tuple[str, str]]:
     """(name, source or value) of `roots` and of every function, class and plain constant of this package they
-    refer to, transitively. A name that merely looks like something used (an attribute of another object
-    named like a module's function) is taken too: the digest then changes more often, never less."""
+    refer to, transitively; and of every method, of a class of a module they come from, that they call by name
+    on an argument (`roles.key_sql(...)`: only its name is in the code). A name that merely looks like something
+    used (an attribute of another object named like a module's function or a method) is taken too: the digest
+    then changes more often, never less."""
     found: list[tuple[str, str]] = []
     seen: set[int] = set()
+    functions: list = []
     todo = [(f"{getattr(r, '__module__', '')}.{getattr(r, '__qualname__', repr(r))}", r) for r in roots]
     while todo:
-        label, obj = todo.pop()
-        obj = getattr(obj, "py_func", obj)  # a compiled (numba) function: its Python source
-        obj = inspect.unwrap(obj) if callable(obj) else obj
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if inspect.isfunction(obj) or isinstance(obj, type):
-            if _ours(obj):
-                found.append((label, _source(obj)))
-                todo.extend(_uses(obj))
-        elif isinstance(obj, _PLAIN) or isinstance(obj, pa.Schema):
-            found.append((label, _stable(obj)))
-        elif _declared(obj):  # a declaration such as a list kind (`kinds.PDQ`): its fields, and its class's code
-            found.append((label, _stable(obj)))
-            todo.append((f"{type(obj).__module__}.{type(obj).__qualname__}", type(obj)))
+        while todo:
+            label, obj = todo.pop()
+            obj = getattr(obj, "py_func", obj)  # a compiled (numba) function: its Python source
+            obj = inspect.unwrap(obj) if callable(obj) else obj
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if inspect.isfunction(obj) or isinstance(obj, type):
+                if _ours(obj):
+                    found.append((label, _source(obj)))
+                    todo.extend(_uses(obj))
+                    if inspect.isfunction(obj):
+                        functions.append(obj)
+            elif isinstance(obj, _PLAIN) or isinstance(obj, pa.Schema):
+                found.append((label, _stable(obj)))
+            elif _declared(obj):  # a declaration such as a list kind (`kinds.PDQ`): its fields, and its class's code
+                found.append((label, _stable(obj)))
+                todo.append((f"{type(obj).__module__}.{type(obj).__qualname__}", type(obj)))
+        methods = _methods({f.__module__ for f in functions})
+        called = set().union(*(_names(f.__code__) for f in functions)) if functions else set()
+        todo = [m for name in sorted(called & set(methods)) for m in methods[name] if id(m[1]) not in seen]
+    return found
+
+
+def _methods(modules: set[str]) -> dict[str, list[tuple[str, Any]]]:
+    """The methods and properties of the classes defined in `modules`, by name."""
+    found: dict[str, list[tuple[str, Any]]] = {}
+    for module in sorted(modules):
+        for cls in vars(sys.modules[module]).values():
+            if isinstance(cls, type) and cls.__module__ == module:
+                for label, member in _uses(cls):
+                    found.setdefault(label.rsplit(".", 1)[-1], []).append((label, member))
     return found
 
 
@@ -315,7 +335,10 @@ def lookup(work: str, shard: str, artifact: Artifact, depends: dict, files: tupl
     files = files or _own(work, shard, artifact)
     kept = record.get("files", {})
     for file in files:
-        if not storage.exists(file) or kept.get(file) != fingerprint(file):
+        if not storage.exists(file):  # removed (a clean-up of the work location): made again, nothing to report
+            log.info("%s: no longer there, the %s is made again", file, artifact.name)
+            return None
+        if kept.get(file) != fingerprint(file):
             log.warning("%s: changed since it was kept in the cache, the %s is made again", file, artifact.name)
             return None
     return Kept(extra=record.get("extra", {}), value=record.get("value"))

@@ -114,7 +114,10 @@ def read_latest(location: str) -> str | None:
     with storage.reaching(path):
         if not storage.exists(path):
             return None
-        raw = storage.filesystem(path)[0].cat_file(storage.filesystem(path)[1])
+        fs, inner = storage.filesystem(path)
+        if fs.isdir(inner):
+            raise ManifestError(f"{path}: a folder; expected a file naming a release version (16 hex digits)")
+        raw = fs.cat_file(inner)
     try:
         name = raw.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -37,6 +37,8 @@ def resolve(location: str) -> str:
         except manifests.ManifestError as error:
             raise ReleaseError(str(error)) from None
     if version is None:
+        if not storage.exists(location):
+            raise ReleaseError(f"{location}: does not exist; expected a release folder or location (local or s3://)")
         raise ReleaseError(f"{location}: no manifest.json and no 'latest' pointer: not a release")
     return storage.join(location, version)
 

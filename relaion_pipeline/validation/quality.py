@@ -96,8 +96,8 @@ def validate(suite: str, partition: str, frame: pd.DataFrame, expectation_list: 
     result = batch.validate(gx_suite, result_format=result_format)
     failures = []
     for item in result.results:
-        error = item.exception_info or {}
-        raised = error.get("raised_exception") if isinstance(error, dict) else False
+        error = _exception(item.exception_info)
+        raised = error.get("raised_exception")
         if item.success and not raised:
             continue
         details = item.result or {}
@@ -123,6 +123,17 @@ def validate(suite: str, partition: str, frame: pd.DataFrame, expectation_list: 
         statistics={k: _plain(v) for k, v in (result.statistics or {}).items()},
         html=render(result),
     )
+
+
+def _exception(info) -> dict:
+    """GX's exception info of one expectation: flat (`raised_exception`, `exception_message`) or, when a metric
+    it needs failed (a column the frame lacks), one such dict per metric: the first that raised."""
+    if not isinstance(info, dict):
+        return {}
+    if "raised_exception" in info:
+        return info
+    raised = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    return raised[0] if raised else {}
 
 
 def render(result) -> str:

@@ -37,7 +37,7 @@ from relaion_pipeline.stages import pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LOCATION = "assets.definitions"  # the code location's name in workspace.yaml (its module)
 STAGES = ["blocklist", "removals", "research", "research_safe", "release"]
 SHARD = "joined/part-00000"

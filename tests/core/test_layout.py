@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-LIBRARY = Path(__file__).resolve().parents[1] / "relaion_pipeline"
+LIBRARY = Path(__file__).resolve().parents[2] / "relaion_pipeline"
 # Bottom first: a module may import from its own layer and the layers before it.
 LAYERS = [
     "core",

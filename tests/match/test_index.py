@@ -118,7 +118,7 @@ def test_research_check_finds_a_row_the_matching_query_missed(settings, monkeypa
 def test_research_check_finds_a_wrong_index(settings):
     """An index built wrong (as a bug in its kernel would build it) that lacks a row's entries hides the row
     from matching; the check's reference audit of the index, and its direct match of the sampled rows, both
-    find it. (An index edited after it was built is not used at all: tests/test_cache.py.)"""
+    find it. (An index edited after it was built is not used at all: tests/core/test_cache.py.)"""
     pipeline.build_blocklist(settings)
     pipeline.compute_removals(settings, "good-1")
     index_path, record_path = index.paths(settings.work, "good-1")

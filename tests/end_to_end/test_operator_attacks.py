@@ -333,7 +333,7 @@ def test_a_publish_waits_for_the_release_locations_lock_whichever_work_location_
     bucket = f"locks-{uuid.uuid4().hex[:8]}"
     fs.mkdir(bucket)
     probe = (
-        "import sys\nfrom relaion_pipeline import shard_lock\n"
+        "import sys\nfrom relaion_pipeline.core import shard_lock\n"
         "try:\n    with shard_lock.publishing(sys.argv[1], timeout=0):\n        print('took it')\n"
         "except shard_lock.ReleaseLocked as error:\n    print(error)"
     )

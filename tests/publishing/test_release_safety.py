@@ -198,6 +198,18 @@ def test_a_latest_that_names_no_version_inside_the_location_is_refused(published
     assert capsys.readouterr().err.startswith(f"error: {releases / 'latest'}: {message}")
 
 
+def test_a_latest_that_is_a_folder_or_a_mistyped_release_is_named(published, tmp_path, capsys):
+    releases = tmp_path / "releases"
+    shutil.copytree(Workspace(published).releases, releases)
+    (releases / "latest").unlink()
+    (releases / "latest").mkdir()
+    assert main(["verify", str(releases)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {releases / 'latest'}: a folder; expected a file naming")
+
+    assert main(["verify", str(tmp_path / "relases")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'relases'}: does not exist; expected a release")
+
+
 def test_a_manifest_that_is_not_a_json_object_is_named(published, tmp_path, capsys):
     space = Workspace(published)
     copy = tmp_path / "copy"

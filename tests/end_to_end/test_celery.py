@@ -74,7 +74,7 @@ def cluster(tmp_path):
                     stdout=log.open("w"),
                     stderr=subprocess.STDOUT,
                     env=env,
-                    cwd=Path(__file__).parent.parent,
+                    cwd=Path(__file__).resolve().parents[2],
                     start_new_session=True,
                 )
             )
@@ -95,7 +95,7 @@ def _dagster(env: dict, *args: str) -> subprocess.Popen:
         ["timeout", "-s", "KILL", "240", str(BIN / "dagster"), "job", "execute", "-m", "assets.celery_definitions"]
         + list(args),
         env=env,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

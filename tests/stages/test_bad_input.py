@@ -3,8 +3,8 @@ the row or line, the column and what was expected; rows that can be set aside ar
 Inputs are never modified, and no message or statistic ever holds a row's URL or caption.
 
 More partner-list cases (unknown kind, wrong hash length, non-hex, missing header, BOM, CRLF, empty file, empty
-folder, unreadable parquet list) are in tests/test_blocklists.py; an unreadable shard failing alone in a full
-run is in tests/test_failures.py.
+folder, unreadable parquet list) are in tests/lists/test_blocklists.py; an unreadable shard failing alone in a full
+run is in tests/validation/test_failures.py.
 """
 
 import hashlib
@@ -486,7 +486,7 @@ def test_spaces_and_unicode_in_shard_names_run_end_to_end_and_a_bad_shard_fails_
     assert not [p for p in work_files if SECRET.encode() in p.read_bytes()], "no URL in logs, stats or outputs"
 
 
-# Partner lists (the rest are in tests/test_blocklists.py)
+# Partner lists (the rest are in tests/lists/test_blocklists.py)
 
 
 def write_list(root: Path, relative: str, content: str | bytes) -> Path:

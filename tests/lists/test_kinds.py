@@ -20,7 +20,7 @@ from relaion_pipeline.lists.kinds import Kind, Match
 from relaion_pipeline.match import index, matching, near_matching
 from relaion_pipeline.stages import pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Values of the right form for each kind, as a partner might write them, and their normalized form.
 VALID = {
