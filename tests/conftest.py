@@ -22,16 +22,7 @@ def two_shards(tmp_path, monkeypatch):
         shards = tmp_path / "shards"
         shards.mkdir()
         for name in ("good-1", "good-2"):
-            urls, captions, scores = zip(*rows, strict=True)
-            table = pa.table(
-                {
-                    "url": list(urls),
-                    "caption": list(captions),
-                    "key": [f"{name}-{i}" for i in range(len(rows))],
-                    "punsafe": pa.array(scores, pa.float32()),
-                }
-            )
-            pq.write_table(table, shards / f"{name}.parquet")
+            relaion_shard(shards, name, rows)
         (tmp_path / "lists" / "iwf").mkdir(parents=True)
         expression = BLOCKED_URL.removeprefix("http://")
         (tmp_path / "lists" / "iwf" / "url_sha256.txt").write_text(
@@ -46,6 +37,20 @@ def two_shards(tmp_path, monkeypatch):
         )
 
     return make
+
+
+def relaion_shard(folder, name: str, rows: list[tuple[str, str, float]]) -> None:
+    """Write `<folder>/<name>.parquet`, a Re-LAION style shard (keys `<name>-<i>`) of (url, caption, punsafe) rows."""
+    urls, captions, scores = zip(*rows, strict=True)
+    table = pa.table(
+        {
+            "url": list(urls),
+            "caption": list(captions),
+            "key": [f"{name}-{i}" for i in range(len(rows))],
+            "punsafe": pa.array(scores, pa.float32()),
+        }
+    )
+    pq.write_table(table, f"{folder}/{name}.parquet")
 
 
 def sensor_requests(defs: dg.Definitions, instance: dg.DagsterInstance, sensor_name: str) -> list[dg.RunRequest]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from conftest import BLOCKED_URL
+from conftest import BLOCKED_URL, relaion_shard
 from test_s3 import s3_env, s3_server  # noqa: F401  (the moto server and its environment)
 
 from relaion_pipeline.core import shard_lock
@@ -53,16 +53,7 @@ def start(*args) -> subprocess.Popen:
 
 
 def write_shard(path: Path, name: str, rows=ROWS) -> None:
-    urls, captions, scores = zip(*rows, strict=True)
-    table = pa.table(
-        {
-            "url": list(urls),
-            "caption": list(captions),
-            "key": [f"{name}-{i}" for i in range(len(rows))],
-            "punsafe": pa.array(scores, pa.float32()),
-        }
-    )
-    pq.write_table(table, path / f"{name}.parquet")
+    relaion_shard(path, name, rows)
 
 
 class Workspace:
