@@ -164,7 +164,7 @@ Each shard keeps exactly the columns and types of the original, so it replaces i
 `manifest.json` holds the row count and sha256 of every file: check a download with `relaion verify`.
 `transparency.md` counts removals by source, category and shard. {removal}
 
-Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>`.{_changes(manifest)}
+Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>{"" if removal_list["published"] else " --by difference"}`.{_changes(manifest)}
 """
 
 

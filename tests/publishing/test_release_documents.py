@@ -132,3 +132,20 @@ def test_clean_by_removal_list_explains_when_the_list_is_withheld(withheld, tmp_
     ):
         clean.clean(str(root / "releases"), str(root / "in" / "shards"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("which", ["withheld", "listed"])
+def test_the_cards_clean_command_works_as_written(request, tmp_path, which):
+    """The card tells how to clean an old copy; the command it gives runs, with or without a removal list."""
+    import re
+
+    from relaion_pipeline.cli import main
+
+    root, published = request.getfixturevalue(which)
+    card = (published / "README.md").read_text()
+    (command,) = re.findall(r"Clean an old copy: `([^`]+)`", card)
+    assert ("--by difference" in command) == (which == "withheld")
+    words = command.replace("<this release>", str(root / "releases")).replace("<old copy>", str(root / "in" / "shards"))
+    words = words.replace("<cleaned copy>", str(tmp_path / "cleaned")).split()
+    assert words[0] == "relaion" and main(words[1:]) == 0
+    assert (tmp_path / "cleaned" / "clean-report.json").exists()
