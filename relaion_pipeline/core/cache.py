@@ -318,10 +318,10 @@ def lookup(work: str, shard: str, artifact: Artifact, depends: dict, files: tupl
     """The artifact kept for `shard` under the key of `depends`, when its record has that key and its `files`
     (by default its own file, for a table) are unchanged since it was written; else None (and why is logged)."""
     where = record_path(work, shard, artifact)
-    if not storage.exists(where):
-        return None
     try:
         record = storage.read_json(where)
+    except FileNotFoundError:  # never kept
+        return None
     except (ValueError, OSError):
         log.warning("%s: unreadable cache record, the %s is made again", where, artifact.name)
         return None
@@ -335,10 +335,12 @@ def lookup(work: str, shard: str, artifact: Artifact, depends: dict, files: tupl
     files = files or _own(work, shard, artifact)
     kept = record.get("files", {})
     for file in files:
-        if not storage.exists(file):  # removed (a clean-up of the work location): made again, nothing to report
+        try:
+            found = fingerprint(file)  # one stat (a HEAD on an object store) a file
+        except FileNotFoundError:  # removed (a clean-up of the work location): made again, nothing to report
             log.info("%s: no longer there, the %s is made again", file, artifact.name)
             return None
-        if kept.get(file) != fingerprint(file):
+        if kept.get(file) != found:
             log.warning("%s: changed since it was kept in the cache, the %s is made again", file, artifact.name)
             return None
     return Kept(extra=record.get("extra", {}), value=record.get("value"))

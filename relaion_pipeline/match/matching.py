@@ -53,9 +53,6 @@ def connect(settings: Settings | None = None, writes_inputs: bool = False) -> du
     return con
 
 
-on_cursor = db.on_cursor  # where its callers have always found it
-
-
 def read_keywords(path: str) -> str:
     """The text of the keyword file, or an error naming it, the setting and what was expected."""
     where = f"keyword file {path} (setting keywords: --keywords, RELAION_KEYWORDS)"

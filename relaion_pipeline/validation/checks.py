@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from relaion_pipeline.core import cache, row_keys, shards, storage
+from relaion_pipeline.core import cache, db, row_keys, shards, storage
 from relaion_pipeline.core.schemas import quote, sql_string
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists, pdq
@@ -207,7 +207,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
         with ThreadPoolExecutor(max_workers=1) as pool:  # research's digest and order, read while leaks are sought
             validated = pool.submit(_validated, research_path)
             removed = work.removed_rows(name)
-            not_in_input = matching.on_cursor(con, pool, _rows_not_in, research_path, shard.path, roles, removed)
+            not_in_input = db.on_cursor(con, pool, _rows_not_in, research_path, shard.path, roles, removed)
             found, audit = leaks.find(settings, con, name, shard, blocklist_path, research_path)
     finally:
         con.close()
@@ -270,7 +270,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     pool = ThreadPoolExecutor(max_workers=2)  # its digest and order, read while its scores are validated
     try:
         validated = pool.submit(_validated, safe_path)
-        not_in_research = matching.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
+        not_in_research = db.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
         if roles.punsafe is not None:
             column = quote(roles.punsafe)
             frame = con.sql(

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from relaion_pipeline.core import shards, storage
+from relaion_pipeline.core import db, shards, storage
 from relaion_pipeline.core.schemas import quote, sql_string
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import pdq
@@ -107,23 +107,19 @@ def find(settings: Settings, con, name: str, shard: shards.Shard, blocklist_path
         #    implementation (research is the input minus the rows of the removals table: check 5 and the counts
         #    check hold it to that, so a removed candidate cannot leak and is not derived again).
         #    The rows the index names are those removals found for this index and list file, when it kept them.
-        candidates_later = matching.on_cursor(
-            con, pool, index.list_candidates, settings.work, name, blocklist_path, False
-        )
+        candidates_later = db.on_cursor(con, pool, index.list_candidates, settings.work, name, blocklist_path, False)
         # 2. The index itself, re-derived by the reference implementation on a sample of rows, whose URLs are
         #    matched against the list directly as well.
-        entries_later = matching.on_cursor(con, pool, index.entries_of, index_path, sample)
+        entries_later = db.on_cursor(con, pool, index.entries_of, index_path, sample)
         # 3. Image hashes through the sidecar: exact ones re-joined with the list, PDQ ones of a sample compared
         #    with every pdq entry.
         sidecar_path, columns = pipeline.sidecar_of(settings, shard)
-        images_later = matching.on_cursor(
+        images_later = db.on_cursor(
             con, pool, _image_matches, settings, name, shard, sidecar_path, columns, blocklist_path
         )
-        near_later = matching.on_cursor(con, pool, _pdq_audit, name, shard, sidecar_path, columns, blocklist_path)
+        near_later = db.on_cursor(con, pool, _pdq_audit, name, shard, sidecar_path, columns, blocklist_path)
         integer = matching.integer_key(research_path, roles)
-        on_research = matching.on_cursor(
-            con, pool, _research_leaks, settings, name, roles, research_path, removals, integer
-        )
+        on_research = db.on_cursor(con, pool, _research_leaks, settings, name, roles, research_path, removals, integer)
         derived_of = {row: index.reference(url) for row, (_, url) in rows.items()}
         candidates = candidates_later.result()
         removed = storage.read_table(removals, columns=["row_number"]).column("row_number").to_numpy()
