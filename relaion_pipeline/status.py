@@ -131,7 +131,11 @@ def _stale(settings: Settings, name: str, version: str, found: Chain) -> str:
 
 def inputs_changed(settings: Settings, name: str, removals: dict) -> str:
     """Why the shard or its image-hash sidecar is not what its removals were computed from (empty if it is)."""
-    current = input_fingerprints(settings, name)
+    return _changed(input_fingerprints(settings, name), removals)
+
+
+def _changed(current: dict, removals: dict) -> str:
+    """Why the inputs whose fingerprints are `current` are not those the removals were computed from."""
     if current["input"] != removals["input"]:
         return "input shard changed since it was matched"
     if current["sidecar_input"] != removals.get("sidecar_input"):
@@ -202,9 +206,10 @@ def inputs_replaced(settings: Settings, names: list[str]) -> dict[str, dict]:
     found = {}
     for name in names:
         try:
-            removals = read_stats(settings, "removals", name)
-            if inputs_changed(settings, name, removals):
-                found[name] = input_fingerprints(settings, name)
+            removals = read_stats(settings, "removals", name)  # never matched: shard_sensor's work
+            current = input_fingerprints(settings, name)
+            if _changed(current, removals):
+                found[name] = current
         except (StageError, shards.ShardError, FileNotFoundError):
             continue
     return found
