@@ -32,15 +32,15 @@ def blocklist(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg
     settings = relaion.settings()
     stats = pipeline.build_blocklist(settings)
     outcomes = checks.check_blocklist(settings)
-    context.log.info(f"blocklist {stats['version']}: {stats['entries']:,} entries from {len(stats['sources'])} sources")
+    context.log.info(f"blocklist {stats.version}: {stats.entries:,} entries from {len(stats.sources)} sources")
     metadata = from_stats(stats)
-    metadata["entries_by_kind_table"] = markdown_table(stats["entries_by_kind"], ("kind", "entries"))
+    metadata["entries_by_kind_table"] = markdown_table(stats.entries_by_kind, ("kind", "entries"))
     if all(o.success for o in outcomes):  # never vouch for shards against a list that failed its check
         update = incremental.verify_untouched(settings, context.instance.get_dynamic_partitions(shard_partitions.name))
         for name, why in update["touched"].items():
             context.log.info(f"shard {name!r} needs a re-match: {why}")
         context.log.info(
-            f"{len(update['verified'])} shards verified against {stats['version']} without rewriting,"
+            f"{len(update['verified'])} shards verified against {stats.version} without rewriting,"
             f" {len(update['touched'])} to re-match ({update['seconds']:.1f} s)"
         )
         metadata["shards_verified_unchanged"] = len(update["verified"])
@@ -48,6 +48,6 @@ def blocklist(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg
         metadata["verify_seconds"] = update["seconds"]
     return dg.MaterializeResult(
         metadata=metadata,
-        data_version=dg.DataVersion(stats["version"]),
+        data_version=dg.DataVersion(stats.version),
         check_results=[check_result(o, context.asset_key) for o in outcomes],
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from relaion_pipeline.core.records import Record
+
 
 def markdown_table(counts: dict[str, int], header: tuple[str, str]) -> dg.MetadataValue:
     lines = [f"| {header[0]} | {header[1]} |", "|---|---:|"]
@@ -11,8 +13,10 @@ def markdown_table(counts: dict[str, int], header: tuple[str, str]) -> dg.Metada
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def from_stats(stats: dict) -> dict:
-    """Numbers as numbers, dicts as JSON, plus markdown tables for removal counts."""
+def from_stats(record: Record | dict) -> dict:
+    """A stage's record (or the release's summary) as metadata: numbers as numbers, objects as JSON, plus a
+    markdown table of removals."""
+    stats = record.as_dict() if isinstance(record, Record) else record
     out: dict = {}
     for key, value in stats.items():
         if isinstance(value, bool):

@@ -38,11 +38,10 @@ def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
         )
     stats = pipeline.compute_removals(settings, context.partition_key)
     outcomes = checks.check_input(settings, context.partition_key)
-    for warning in stats["warnings"]:
+    for warning in stats.warnings:
         context.log.warning(warning)
     context.log.info(
-        f"{context.partition_key}: {stats['rows_removed']:,} of {stats['rows_in']:,} rows to remove"
-        f" ({stats['seconds']:.1f} s)"
+        f"{context.partition_key}: {stats.rows_removed:,} of {stats.rows_in:,} rows to remove ({stats.seconds:.1f} s)"
     )
     return dg.MaterializeResult(
         metadata=from_stats(stats), check_results=[check_result(o, context.asset_key) for o in outcomes]

@@ -95,8 +95,8 @@ def _stage_lines(settings: Settings, name: str) -> list[str]:
             stats = pipeline.read_stats(settings, stage, name)
         except pipeline.StageError:
             continue
-        rate = stats["rows_in"] / stats["seconds"] if stats.get("seconds") else 0
-        lines.append(f"      {stage:<14} {stats['seconds']:>7.1f} s  {rate:>12,.0f} rows/s")
+        rate = stats.rows_in / stats.seconds if stats.seconds else 0
+        lines.append(f"      {stage:<14} {stats.seconds:>7.1f} s  {rate:>12,.0f} rows/s")
     return lines
 
 
@@ -111,9 +111,9 @@ def _outcome(settings: Settings, name: str, ok: bool, seconds: float) -> ShardOu
     outcome = ShardOutcome(name=name, ok=ok, seconds=seconds)
     try:
         removals = pipeline.read_stats(settings, "removals", name)
-        outcome.rows_in, outcome.rows_removed = removals["rows_in"], removals["rows_removed"]
-        outcome.rows_research = pipeline.read_stats(settings, pipeline.RESEARCH, name)["rows_out"]
-        outcome.rows_safe = pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"]
+        outcome.rows_in, outcome.rows_removed = removals.rows_in, removals.rows_removed
+        outcome.rows_research = pipeline.read_stats(settings, pipeline.RESEARCH, name).rows_out
+        outcome.rows_safe = pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name).rows_out
     except pipeline.StageError:
         pass
     return outcome

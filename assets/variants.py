@@ -57,8 +57,8 @@ def research_safe(context: dg.AssetExecutionContext, relaion: RelaionSettings) -
     stats = pipeline.write_research_safe(settings, context.partition_key)
     outcomes = checks.check_research_safe(settings, context.partition_key)
     metadata = from_stats(stats)
-    if stats["score"] != "none":
-        metadata |= punsafe_picture(settings, context.partition_key, stats["score"])
+    if stats.score != "none":
+        metadata |= punsafe_picture(settings, context.partition_key, stats.score)
     return dg.MaterializeResult(metadata=metadata, check_results=[check_result(o, context.asset_key) for o in outcomes])
 
 

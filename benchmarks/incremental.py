@@ -62,7 +62,7 @@ def main() -> None:
     for check in (checks.check_input, checks.check_research, checks.check_research_safe):
         check(one, NAME)
     per_shard = time.perf_counter() - started
-    index_reused = pipeline.read_stats(one, "removals", NAME)["index"]["reused"]
+    index_reused = pipeline.read_stats(one, "removals", NAME).index.reused
 
     pipeline.build_blocklist(settings)  # same lists: same version as `one`
     work, source_work = pipeline.Work(settings.work), pipeline.Work(one.work)

@@ -127,7 +127,7 @@ def pipeline_stage(entries: np.ndarray, rows: int, root: Path) -> dict:
     stats = pipeline.read_stats(settings, "removals", "s")
     return {"rows": rows, "blocklist_seconds": round(blocklist, 2), "removals_seconds": round(seconds, 2),
             "removals_peak_rss_mib": round(rss), "removals_with_url_index_seconds": round(again, 2),
-            "removals_with_url_index_peak_rss_mib": round(again_rss), "rows_removed": stats["rows_removed"],
+            "removals_with_url_index_peak_rss_mib": round(again_rss), "rows_removed": stats.rows_removed,
             "rows_per_second_with_url_index": round(rows / again)}  # fmt: skip
 
 

@@ -95,9 +95,9 @@ def main() -> None:
     def removals(label: str) -> None:
         seconds, peak = in_child(lambda: pipeline.compute_removals(settings, name))
         stats = pipeline.read_stats(settings, "removals", name)
-        assert stats["index"]["reused"]
-        near = stats["near_matching"] or {}
-        searched = f"{near.get('entries_searched', 0):,} pdq entries searched"
+        assert stats.index.reused
+        searched = stats.near_matching.entries_searched if stats.near_matching else 0
+        searched = f"{searched:,} pdq entries searched"
         print(f"{label:<50} {seconds:>8.2f} {args.rows / seconds:>12,.0f} {peak:>13,.0f}  {searched}")
 
     print("removals again, the index reused:")

@@ -11,6 +11,7 @@ one). Otherwise it stays stale, and `blocklist_version_sensor` re-runs it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import duckdb
 import numpy as np
@@ -22,7 +23,8 @@ from relaion_pipeline.lists import blocklists, pdq
 from relaion_pipeline.lists.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_EXACT, URL_DERIVED, URL_MD5, by_name
 from relaion_pipeline.match import index, matching, near_matching
 from relaion_pipeline.match.pdq_index import PdqIndex
-from relaion_pipeline.stages.pipeline import StageError, Work, image_gap, sidecar_of
+from relaion_pipeline.stages.pipeline import image_gap, sidecar_of
+from relaion_pipeline.stages.work import StageError, Work
 
 
 def _delta_sql(old_path: str, new_path: str) -> str:
@@ -109,21 +111,21 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
             except StageError:
                 touched[name] = "not processed yet"
                 continue
-            old = chain["removals"]["blocklist_version"]
-            if old == version and all(s["blocklist_version"] == version for s in chain.values()):
+            old = found.removals.blocklist_version
+            if old == version and all(s.blocklist_version == version for s in chain.values()):
                 continue
             shard = shards.resolve(settings.shards, name)
             old_path = storage.join(work.blocklist_dir, f"blocklist-{old}.parquet")
-            if any(s["blocklist_version"] != old for s in chain.values()):
+            if any(s.blocklist_version != old for s in chain.values()):
                 touched[name] = "its outputs were made against different list versions"
             elif not storage.exists(old_path):
                 touched[name] = f"list version {old} is no longer kept"
             elif (
-                status.inputs_changed(settings, name, chain["removals"])
+                status.inputs_changed(settings, name, found.removals)
                 or index.current(
                     settings.work,
                     name,
-                    chain["removals"]["input"],
+                    found.removals.input,
                     md5=_has_kind(con, current_path, URL_MD5.name),
                     domains=_has_kind(con, current_path, DOMAIN.name),
                 )
@@ -143,12 +145,10 @@ def verify_untouched(settings: Settings, names: list[str]) -> dict:
                     continue
                 with shard_lock.holding(settings.work, name):
                     for stage, stats in chain.items():
-                        stats = {
-                            **stats,
-                            "blocklist_version": version,
-                            "verified_from": stats.get("verified_from", old),
-                        }
-                        storage.write_json_atomic(stats, work.stats(stage, name))
+                        verified_stats = replace(
+                            stats, blocklist_version=version, verified_from=stats.verified_from or old
+                        )
+                        verified_stats.write(work.stats(stage, name))
                 verified.append(name)
     except duckdb.Error as error:
         raise shards.unreadable(error, current_path) from None

@@ -5,7 +5,8 @@ Every reader asks here: `relaion run` (a shard that is publishable as it is, is 
 publishes the publishable shards and holds back the rest with their reason), the sensors (a shard matched
 against another list version, or whose input was replaced, is run again), incremental list updates (which
 shards can be verified against a new version without a rerun) and the release's check (whether every
-blocking check passed on the bytes published). Nobody re-derives it from the stats' JSON keys.
+blocking check passed on the bytes published). Nobody re-derives it from the stage records (`stages.records`)
+or the checks' records.
 
 A shard is publishable when, in this order (the first that fails is the reason):
 1. its three stages have output (else the stage's recorded failure, or the input's own problem);
@@ -23,37 +24,31 @@ from dataclasses import dataclass
 
 from relaion_pipeline.canonical import urls
 from relaion_pipeline.core import shards, storage
+from relaion_pipeline.core.records import RecordError
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists
-from relaion_pipeline.stages.pipeline import (
-    RESEARCH,
-    RESEARCH_SAFE,
-    StageError,
-    Work,
-    fingerprint,
-    input_fingerprints,
-    read_stats,
-    removal_rules,
-)
-from relaion_pipeline.validation.checks import BLOCKING, INPUT_WELL_FORMED
+from relaion_pipeline.stages import records
+from relaion_pipeline.stages.pipeline import fingerprint, input_fingerprints, read_stats, removal_rules
+from relaion_pipeline.stages.work import StageError, Work
+from relaion_pipeline.validation.checks import BLOCKING, INPUT_WELL_FORMED, CheckRecord
 
-STAGES = ("removals", RESEARCH, RESEARCH_SAFE)
+STAGES = records.STAGES
 
 
 @dataclass(frozen=True)
 class Chain:
-    """The stats of a shard's three stages, as they wrote them."""
+    """The records of a shard's three stages, as they wrote them."""
 
-    removals: dict
-    research: dict
-    research_safe: dict
+    removals: records.Removals
+    research: records.Research
+    research_safe: records.ResearchSafe
 
-    def of(self, stage: str) -> dict:
-        return {"removals": self.removals, RESEARCH: self.research, RESEARCH_SAFE: self.research_safe}[stage]
+    def of(self, stage: str) -> records.Stage:
+        return dict(zip(STAGES, (self.removals, self.research, self.research_safe), strict=True))[stage]
 
     @property
     def versions(self) -> set[str]:
-        return {self.of(stage)["blocklist_version"] for stage in STAGES}
+        return {self.of(stage).blocklist_version for stage in STAGES}
 
 
 @dataclass(frozen=True)
@@ -117,36 +112,36 @@ def _stale(settings: Settings, name: str, version: str, found: Chain) -> str:
     """Why a shard's outputs do not form one consistent chain for the current list version and inputs."""
     work = Work(settings.work)
     if found.versions != {version}:
-        return f"matched against blocklist {found.removals['blocklist_version']}, current is {version}"
+        return f"matched against blocklist {found.removals.blocklist_version}, current is {version}"
     changed = inputs_changed(settings, name, found.removals)
     if changed:
         problem = input_problem(settings, name)
         return f"{changed}; now {problem}" if problem else changed
-    if storage.size_and_sha256(work.removals(name))[1] != found.research["removals_sha256"]:
+    if storage.size_and_sha256(work.removals(name))[1] != found.research.removals_sha256:
         return "research was written from an older removals table"
-    if found.research["sha256"] != found.research_safe["research_sha256"]:
+    if found.research.sha256 != found.research_safe.research_sha256:
         return "research-safe was written from an older research file"
     return ""
 
 
-def inputs_changed(settings: Settings, name: str, removals: dict) -> str:
+def inputs_changed(settings: Settings, name: str, removals: records.Removals) -> str:
     """Why the shard or its image-hash sidecar is not what its removals were computed from (empty if it is)."""
     return _changed(input_fingerprints(settings, name), removals)
 
 
-def _changed(current: dict, removals: dict) -> str:
+def _changed(current: dict, removals: records.Removals) -> str:
     """Why the inputs whose fingerprints are `current` are not those the removals were computed from."""
-    if current["input"] != removals["input"]:
+    if current["input"] != removals.input:
         return "input shard changed since it was matched"
-    if current["sidecar_input"] != removals.get("sidecar_input"):
+    if current["sidecar_input"] != removals.sidecar_input:
         return "image-hash sidecar added, changed or removed since the shard was matched"
     return ""
 
 
 def settings_changed(settings: Settings, found: Chain) -> str:
     """Why a shard's outputs were made with other settings than `settings` (empty when they were not)."""
-    rules = found.removals.get("rules", {})
-    if rules.get("host_forms") != urls.HOST_FORMS:
+    rules = found.removals.rules
+    if rules.host_forms != urls.HOST_FORMS:
         return f"matched with other URL host forms than {urls.HOST_FORMS} (non-ASCII hosts in IDNA form too)"
     if rules != removal_rules(settings):
         return (
@@ -154,7 +149,7 @@ def settings_changed(settings: Settings, found: Chain) -> str:
             " skip_image_matching)"
         )
     safe = found.research_safe
-    if safe.get("safe_threshold") != settings.safe_threshold or safe.get("missing_score") != settings.missing_score:
+    if safe.safe_threshold != settings.safe_threshold or safe.missing_score != settings.missing_score:
         return "research-safe was written with another safe threshold or missing-score rule"
     return ""
 
@@ -162,13 +157,12 @@ def settings_changed(settings: Settings, found: Chain) -> str:
 def checks_passed(settings: Settings, name: str) -> tuple[bool, str]:
     """Whether every blocking check of a shard passed on the files now in the work location, and if not why."""
     work = Work(settings.work)
-    input_record = work.validation(INPUT_WELL_FORMED, name)
-    if not storage.exists(input_record):
-        return False, f"check {INPUT_WELL_FORMED} has not run"
-    record = storage.read_json(input_record)
-    if record.get("validated_fingerprint") != fingerprint(shards.resolve(settings.shards, name).path):
+    record = _check_record(work, INPUT_WELL_FORMED, name)
+    if isinstance(record, str):
+        return False, record
+    if record.validated_fingerprint != fingerprint(shards.resolve(settings.shards, name).path):
         return False, f"check {INPUT_WELL_FORMED} ran on an older input file"
-    if not record.get("success"):
+    if not record.success:
         return False, f"check {INPUT_WELL_FORMED} failed"
     for variant, suites in BLOCKING.items():
         path = work.variant(variant, name)
@@ -176,26 +170,40 @@ def checks_passed(settings: Settings, name: str) -> tuple[bool, str]:
             return False, f"no {variant} output"
         _, digest = storage.size_and_sha256(path)
         for suite in suites:
-            record_path = work.validation(suite, name)
-            if not storage.exists(record_path):
-                return False, f"check {suite} has not run"
-            record = storage.read_json(record_path)
-            if record.get("validated_sha256") != digest:
+            record = _check_record(work, suite, name)
+            if isinstance(record, str):
+                return False, record
+            if record.validated_sha256 != digest:
                 return False, f"check {suite} ran on an older {variant} file"
-            if not record.get("success"):
+            if not record.success:
                 return False, f"check {suite} failed"
     return True, "passed"
+
+
+def _check_record(work: Work, suite: str, name: str) -> CheckRecord | str:
+    """The record of check `suite` on shard `name`, or why there is none this version can read."""
+    path = work.validation(suite, name)
+    if not storage.exists(path):
+        return f"check {suite} has not run"
+    try:
+        return CheckRecord.read(path)
+    except RecordError as error:
+        return f"check {suite}: {error}"
 
 
 def needs_matching(settings: Settings, names: list[str]) -> list[str]:
     """Shards whose removals were not computed against the current list version (or not at all): what a new
     list version runs again (after incremental updates verified the shards it cannot touch)."""
-    pointer = blocklists.read_pointer(Work(settings.work).blocklist_dir)
+    work = Work(settings.work)
+    pointer = blocklists.read_pointer(work.blocklist_dir)
     version = pointer and pointer["version"]
     found = []
     for name in names:
-        path = Work(settings.work).stats("removals", name)
-        if not storage.exists(path) or storage.read_json(path).get("blocklist_version") != version:
+        try:
+            matched = work.record("removals", name).blocklist_version
+        except StageError:  # never matched, failed, or a record this version cannot read: match it
+            matched = None
+        if matched != version:
             found.append(name)
     return found
 

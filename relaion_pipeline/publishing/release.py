@@ -37,7 +37,7 @@ from relaion_pipeline.publishing import manifest as manifests
 from relaion_pipeline.publishing import report
 from relaion_pipeline.publishing.manifest import ReleaseError
 from relaion_pipeline.publishing.verification import resolve, verify  # noqa: F401  (where callers have always found them)
-from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE, Work
+from relaion_pipeline.stages.work import RESEARCH, RESEARCH_SAFE, Work
 
 VARIANTS = (RESEARCH, RESEARCH_SAFE)
 
@@ -58,18 +58,13 @@ def code_version() -> str:
     return f"{version}+{commit}" if commit else version
 
 
-def plan(settings: Settings, shard_names: list[str]) -> tuple[dict, dict]:
-    """Which shards can be published (with their stats) and which are held back (with the reason), as
-    `status` says."""
+def plan(settings: Settings, shard_names: list[str]) -> tuple[dict[str, status.Chain], dict[str, str]]:
+    """Which shards can be published (with their chain of stage records) and which are held back (with the
+    reason), as `status` says."""
     ready, held_back = {}, {}
     for found in status.of_shards(settings, shard_names):
         if found.publishable:
-            chain = found.chain
-            ready[found.name] = {
-                "removals": chain.removals,
-                RESEARCH: chain.research,
-                RESEARCH_SAFE: chain.research_safe,
-            }
+            ready[found.name] = found.chain
         else:
             held_back[found.name] = found.reason
     return ready, held_back
@@ -85,21 +80,22 @@ def _settings(settings: Settings) -> dict:
     }
 
 
-def _content(settings: Settings, ready: dict, held_back: dict, left: dict, blocklist_version: str) -> dict:
+def _content(
+    settings: Settings, ready: dict[str, status.Chain], held_back: dict, left: dict, blocklist_version: str
+) -> dict:
     """What a release holds and how it was made, before its documents are added (they are made from it)."""
     shards = {}
-    for name, stats in ready.items():
-        removals = stats["removals"]
+    for name, chain in ready.items():
         shards[name] = {
-            "rows_in": removals["rows_in"],
-            "rows_removed": removals["rows_removed"],
-            "removed_by_kind": removals["removed_by_kind"],
+            "rows_in": chain.removals.rows_in,
+            "rows_removed": chain.removals.rows_removed,
+            "removed_by_kind": chain.removals.removed_by_kind,
             "files": {
                 variant: {
                     "path": f"{variant}/{name}.parquet",
-                    "rows": stats[variant]["rows_out"],
-                    "bytes": stats[variant]["bytes"],
-                    "sha256": stats[variant]["sha256"],
+                    "rows": chain.of(variant).rows_out,
+                    "bytes": chain.of(variant).bytes,
+                    "sha256": chain.of(variant).sha256,
                 }
                 for variant in VARIANTS
             },

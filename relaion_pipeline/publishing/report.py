@@ -18,26 +18,28 @@ import pyarrow.parquet as pq
 from relaion_pipeline.core import row_hashes, shards, storage
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.publishing import plots
-from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE, Work
+from relaion_pipeline.stages.work import Work
+from relaion_pipeline.status import Chain
 
 REMOVAL_LIST = "removal-list.parquet"
 
 
-def transparency(manifest: dict, ready: dict) -> dict:
+def transparency(manifest: dict, ready: dict[str, Chain]) -> dict:
     """Counts of removed rows by source, category, kind and shard; rows dropped from research-safe. It does not
     name the release's version: the version is a digest of the manifest, which lists this report's sha256."""
     by = {"source": Counter(), "category": Counter(), "kind": Counter()}
     per_shard = {}
-    for name, stats in ready.items():
-        removals = stats["removals"]
-        for key in by:
-            by[key].update(removals[f"removed_by_{key}"])
+    for name, chain in ready.items():
+        removals = chain.removals
+        by["source"].update(removals.removed_by_source)
+        by["category"].update(removals.removed_by_category)
+        by["kind"].update(removals.removed_by_kind)
         per_shard[name] = {
-            "rows_in": removals["rows_in"],
-            "rows_removed": removals["rows_removed"],
-            "rows_dropped_unsafe": stats[RESEARCH_SAFE]["rows_dropped_unsafe"],
-            "rows_research": stats[RESEARCH]["rows_out"],
-            "rows_research_safe": stats[RESEARCH_SAFE]["rows_out"],
+            "rows_in": removals.rows_in,
+            "rows_removed": removals.rows_removed,
+            "rows_dropped_unsafe": chain.research_safe.rows_dropped_unsafe,
+            "rows_research": chain.research.rows_out,
+            "rows_research_safe": chain.research_safe.rows_out,
         }
     return {
         "blocklist_version": manifest["blocklist_version"],
@@ -168,7 +170,7 @@ Clean an old copy: `relaion clean --release <this release> --input <old copy> --
 """
 
 
-def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
+def removal_list(settings: Settings, ready: dict[str, Chain]) -> tuple[pa.Table, dict]:
     """Row hashes to drop for research-safe, and whether they may be published (list matches <= max share)."""
     work = Work(settings.work)
     hashes, matched = [], 0
@@ -194,7 +196,7 @@ def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
     return pa.table({"hash": pa.array(values, pa.int64())}), info
 
 
-def documents(settings: Settings, manifest: dict, ready: dict) -> tuple[dict[str, bytes], dict]:
+def documents(settings: Settings, manifest: dict, ready: dict[str, Chain]) -> tuple[dict[str, bytes], dict]:
     """Every document of a release by file name, and what became of the removal list."""
     table, info = removal_list(settings, ready)
     report = transparency(manifest, ready)

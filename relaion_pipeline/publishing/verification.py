@@ -21,7 +21,7 @@ from relaion_pipeline.match import matching
 from relaion_pipeline.publishing import manifest as manifests
 from relaion_pipeline.publishing.manifest import ReleaseError
 from relaion_pipeline.stages import variants
-from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE
+from relaion_pipeline.stages.work import RESEARCH, RESEARCH_SAFE
 
 VARIANTS = (RESEARCH, RESEARCH_SAFE)
 

@@ -1,8 +1,8 @@
 """The stages of the job as plain functions over a `Settings`: what each Dagster asset calls.
 
-Every stage reads its inputs from files, writes its outputs under the work location named by shard, and returns
-a dict of statistics (rows, removals by kind/source/category, bytes, seconds) that the asset reports as
-metadata. Nothing here imports Dagster, so every stage runs the same from the CLI, a notebook or a test.
+Every stage reads its inputs from files, writes its outputs under the work location named by shard (`work.Work`),
+and returns its typed record (`records`: rows, removals by kind/source/category, bytes, seconds), written beside
+its outputs for the status and the release to read and reported by the asset as metadata. Nothing here imports Dagster, so every stage runs the same from the CLI, a notebook or a test.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import functools
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from relaion_pipeline.canonical import urls
@@ -24,62 +22,15 @@ from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists
 from relaion_pipeline.lists.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_COLUMNS, URL_MD5, sidecar_column
 from relaion_pipeline.match import index, matching, near_matching
-from relaion_pipeline.stages import input_counts, variants
+from relaion_pipeline.stages import input_counts, records, variants
+from relaion_pipeline.stages.work import RESEARCH, RESEARCH_SAFE, StageError, Work
 
 log = logging.getLogger(__name__)
-RESEARCH = "research"
-RESEARCH_SAFE = "research-safe"
 SIDECAR_HASHES = SIDECAR_COLUMNS  # md5, sha1, sha256, pdq: the sidecar columns of the image kinds
 COUNTS = ("rows_in", "without_url", "without_caption", "other_scheme", "duplicate_row_keys")  # shard_counts_sql
 
 
-class StageError(RuntimeError):
-    """A stage that cannot run because an earlier one has not produced what it needs."""
-
-
-@dataclass(frozen=True)
-class Work:
-    """Where the stages keep their files under the work location."""
-
-    root: str
-
-    @property
-    def blocklist_dir(self) -> str:
-        return storage.join(self.root, "blocklist")
-
-    def removals(self, name: str) -> str:
-        return storage.join(self.root, "removals", name + ".parquet")
-
-    def removed_rows(self, name: str) -> np.ndarray:
-        """The shard's removed row numbers, sorted and distinct (its removals table has one row per match)."""
-        removals = storage.read_table(self.removals(name), columns=["row_number"]).column("row_number")
-        return np.unique(removals.to_numpy().astype(np.int64))
-
-    def variant(self, variant: str, name: str) -> str:
-        return storage.join(self.root, variant, name + ".parquet")
-
-    def stats(self, stage: str, name: str) -> str:
-        return storage.join(self.root, "stats", stage, name + ".json")
-
-    def unsafe_rows(self, name: str) -> str:
-        """Input row numbers that research-safe leaves out for their safety score (not for a list match)."""
-        return storage.join(self.root, "unsafe-rows", name + ".parquet")
-
-    def staged_safe(self, name: str) -> tuple[str, str, str]:
-        """research-safe as the research stage wrote it in its own pass, for the research-safe stage to
-        publish: the variant, its unsafe rows and what it was made from (`_take_staged_safe`)."""
-        base = storage.join(self.root, "staged", RESEARCH_SAFE, name)
-        return base + ".parquet", base + ".unsafe-rows.parquet", base + ".json"
-
-    def failure(self, stage: str, name: str) -> str:
-        """The first line of the error of the stage's last run for the shard, when it failed (`locked`)."""
-        return storage.join(self.root, "failures", stage, name + ".json")
-
-    def validation(self, suite: str, name: str) -> str:
-        return storage.join(self.root, "validation", suite, name + ".json")
-
-
-def build_blocklist(settings: Settings) -> dict:
+def build_blocklist(settings: Settings) -> records.BlocklistBuilt:
     """Parse, validate, merge and version the partner lists; write the merged list."""
     started = time.perf_counter()
     with storage.reaching(settings.blocklists):
@@ -97,17 +48,17 @@ def build_blocklist(settings: Settings) -> dict:
             " allow_list_shrink (--allow-list-shrink, RELAION_ALLOW_LIST_SHRINK=1) to accept this version"
         )
     path = blocklists.write(merged, Work(settings.work).blocklist_dir, lists_fingerprint)
-    return {
-        "shrink_accepted": shrunk,
-        "version": merged.version,
-        "entries": merged.entries,
-        "sources": merged.sources,
-        "entries_by_source_and_kind": merged.counts,
-        "entries_by_kind": merged.kinds,
-        "entries_by_category": merged.categories,
-        "path": path,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return records.BlocklistBuilt(
+        version=merged.version,
+        entries=merged.entries,
+        sources=list(merged.sources),
+        entries_by_source_and_kind=merged.counts,
+        entries_by_kind=merged.kinds,
+        entries_by_category=merged.categories,
+        path=path,
+        shrink_accepted=shrunk,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 LIST_SHRINK = 0.10  # a source's kind losing more than this share of its entries at once is held as a mistake
@@ -284,7 +235,7 @@ def _shard_counts(settings: Settings, name: str, con: duckdb.DuckDBPyConnection,
 
 
 @locked("removals")
-def compute_removals(settings: Settings, name: str) -> dict:
+def compute_removals(settings: Settings, name: str) -> records.Removals:
     """Match one shard against the current merged blocklist and write its removals table.
 
     Rows that cannot be matched by URL (null, blank or unusable URL) are kept and counted; so are row keys
@@ -375,57 +326,57 @@ def compute_removals(settings: Settings, name: str) -> dict:
             " by row number"
         )
     storage.write_parquet_atomic(removals, work.removals(name))
-    stats = {
-        "shard": name,
-        "family": roles.family,
-        "blocklist_version": version,
-        "input": input_fingerprint,
-        "index": {"reused": reused, "entries": meta["entries"], "bytes": meta["bytes"], "seconds": meta["seconds"]},
-        "candidate_rows": int(candidates.size),
-        "rows_in": rows_in,
-        "rows_without_url": null_urls,
-        "rows_unusable_url": int(unusable.size),
-        "rows_without_caption": null_captions,
-        "rows_other_scheme": other_scheme,
-        "duplicate_row_keys": duplicate_keys,
-        "row_keys": keys.how,
-        "rows_removed": len(set(removals.column("row_number").to_pylist())),
-        "matches": removals.num_rows,
-        "removed_by_kind": _count_by(removals, "kind"),
-        "removed_by_source": _count_by(removals, "source"),
-        "removed_by_category": _count_by(removals, "category"),
-        "removed_by_kind_source_category": _count_by(removals, "kind", "source", "category"),
-        "removed_by_match": _count_by(removals, "match"),
-        "rules": removal_rules(settings),
-        "sidecar": sidecar_path is not None,
-        "sidecar_input": fingerprints["sidecar_input"],
-        "sidecar_rows": sidecar_rows,
-        "image_hash_rows": max(0, sidecar_rows - unmatched_keys) if sidecar_path else 0,
-        "image_matching": "skipped" if settings.skip_image_matching else "required",
-        "sidecar_unmatched_keys": unmatched_keys,
-        "pdq_low_quality_rows": low_quality,
-        "pdq_malformed_rows": malformed_pdq,
-        "pdq_quality_out_of_range_rows": odd_quality,
-        "near_matching": near_how,
-        "warnings": warnings,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    storage.write_json_atomic(stats, work.stats("removals", name))
+    stats = records.Removals(
+        shard=name,
+        family=roles.family,
+        blocklist_version=version,
+        input=input_fingerprint,
+        index=records.IndexUse(reused=reused, entries=meta["entries"], bytes=meta["bytes"], seconds=meta["seconds"]),
+        candidate_rows=int(candidates.size),
+        rows_in=rows_in,
+        rows_without_url=null_urls,
+        rows_unusable_url=int(unusable.size),
+        rows_without_caption=null_captions,
+        rows_other_scheme=other_scheme,
+        duplicate_row_keys=duplicate_keys,
+        row_keys=keys.how,
+        rows_removed=len(set(removals.column("row_number").to_pylist())),
+        matches=removals.num_rows,
+        removed_by_kind=_count_by(removals, "kind"),
+        removed_by_source=_count_by(removals, "source"),
+        removed_by_category=_count_by(removals, "category"),
+        removed_by_kind_source_category=_count_by(removals, "kind", "source", "category"),
+        removed_by_match=_count_by(removals, "match"),
+        rules=removal_rules(settings),
+        sidecar=sidecar_path is not None,
+        sidecar_input=fingerprints["sidecar_input"],
+        sidecar_rows=sidecar_rows,
+        image_hash_rows=max(0, sidecar_rows - unmatched_keys) if sidecar_path else 0,
+        image_matching="skipped" if settings.skip_image_matching else "required",
+        sidecar_unmatched_keys=unmatched_keys,
+        pdq_low_quality_rows=low_quality,
+        pdq_malformed_rows=malformed_pdq,
+        pdq_quality_out_of_range_rows=odd_quality,
+        near_matching=records.NearSearch(**near_how) if near_how else None,
+        warnings=warnings,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    stats.write(work.stats("removals", name))
     return stats
 
 
-def removal_rules(settings: Settings) -> dict:
+def removal_rules(settings: Settings) -> records.RemovalRules:
     """What decides a shard's removals besides the lists: the keyword rule's settings, whether image hashes are
     required, and the forms a URL's host is matched in (`urls.HOST_FORMS`: shards matched before non-ASCII hosts
     had an IDNA form are matched again)."""
     keywords = matching.read_keywords(settings.keywords) if settings.keywords else ""
-    return {
-        "host_forms": urls.HOST_FORMS,
-        "research_threshold": settings.research_threshold,
-        "keywords_sha256": hashlib.sha256(keywords.encode("utf-8")).hexdigest(),
-        "unsafe_tags": settings.unsafe_tags,
-        "skip_image_matching": settings.skip_image_matching,
-    }
+    return records.RemovalRules(
+        host_forms=urls.HOST_FORMS,
+        research_threshold=settings.research_threshold,
+        keywords_sha256=hashlib.sha256(keywords.encode("utf-8")).hexdigest(),
+        unsafe_tags=settings.unsafe_tags,
+        skip_image_matching=settings.skip_image_matching,
+    )
 
 
 def input_fingerprints(settings: Settings, name: str) -> dict:
@@ -438,15 +389,9 @@ def input_fingerprints(settings: Settings, name: str) -> dict:
     }
 
 
-def read_stats(settings: Settings, stage: str, name: str) -> dict:
-    work = Work(settings.work)
-    path = work.stats(stage, name)
-    if not storage.exists(path):
-        failed = work.failure(stage, name)
-        if storage.exists(failed):
-            raise StageError(f"shard {name!r}: {stage} failed: {storage.read_json(failed)['error']}")
-        raise StageError(f"shard {name!r}: no {stage} output yet: materialize '{stage}' for this partition first")
-    return storage.read_json(path)
+def read_stats(settings: Settings, stage: str, name: str) -> records.Stage:
+    """What `stage` recorded for shard `name` (`Work.record`: StageError with the cause when there is none)."""
+    return Work(settings.work).record(stage, name)
 
 
 def _safe_rule(settings: Settings, roles: schemas.Roles) -> dict:
@@ -461,7 +406,7 @@ def _safe_rule(settings: Settings, roles: schemas.Roles) -> dict:
 
 
 @locked(RESEARCH)
-def write_research(settings: Settings, name: str) -> dict:
+def write_research(settings: Settings, name: str) -> records.Research:
     """research: the shard minus every row in its removals table. research-safe is written in the same pass
     and staged (one read of the shard for both, their encoders on two threads); the research-safe stage
     publishes it if research and its rule are still what it was made from."""
@@ -480,18 +425,18 @@ def write_research(settings: Settings, name: str) -> dict:
     storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), staged[1])
     made = _staged_from(work, name, result.sha256, _safe_rule(settings, roles))
     cache.put(settings.work, name, cache.STAGED_SAFE, made, files=staged[:2], extra={"variant": safe.__dict__})
-    stats = {
-        "shard": name,
-        "blocklist_version": removal_stats["blocklist_version"],
-        "removals_sha256": removals_sha256,
-        "rows_in": result.rows_in,
-        "rows_removed": int(removed.size),
-        "rows_out": result.rows_out,
-        "bytes": result.bytes,
-        "sha256": result.sha256,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    storage.write_json_atomic(stats, work.stats(RESEARCH, name))
+    stats = records.Research(
+        shard=name,
+        blocklist_version=removal_stats.blocklist_version,
+        removals_sha256=removals_sha256,
+        rows_in=result.rows_in,
+        rows_removed=int(removed.size),
+        rows_out=result.rows_out,
+        bytes=result.bytes,
+        sha256=result.sha256,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    stats.write(work.stats(RESEARCH, name))
     return stats
 
 
@@ -521,7 +466,7 @@ def _take_staged_safe(work: Work, name: str, research_sha256: str, rule: dict) -
 
 
 @locked(RESEARCH_SAFE)
-def write_research_safe(settings: Settings, name: str) -> dict:
+def write_research_safe(settings: Settings, name: str) -> records.ResearchSafe:
     """research-safe: research minus rows whose safety score is above the safe threshold: the copy research's
     pass staged when research and the rule are still what it was made from, else written from the shard
     and its removals (the same rows and bytes)."""
@@ -531,31 +476,31 @@ def write_research_safe(settings: Settings, name: str) -> dict:
     research_stats = read_stats(settings, RESEARCH, name)
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
-    result = _take_staged_safe(work, name, research_stats["sha256"], _safe_rule(settings, roles))
+    result = _take_staged_safe(work, name, research_stats.sha256, _safe_rule(settings, roles))
     if result is None:  # from the shard and its removals, as research's pass writes it: the same ones
-        if storage.size_and_sha256(work.removals(name))[1] != research_stats["removals_sha256"]:
+        if storage.size_and_sha256(work.removals(name))[1] != research_stats.removals_sha256:
             raise StageError(
                 f"shard {name!r}: its removals changed since research was written: materialize 'research' again"
             )
-        if fingerprint(shard.path) != read_stats(settings, "removals", name)["input"]:
+        if fingerprint(shard.path) != read_stats(settings, "removals", name).input:
             raise StageError(f"shard {name!r}: its input changed since it was matched: materialize 'removals' again")
         result, unsafe = variants.write_research_safe(
             shard.path, work.removed_rows(name), roles, settings, work.variant(RESEARCH_SAFE, name)
         )
         storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), work.unsafe_rows(name))
-    stats = {
-        "shard": name,
-        "blocklist_version": research_stats["blocklist_version"],
-        "research_sha256": research_stats["sha256"],
-        "score": roles.punsafe or roles.nsfw or "none",
-        "safe_threshold": settings.safe_threshold,
-        "missing_score": settings.missing_score,
-        "rows_in": result.rows_in,
-        "rows_dropped_unsafe": result.rows_in - result.rows_out,
-        "rows_out": result.rows_out,
-        "bytes": result.bytes,
-        "sha256": result.sha256,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    storage.write_json_atomic(stats, work.stats(RESEARCH_SAFE, name))
+    stats = records.ResearchSafe(
+        shard=name,
+        blocklist_version=research_stats.blocklist_version,
+        research_sha256=research_stats.sha256,
+        score=roles.punsafe or roles.nsfw or "none",
+        safe_threshold=settings.safe_threshold,
+        missing_score=settings.missing_score,
+        rows_in=result.rows_in,
+        rows_dropped_unsafe=result.rows_in - result.rows_out,
+        rows_out=result.rows_out,
+        bytes=result.bytes,
+        sha256=result.sha256,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    stats.write(work.stats(RESEARCH_SAFE, name))
     return stats

@@ -11,18 +11,22 @@ from __future__ import annotations
 import html
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from relaion_pipeline.core import cache, db, row_keys, shards, storage
+from relaion_pipeline.core.records import Record
 from relaion_pipeline.core.schemas import quote, sql_string
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists, pdq
 from relaion_pipeline.lists.kinds import ALL, DOMAIN, NAMES, PDQ, sql_list
 from relaion_pipeline.match import matching
 from relaion_pipeline.stages import input_counts, pipeline, variants
-from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE, Work, read_stats
+from relaion_pipeline.stages.pipeline import read_stats
+from relaion_pipeline.stages.work import RESEARCH, RESEARCH_SAFE, Work
 from relaion_pipeline.validation import leaks, quality
 
 INPUT_WELL_FORMED = "input_shard_well_formed"
@@ -45,6 +49,57 @@ WHY = {
 }
 
 
+@dataclass(frozen=True)
+class CheckRecord(Record):
+    """A check's outcome on one file of a partition and exactly which bytes it validated: what `status` reads
+    to decide whether a shard's files passed their checks (`<work>/validation/<suite>/<partition>.json`)."""
+
+    NAME: ClassVar[str] = "check"
+    VERSION: ClassVar[int] = 1
+
+    suite: str
+    partition: str
+    success: bool
+    evaluated: int
+    failures: list[quality.Failure]
+    statistics: dict
+    why: str
+    validated_sha256: str
+    validated_bytes: int
+    validated_fingerprint: dict
+
+
+@dataclass(frozen=True)
+class ReleaseCheckRecord(Record):
+    """The release check's outcome: the problems re-verifying the release found, and shards without checks."""
+
+    NAME: ClassVar[str] = "release-check"
+    VERSION: ClassVar[int] = 1
+
+    suite: str
+    partition: str
+    success: bool
+    evaluated: int
+    failures: list[quality.Failure]
+    statistics: dict
+    why: str
+    problems: list[str]
+    unchecked: list[str]
+
+
+def _fields(outcome: quality.Outcome) -> dict:
+    """The outcome's fields a record keeps (its page is written beside it)."""
+    return {
+        "suite": outcome.suite,
+        "partition": outcome.partition,
+        "success": outcome.success,
+        "evaluated": outcome.evaluated,
+        "failures": list(outcome.failures),
+        "statistics": outcome.statistics,
+        "why": WHY[outcome.suite],
+    }
+
+
 def _validated(path: str) -> dict:
     """Which bytes a check validated: sha256, size and fingerprint of the file (read once per check)."""
     size, digest = storage.size_and_sha256(path)
@@ -54,15 +109,15 @@ def _validated(path: str) -> dict:
 def _record(settings: Settings, outcome: quality.Outcome, validated: str | dict) -> quality.Outcome:
     """Write the outcome of a suite on a file (its path, or `_validated` of it) as the partition's record."""
     described = _validated(validated) if isinstance(validated, str) else validated
-    _write(settings, outcome, outcome.as_dict() | {"why": WHY[outcome.suite]} | described)
+    _write(settings, outcome, CheckRecord(**_fields(outcome), **described))
     return outcome
 
 
-def _write(settings: Settings, outcome: quality.Outcome, payload: dict) -> None:
-    """The result as JSON and its Data Docs page beside it (`write_index` lists them all)."""
-    record = Work(settings.work).validation(outcome.suite, outcome.partition)
-    storage.write_json_atomic(payload, record)
-    storage.write_text_atomic(outcome.html, record[: -len(".json")] + ".html")
+def _write(settings: Settings, outcome: quality.Outcome, record: Record) -> None:
+    """The result as its record and its Data Docs page beside it (`write_index` lists them all)."""
+    path = Work(settings.work).validation(outcome.suite, outcome.partition)
+    record.write(path)
+    storage.write_text_atomic(outcome.html, path[: -len(".json")] + ".html")
 
 
 def write_index(settings: Settings) -> str:
@@ -171,8 +226,7 @@ def check_release(settings: Settings, problems: list[str], unchecked: list[str],
         for c in frame.columns
     ]
     outcome = quality.validate(RELEASE_MATCHES_FILES, version, frame, expectations)
-    payload = outcome.as_dict() | {"why": WHY[RELEASE_MATCHES_FILES], "problems": problems, "unchecked": unchecked}
-    _write(settings, outcome, payload)
+    _write(settings, outcome, ReleaseCheckRecord(**_fields(outcome), problems=problems, unchecked=unchecked))
     return outcome
 
 
@@ -229,7 +283,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     counts = pd.DataFrame(
         {
             "rows_in": [storage.num_rows(shard.path)],
-            "rows_removed": [stats["rows_removed"]],
+            "rows_removed": [stats.rows_removed],
             "rows_out": [rows_out],
             "rows_not_in_input": [not_in_input],
         }
@@ -314,7 +368,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         {
             "research_rows": [storage.num_rows(research_path)],
             "safe_rows": [storage.num_rows(safe_path)],
-            "dropped_unsafe": [stats["rows_dropped_unsafe"]],
+            "dropped_unsafe": [stats.rows_dropped_unsafe],
             "rows_not_in_research": [not_in_research],
             "schema_differs_from_input": [0 if same_schema else 1],
         }

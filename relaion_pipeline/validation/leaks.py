@@ -23,7 +23,7 @@ from relaion_pipeline.lists import pdq
 from relaion_pipeline.lists.kinds import PDQ, SIDECAR_EXACT, sidecar_column
 from relaion_pipeline.match import index, matching, near_matching, pdq_index
 from relaion_pipeline.stages import pipeline
-from relaion_pipeline.stages.pipeline import StageError, Work
+from relaion_pipeline.stages.work import StageError, Work
 
 AUDIT_ROWS = 5_000  # input rows per shard whose index entries the research check re-derives in Python
 

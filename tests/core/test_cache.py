@@ -120,7 +120,7 @@ def made_again(settings: Settings) -> set[str]:
     before = _records(settings)
     stats = _stages(settings)
     made = {LABEL[a] for a, fingerprint in _records(settings).items() if fingerprint != before[a]}
-    if stats["near_matching"]["from_list"] is None:
+    if stats.near_matching.from_list is None:
         made.add(NEAR)
     return made
 
@@ -282,7 +282,7 @@ def test_the_staged_research_safe_copy_is_used_only_for_what_it_was_made_from(sh
     assert used == (change in ("nothing", "license"))
     assert not any(os.path.exists(p) for p in work.staged_safe(NAME)), "a staged copy is used once"
     fresh = pq.read_table(work.variant(pipeline.RESEARCH_SAFE, NAME))
-    assert stats["rows_out"] == fresh.num_rows
+    assert stats.rows_out == fresh.num_rows
 
 
 def test_the_digest_of_code_is_the_same_in_every_process():

@@ -149,4 +149,4 @@ def test_shards_on_two_celery_workers_match_the_single_machine_run(cluster, tmp_
     celery_work = tmp_path / "celery" / "work"
     assert _digests(celery_work) == _digests(Path(single.work)) and len(_digests(celery_work)) == 3 * len(names)
     for name in names:
-        assert pipeline.read_stats(Settings.layout(tmp_path / "in", tmp_path / "celery"), "research", name)["sha256"]
+        assert pipeline.read_stats(Settings.layout(tmp_path / "in", tmp_path / "celery"), "research", name).sha256

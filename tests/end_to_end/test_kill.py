@@ -184,7 +184,7 @@ def test_two_runs_of_one_partition_at_once_do_not_corrupt_it(inputs, tmp_path):
     for name in SHARDS:
         research = pipeline.read_stats(settings, "research", name)
         path = Path(pipeline.Work(settings.work).variant("research", name))
-        assert research["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), "stats describe the file"
+        assert research.sha256 == hashlib.sha256(path.read_bytes()).hexdigest(), "stats describe the file"
 
 
 @pytest.fixture

@@ -69,10 +69,10 @@ def test_only_touched_shards_are_rematched(settings):
     for name in ONLY_IN:
         _process(settings, name)
     before = {name: _output_bytes(settings, name) for name in ONLY_IN}
-    old_version = pipeline.read_stats(settings, "removals", "two")["blocklist_version"]
+    old_version = pipeline.read_stats(settings, "removals", "two").blocklist_version
 
     _write_list(Path(settings.blocklists).parent, "new-partner", ["only-one.example.org/pics/"])
-    version = pipeline.build_blocklist(settings)["version"]
+    version = pipeline.build_blocklist(settings).version
     update = incremental.verify_untouched(settings, list(ONLY_IN))
 
     assert list(update["touched"]) == ["one"]
@@ -81,7 +81,7 @@ def test_only_touched_shards_are_rematched(settings):
     assert _output_bytes(settings, "two") == before["two"], "an untouched shard's outputs do not change"
     for stage in ("removals", "research", "research-safe"):
         stats = pipeline.read_stats(settings, stage, "two")
-        assert stats["blocklist_version"] == version and stats["verified_from"] == old_version
+        assert stats.blocklist_version == version and stats.verified_from == old_version
     assert status.needs_matching(settings, list(ONLY_IN)) == ["one"]
     ready, held_back = release.plan(settings, list(ONLY_IN))
     assert list(ready) == ["two"] and "matched against blocklist" in held_back["one"]
@@ -89,7 +89,7 @@ def test_only_touched_shards_are_rematched(settings):
     _process(settings, "one")
     ready, held_back = release.plan(settings, list(ONLY_IN))
     assert sorted(ready) == ["one", "two"] and held_back == {}
-    assert pipeline.read_stats(settings, "removals", "one")["rows_removed"] == 2
+    assert pipeline.read_stats(settings, "removals", "one").rows_removed == 2
 
 
 def test_removing_an_entry_touches_the_shards_it_matched(settings):

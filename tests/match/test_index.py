@@ -63,21 +63,21 @@ def test_a_new_list_version_reuses_the_index_and_matches_like_a_fresh_build(sett
     first = pipeline.compute_removals(settings, "good-1")
     index_path, _ = index.paths(settings.work, "good-1")
     index_bytes = open(index_path, "rb").read()
-    assert first["index"]["reused"] is False
+    assert first.index.reused is False
     assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf")]
 
     _add_list(settings, "hrw", "later.example.net/photos/")  # a path prefix of row 2
     pipeline.build_blocklist(settings)
     second = pipeline.compute_removals(settings, "good-1")
 
-    assert second["index"]["reused"] is True
+    assert second.index.reused is True
     assert open(index_path, "rb").read() == index_bytes, "the index was not rewritten"
     assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "hrw")]
-    assert second["rows_in"] == 4 and second["rows_removed"] == 2
+    assert second.rows_in == 4 and second.rows_removed == 2
 
     os.remove(index_path)  # a fresh build gives the same removals
     third = pipeline.compute_removals(settings, "good-1")
-    assert third["index"]["reused"] is False
+    assert third.index.reused is False
     assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "hrw")]
 
 
@@ -90,8 +90,8 @@ def test_the_index_is_rebuilt_when_the_input_changes(settings, tmp_path):
 
     stats = pipeline.compute_removals(settings, "good-1")
 
-    assert stats["index"]["reused"] is False
-    assert stats["rows_in"] == 3
+    assert stats.index.reused is False
+    assert stats.rows_in == 3
     assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf")]
 
 
@@ -289,7 +289,7 @@ def test_domain_entries_are_kept_only_while_a_list_has_domain_entries(settings):
     first = pipeline.compute_removals(settings, "good-1")
     index_path, _ = index.paths(settings.work, "good-1")
     scopes = pq.read_table(index_path).column("scope").to_pylist()
-    assert index.DOMAIN not in scopes and len(scopes) == first["index"]["entries"]
+    assert index.DOMAIN not in scopes and len(scopes) == first.index.entries
     pipeline.write_research(settings, "good-1")
     assert all(o.success for o in checks.check_research(settings, "good-1")), "the audit expects no domain entry"
 
@@ -300,7 +300,7 @@ def test_domain_entries_are_kept_only_while_a_list_has_domain_entries(settings):
     pipeline.build_blocklist(settings)
     second = pipeline.compute_removals(settings, "good-1")
 
-    assert second["index"]["reused"] is False, "an index without domain entries cannot match domain entries"
+    assert second.index.reused is False, "an index without domain entries cannot match domain entries"
     assert index.DOMAIN in pq.read_table(index_path).column("scope").to_pylist()
     assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "domains")]
     pipeline.write_research(settings, "good-1")
@@ -311,7 +311,7 @@ def test_md5_prefixes_are_kept_only_while_a_list_has_url_md5_entries(settings):
     pipeline.build_blocklist(settings)  # url_sha256 only
     first = pipeline.compute_removals(settings, "good-1")
     index_path, _ = index.paths(settings.work, "good-1")
-    assert pq.read_table(index_path).column("md5").null_count == first["index"]["entries"]
+    assert pq.read_table(index_path).column("md5").null_count == first.index.entries
 
     folder = os.path.join(settings.blocklists, "md5-partner")
     os.makedirs(folder)
@@ -320,8 +320,8 @@ def test_md5_prefixes_are_kept_only_while_a_list_has_url_md5_entries(settings):
     pipeline.build_blocklist(settings)
     second = pipeline.compute_removals(settings, "good-1")
 
-    assert second["index"]["reused"] is False, "an index without md5 prefixes cannot match url_md5 entries"
-    assert pq.read_table(index_path).column("md5").null_count < second["index"]["entries"]
+    assert second.index.reused is False, "an index without md5 prefixes cannot match url_md5 entries"
+    assert pq.read_table(index_path).column("md5").null_count < second.index.entries
     assert _removed_keys(settings, "good-1") == [("good-1-1", "iwf"), ("good-1-2", "md5-partner")]
     no_match, rows_add_up = (pipeline.write_research(settings, "good-1"), checks.check_research(settings, "good-1"))[1]
     assert no_match.success and rows_add_up.success

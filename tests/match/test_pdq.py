@@ -219,7 +219,7 @@ def test_a_shard_loses_exactly_the_rows_near_a_listed_hash_with_their_distance(p
     removals = pq.read_table(pipeline.Work(settings.work).removals("s")).to_pylist()
     assert {(r["row_key"], r["distance"]) for r in removals} == {(_shown(settings, k), d) for k, d in expected}
     assert {(r["kind"], r["source"], r["match"]) for r in removals} == {("pdq", "ncmec", "image-near")}
-    assert stats["pdq_low_quality_rows"] == low_quality and stats["rows_removed"] == len(expected)
+    assert stats.pdq_low_quality_rows == low_quality and stats.rows_removed == len(expected)
     assert 10 < len(expected) < 60, "some planted copies are beyond 25 bits or of low quality"
 
 
@@ -265,11 +265,11 @@ def _removals_twice(settings):
     from relaion_pipeline.core import cache
 
     work = pipeline.Work(settings.work)
-    how = pipeline.compute_removals(settings, "s")["near_matching"]
+    how = pipeline.compute_removals(settings, "s").near_matching
     remembered = pq.read_table(work.removals("s"))
     Path(cache.path(settings.work, "s", cache.NEAR_MATCHES)).unlink()
-    fresh = pipeline.compute_removals(settings, "s")["near_matching"]
-    assert fresh["from_list"] is None
+    fresh = pipeline.compute_removals(settings, "s").near_matching
+    assert fresh.from_list is None
     assert pq.read_table(work.removals("s")).equals(remembered), "as a search of the whole list finds"
     return remembered.to_pylist(), how
 
@@ -284,27 +284,27 @@ def test_a_new_list_version_searches_only_the_pdq_values_it_added_or_widened(pdq
     sidecar = pq.read_table(Path(settings.sidecars) / "s.parquet").to_pylist()
     good = next(r for r in sidecar[1::9] if r["pdq_quality"] >= pdq.MIN_QUALITY)  # near no entry
     pipeline.build_blocklist(settings)
-    assert pipeline.compute_removals(settings, "s")["near_matching"]["entries_searched"] == 200
-    first = pipeline.read_stats(settings, "removals", "s")["blocklist_version"]
+    assert pipeline.compute_removals(settings, "s").near_matching.entries_searched == 200
+    first = pipeline.read_stats(settings, "removals", "s").blocklist_version
 
     _write_list(lists, "added", [_flip(good["pdq"], 10, rng), _hashes(rng, 1)[0]])
     (lists / "ncmec" / "pdq.txt").write_text("\n".join(entries[5:]) + "\n")  # 5 entries removed
     pipeline.build_blocklist(settings)
     rows, how = _removals_twice(settings)
-    assert how["from_list"] == f"blocklist-{first}.parquet" and how["entries_searched"] == 2
+    assert how.from_list == f"blocklist-{first}.parquet" and how.entries_searched == 2
     assert (_shown(settings, good["key"]), "added", 10) in {(r["row_key"], r["source"], r["distance"]) for r in rows}
     assert not {r["hash"] for r in rows} & set(entries[:5])
 
     (lists / "ncmec" / "source.json").write_text(json.dumps({"pdq_distance": 18}))  # narrower: nothing searched
     pipeline.build_blocklist(settings)
     narrow, how = _removals_twice(settings)
-    assert how["entries_searched"] == 0 and 0 < len(narrow) < len(rows)
+    assert how.entries_searched == 0 and 0 < len(narrow) < len(rows)
 
     (lists / "ncmec" / "source.json").write_text(json.dumps({"pdq_distance": 40}))  # wider: its 195 values
     _write_list(lists, "twice", entries[10:12], {"pdq_distance": 12})  # values ncmec lists too, within 12
     pipeline.build_blocklist(settings)
     wide, how = _removals_twice(settings)
-    assert how["entries_searched"] == 195 and len(wide) > len(rows)
+    assert how.entries_searched == 195 and len(wide) > len(rows)
     twice = {r["hash"] for r in wide if r["source"] == "twice"}
     assert all(r["distance"] <= 12 for r in wide if r["source"] == "twice") and twice <= set(entries[10:12])
 
@@ -317,13 +317,13 @@ def test_a_shard_with_no_near_match_remembers_none_and_finds_one_a_new_version_a
     lists, rng = Path(settings.blocklists), np.random.default_rng(14)
     (lists / "ncmec" / "pdq.txt").write_text("\n".join(_hashes(rng, 3)) + "\n")  # ~128 bits from every hash
     pipeline.build_blocklist(settings)
-    assert pipeline.compute_removals(settings, "s")["rows_removed"] == 0
+    assert pipeline.compute_removals(settings, "s").rows_removed == 0
     sidecar = pq.read_table(Path(settings.sidecars) / "s.parquet").to_pylist()
     good = next(r for r in sidecar if r["pdq_quality"] >= pdq.MIN_QUALITY)
     _write_list(lists, "added", [_flip(good["pdq"], 4, rng)])
     pipeline.build_blocklist(settings)
     rows, how = _removals_twice(settings)
-    assert how["entries_searched"] == 1 and [(r["row_key"], r["distance"]) for r in rows] == [
+    assert how.entries_searched == 1 and [(r["row_key"], r["distance"]) for r in rows] == [
         (_shown(settings, good["key"]), 4)
     ]
 
@@ -334,11 +334,11 @@ def test_remembered_near_matches_are_not_used_for_a_changed_sidecar_or_a_list_no
     pipeline.build_blocklist(settings)
     pipeline.compute_removals(settings, "s")
     _write_list(lists, "added", _hashes(rng, 1))
-    first = pipeline.read_stats(settings, "removals", "s")["blocklist_version"]
+    first = pipeline.read_stats(settings, "removals", "s").blocklist_version
     pipeline.build_blocklist(settings)
     Path(pipeline.Work(settings.work).blocklist_dir, f"blocklist-{first}.parquet").unlink()
-    how = pipeline.compute_removals(settings, "s")["near_matching"]
-    assert how["from_list"] is None and how["entries_searched"] == 201, "the list it was matched with is gone"
+    how = pipeline.compute_removals(settings, "s").near_matching
+    assert how.from_list is None and how.entries_searched == 201, "the list it was matched with is gone"
 
     path = Path(settings.sidecars) / "s.parquet"
     sidecar = pq.read_table(path)
@@ -346,8 +346,8 @@ def test_remembered_near_matches_are_not_used_for_a_changed_sidecar_or_a_list_no
     pq.write_table(sidecar.set_column(1, "pdq", pa.array(flipped)), path)
     _write_list(lists, "more", _hashes(rng, 1))
     pipeline.build_blocklist(settings)
-    how = pipeline.compute_removals(settings, "s")["near_matching"]
-    assert how["from_list"] is None and how["entries_searched"] == 202, "the sidecar changed"
+    how = pipeline.compute_removals(settings, "s").near_matching
+    assert how.from_list is None and how.entries_searched == 202, "the sidecar changed"
 
 
 def test_a_hash_of_unknown_quality_is_matched_and_one_of_low_quality_is_not(tmp_path):
@@ -375,8 +375,8 @@ def test_a_hash_of_unknown_quality_is_matched_and_one_of_low_quality_is_not(tmp_
     stats = pipeline.compute_removals(settings, "s")
     removed = [keys[n] for n in pipeline.Work(settings.work).removed_rows("s")]
     assert removed == ["unknown", "good", "upper-case", "over-100", "negative"], "a damaged quality never hides one"
-    assert stats["pdq_low_quality_rows"] == 1 and stats["pdq_malformed_rows"] == 2
-    assert stats["pdq_quality_out_of_range_rows"] == 2 and len(stats["warnings"]) == 2
+    assert stats.pdq_low_quality_rows == 1 and stats.pdq_malformed_rows == 2
+    assert stats.pdq_quality_out_of_range_rows == 2 and len(stats.warnings) == 2
     pipeline.write_research(settings, "s")
     assert all(o.success for o in checks.check_research(settings, "s")), "the audit applies the same rule"
 

@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BLOCKED_URL
 
+from relaion_pipeline import status
 from relaion_pipeline.cli import main
+from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.publishing import manifest as manifests
 
 ROWS = [(f"http://fine.example/{i}.jpg", f"a picture {i}", (i % 10) / 10) for i in range(200)] + [
@@ -521,3 +523,46 @@ def test_the_release_job_never_publishes_shards_made_with_other_settings(space, 
     assert [p.name for p in space.releases.iterdir() if p.name != "latest"] == [before]
     assert space.run() == 0 and space.latest != before
     assert main(["verify", str(space.releases)]) == 0
+
+
+# Typed records (issue 20): a stage's or a check's record that was edited, or written by another version, holds
+# its shard back naming the file and the field, and the next run makes that shard again.
+
+EDITED_RECORDS = [
+    ("stats/removals/good-1.json", lambda r: r.update(rows_removed="1"), "field 'rows_removed' must be an integer"),
+    ("stats/removals/good-1.json", lambda r: r["rules"].pop("host_forms"), "field 'rules.host_forms' is missing"),
+    ("stats/research/good-1.json", lambda r: r.pop("sha256"), "field 'sha256' is missing"),
+    ("stats/research-safe/good-1.json", lambda r: r.update(version=0), "research-safe record of version 0"),
+    ("stats/research-safe/good-1.json", lambda r: [r.pop("record"), r.pop("version")], "no record name or version"),
+    (
+        "validation/research_has_no_blocklist_match/good-1.json",
+        lambda r: r.update(success="yes"),
+        "field 'success' must be true or false",
+    ),
+]
+
+
+def test_an_edited_or_older_record_holds_its_shard_back_and_the_next_run_makes_it_again(tmp_path, capsys):
+    space = _make(tmp_path / "ws")
+    assert space.run() == 0
+    settings = Settings(
+        shards=str(space.shards),
+        blocklists=str(space.root / "lists"),
+        sidecars=str(space.root / "sidecars"),
+        work=str(space.root / "work"),
+        release=str(space.releases),
+    )
+    for record, edit, named in EDITED_RECORDS:
+        path = space.root / "work" / record
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+        found = status.of_shard(settings, "good-1")
+        assert not found.publishable and str(path) in found.reason and named in found.reason, record
+        assert status.of_shard(settings, "good-2").publishable, "the other shard is untouched"
+        capsys.readouterr()
+        assert space.run() == 0
+        out = capsys.readouterr().out
+        assert "good-1: up to date" not in out and "good-2: up to date" in out, record
+        assert status.of_shard(settings, "good-1").publishable, record
+        assert sorted(space.manifest()["shards"]) == ["good-1", "good-2"]

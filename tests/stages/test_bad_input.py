@@ -167,8 +167,8 @@ def test_zero_row_shard_gives_empty_variants_with_its_schema(settings):
 
     removals, research, safe = run_variants(settings, "part")
 
-    assert (removals["rows_in"], removals["rows_removed"], removals["warnings"]) == (0, 0, [])
-    assert (research["rows_in"], research["rows_out"], safe["rows_in"], safe["rows_out"]) == (0, 0, 0, 0)
+    assert (removals.rows_in, removals.rows_removed, removals.warnings) == (0, 0, [])
+    assert (research.rows_in, research.rows_out, safe.rows_in, safe.rows_out) == (0, 0, 0, 0)
     for variant in (pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
         output = pipeline.Work(settings.work).variant(variant, "part")
         assert pq.read_schema(output).equals(pq.read_schema(path), check_metadata=True)
@@ -220,11 +220,11 @@ def test_schema_may_change_between_shards_and_each_keeps_its_own(settings):
 
     for name, path in paths.items():
         removals, research, safe = run_variants(settings, name)
-        assert removals["rows_removed"] == 1
+        assert removals.rows_removed == 1
         for variant in (pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
             output = pipeline.Work(settings.work).variant(variant, name)
             assert pq.read_schema(output).equals(pq.read_schema(path), check_metadata=True), (name, variant)
-    assert research["rows_out"] == 2 and safe["rows_out"] == 1
+    assert research.rows_out == 2 and safe.rows_out == 1
 
 
 # Row values
@@ -255,11 +255,11 @@ def test_urls_that_cannot_be_matched_are_kept_and_counted(settings):
         "rows_unusable_url": 2,
         "rows_other_scheme": 2,
     }
-    assert removals["rows_removed"] == 4
+    assert removals.rows_removed == 4
     removed = pq.read_table(pipeline.Work(settings.work).removals("part"))
     assert sorted(set(removed.column("row_number").to_pylist())) == [4, 5, 9, 10]
-    assert (research["rows_out"], safe["rows_out"]) == (7, 7), "set-aside rows are kept, not dropped"
-    assert removals["warnings"] == [
+    assert (research.rows_out, safe.rows_out) == (7, 7), "set-aside rows are kept, not dropped"
+    assert removals.warnings == [
         f"{path}: 2 of 11 rows have a URL with no host in column 'url' (rows 6, 7);"
         " they are kept and cannot match a URL list"
     ]
@@ -292,13 +292,13 @@ def test_duplicate_row_keys_are_counted_warned_and_hold_the_shard_back(settings)
 
     removals, research, _ = run_variants(settings, "part")
 
-    assert removals["duplicate_row_keys"] == 1
-    assert removals["warnings"] == [
+    assert removals.duplicate_row_keys == 1
+    assert removals.warnings == [
         f"{path}: 1 of 3 rows repeat the row key of another row in column 'key' (e.g. {written(path, ['a'])[0]!r}),"
         " expected unique keys;"
         " each row is matched on its own, by row number"
     ]
-    assert (removals["rows_removed"], research["rows_out"]) == (1, 2)
+    assert (removals.rows_removed, research.rows_out) == (1, 2)
     outcome = checks.check_input(settings, "part")[0]
     assert not outcome.success
 
@@ -387,9 +387,9 @@ def test_sidecar_keys_that_match_no_row_are_counted(settings):
 
     removals = pipeline.compute_removals(settings, "part")
 
-    assert (removals["sidecar_rows"], removals["sidecar_unmatched_keys"]) == (2, 1)
-    assert removals["removed_by_kind"] == {"image_md5": 1}
-    assert removals["warnings"] == [f"{sidecar}: 1 of 2 sidecar keys are not row keys of the shard"]
+    assert (removals.sidecar_rows, removals.sidecar_unmatched_keys) == (2, 1)
+    assert removals.removed_by_kind == {"image_md5": 1}
+    assert removals.warnings == [f"{sidecar}: 1 of 2 sidecar keys are not row keys of the shard"]
 
 
 def test_sidecar_keys_of_a_shard_with_integer_row_keys_match_only_their_exact_text(settings):
@@ -403,8 +403,8 @@ def test_sidecar_keys_of_a_shard_with_integer_row_keys_match_only_their_exact_te
 
     removals = pipeline.compute_removals(settings, "part")
 
-    assert (removals["sidecar_rows"], removals["sidecar_unmatched_keys"]) == (10, 7)
-    assert removals["removed_by_kind"] == {"image_md5": 3}
+    assert (removals.sidecar_rows, removals.sidecar_unmatched_keys) == (10, 7)
+    assert removals.removed_by_kind == {"image_md5": 3}
 
 
 def test_sidecar_counts_are_remembered_until_the_shard_or_sidecar_changes(settings, monkeypatch):
@@ -422,12 +422,12 @@ def test_sidecar_counts_are_remembered_until_the_shard_or_sidecar_changes(settin
     original = matching.sidecar_counts_sql
     monkeypatch.setattr(matching, "sidecar_counts_sql", lambda inputs: counted.append(1) or original(inputs))
     again = pipeline.compute_removals(settings, "part")
-    assert counted == [] and again["warnings"] == first["warnings"] and again["sidecar_rows"] == 2
+    assert counted == [] and again.warnings == first.warnings and again.sidecar_rows == 2
     write_sidecar(settings, "part", pa.table({"key": ["k0", "k1", "x", "y"], "md5": [md5] * 4}))
     os.utime(sidecar, (1, 1))  # another file, whatever the clock's resolution
     changed = pipeline.compute_removals(settings, "part")
     assert counted == [1]
-    assert (changed["sidecar_rows"], changed["sidecar_unmatched_keys"]) == (4, 2)
+    assert (changed.sidecar_rows, changed.sidecar_unmatched_keys) == (4, 2)
 
 
 def test_sidecar_without_key_column_fails_naming_it(settings):
@@ -588,7 +588,7 @@ def test_dictionary_encoded_url_caption_and_key_columns_are_matched_and_kept_as_
 
     removals, research, safe = run_variants(settings, "part")
 
-    assert (removals["rows_removed"], research["rows_out"], safe["rows_out"]) == (1, 2, 2)
+    assert (removals.rows_removed, research.rows_out, safe.rows_out) == (1, 2, 2)
     removed = pq.read_table(pipeline.Work(settings.work).removals("part")).to_pylist()
     assert [(r["row_key"], r["kind"]) for r in removed] == [(written(path, ["d1"])[0], "url_sha256")]
     for variant in (pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
@@ -629,7 +629,7 @@ def test_a_null_typed_punsafe_column_is_read_as_scores_that_are_all_missing(sett
 
     removals, research, safe = run_variants(settings, "part")
 
-    assert (removals["rows_removed"], research["rows_out"], safe["rows_out"]) == (1, 2, 2)
+    assert (removals.rows_removed, research.rows_out, safe.rows_out) == (1, 2, 2)
     for variant in (pipeline.RESEARCH, pipeline.RESEARCH_SAFE):
         output = pipeline.Work(settings.work).variant(variant, "part")
         assert pq.read_schema(output).equals(pq.read_schema(path), check_metadata=True), variant
@@ -637,7 +637,7 @@ def test_a_null_typed_punsafe_column_is_read_as_scores_that_are_all_missing(sett
     assert checks.check_input(settings, "part")[0].success
     assert all(outcome.success for outcome in checks.check_research_safe(settings, "part"))
     dropped = pipeline.write_research_safe(settings.with_(missing_score="drop"), "part")
-    assert dropped["rows_out"] == 0
+    assert dropped.rows_out == 0
 
 
 def test_dictionary_encoded_sidecar_columns_are_matched(settings):
@@ -648,7 +648,7 @@ def test_dictionary_encoded_sidecar_columns_are_matched(settings):
 
     removals, research, _ = run_variants(settings, "part")
 
-    assert removals["removed_by_kind"] == {"image_md5": 2}
+    assert removals.removed_by_kind == {"image_md5": 2}
     assert pq.read_table(pipeline.Work(settings.work).variant("research", "part")).column("key").to_pylist() == ["k1"]
 
 
@@ -679,7 +679,7 @@ def test_a_symlinked_folder_under_the_shard_location_is_discovered_and_matched(s
         ("crawl-2/part-0", f"{settings.shards}/crawl-2/part-0.parquet"),
     ]
     removals, research, _ = run_variants(settings, "crawl-2/part-0")
-    assert (removals["rows_removed"], research["rows_out"]) == (1, 1)
+    assert (removals.rows_removed, research.rows_out) == (1, 1)
 
 
 def test_a_symlink_loop_under_the_shard_location_fails_naming_the_link(settings):

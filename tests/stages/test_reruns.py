@@ -50,9 +50,7 @@ def test_a_second_run_skips_every_up_to_date_shard_and_changes_nothing(processed
     assert sum("up to date" in line and "skipped" in line for line in lines) == len(names)
     assert _outputs(settings) == before, "not a byte nor a modification time changed"
     assert (Path(settings.release) / "latest").read_text() == latest
-    assert [s.rows_in for s in summary.shards] == [
-        pipeline.read_stats(settings, "removals", n)["rows_in"] for n in names
-    ]
+    assert [s.rows_in for s in summary.shards] == [pipeline.read_stats(settings, "removals", n).rows_in for n in names]
 
 
 def test_force_and_changed_settings_run_the_shards_again(processed):
@@ -66,7 +64,7 @@ def test_force_and_changed_settings_run_the_shards_again(processed):
     lines = []
     assert run_all(stricter, progress=lines.append).ok
     assert not any("skipped" in line for line in lines)
-    assert all(pipeline.read_stats(stricter, pipeline.RESEARCH_SAFE, n)["safe_threshold"] == 0.3 for n in names)
+    assert all(pipeline.read_stats(stricter, pipeline.RESEARCH_SAFE, n).safe_threshold == 0.3 for n in names)
 
 
 def test_a_replaced_sidecar_holds_the_shard_back_and_the_sensor_reruns_only_it(processed):
@@ -91,4 +89,4 @@ def test_a_replaced_sidecar_holds_the_shard_back_and_the_sensor_reruns_only_it(p
     assert [line.split(":")[0] for line in lines if "skipped" in line] == [
         f"[{i}/{len(names)}] {n}" for i, n in enumerate(names, start=1) if n != changed
     ]
-    assert pipeline.read_stats(settings, "removals", changed)["sidecar_rows"] == table.num_rows - 1
+    assert pipeline.read_stats(settings, "removals", changed).sidecar_rows == table.num_rows - 1

@@ -205,7 +205,7 @@ def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_a
         assert not any(Path(p).exists() for p in work.staged_safe(name)), "a staged copy is used once"
         variant, unsafe = Path(work.variant("research-safe", name)), Path(work.unsafe_rows(name))
         assert (variant.stat().st_ino == inode) == staged, "the staged file itself is published, renamed"
-        return variant.read_bytes(), unsafe.read_bytes(), {k: v for k, v in stats.items() if k != "seconds"}
+        return variant.read_bytes(), unsafe.read_bytes(), {k: v for k, v in stats.as_dict().items() if k != "seconds"}
 
     assert research_safe(settings, staged=True) == research_safe(settings, staged=False)
     stricter = settings.with_(safe_threshold=0.1)  # the rule changed after research was written
@@ -213,15 +213,15 @@ def test_the_research_safe_stage_publishes_the_staged_copy_only_while_research_a
     staged_inode = _held(work.staged_safe(name)[0], tmp_path)
     stats = pipeline.write_research_safe(stricter, name)
     assert Path(work.variant("research-safe", name)).stat().st_ino != staged_inode, "written alone, not the copy"
-    assert research_safe(stricter, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
-    assert stats["safe_threshold"] == 0.1 and stats["rows_dropped_unsafe"] > 0
+    assert research_safe(stricter, staged=False)[2] == {k: v for k, v in stats.as_dict().items() if k != "seconds"}
+    assert stats.safe_threshold == 0.1 and stats.rows_dropped_unsafe > 0
     pipeline.write_research(settings, name)
     Path(work.variant("research", name)).write_bytes(b"")  # research changed after it staged its copy
     staged_inode = _held(work.staged_safe(name)[0], tmp_path)
     stats = pipeline.write_research_safe(settings, name)  # written alone, not the staged copy
     assert Path(work.variant("research-safe", name)).stat().st_ino != staged_inode
     assert not any(Path(p).exists() for p in work.staged_safe(name))
-    assert research_safe(settings, staged=False)[2] == {k: v for k, v in stats.items() if k != "seconds"}
+    assert research_safe(settings, staged=False)[2] == {k: v for k, v in stats.as_dict().items() if k != "seconds"}
 
 
 def test_research_safe_written_alone_refuses_removals_newer_than_research(matched):
