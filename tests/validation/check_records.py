@@ -29,7 +29,12 @@ def assert_discloses_none(settings: Settings, outcome: quality.Outcome, *texts: 
     """None of `texts` (a row's URL, caption or the host of its URL) is in the outcome's message, its record or
     its page."""
     json_path = Path(pipeline.Work(settings.work).validation(outcome.suite, outcome.partition))
-    shown = [outcome.summary(), repr(outcome.failures), json_path.read_text(), json_path.with_suffix(".html").read_text()]
+    shown = [
+        outcome.summary(),
+        repr(outcome.failures),
+        json_path.read_text(),
+        json_path.with_suffix(".html").read_text(),
+    ]
     for text in texts:
         assert not any(text in s for s in shown), f"{text!r} disclosed by {outcome.suite}"
 
