@@ -32,6 +32,7 @@ RESEARCH_NO_MATCH = "research_has_no_blocklist_match"
 RESEARCH_COUNTS = "research_rows_add_up"
 SAFE_THRESHOLD = "research_safe_below_threshold"
 SAFE_SUBSET = "research_safe_rows_add_up"
+DROP_IN = "a published shard is a drop-in replacement: same columns, types and metadata as its input"
 BLOCKING = {RESEARCH: (RESEARCH_NO_MATCH, RESEARCH_COUNTS), RESEARCH_SAFE: (SAFE_THRESHOLD, SAFE_SUBSET)}
 
 WHY = {
@@ -226,12 +227,16 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     for failure in no_match.failures:
         failure.sample_row_keys = sorted({str(k) for k in frame["row_key"]})[: quality.SAMPLE_KEYS]
     rows_out = storage.num_rows(research_path)
+    same_schema = shards.open_parquet(research_path).schema_arrow.equals(
+        shards.open_parquet(shard.path).schema_arrow, check_metadata=True
+    )
     counts = pd.DataFrame(
         {
             "rows_in": [storage.num_rows(shard.path)],
             "rows_removed": [stats["rows_removed"]],
             "rows_out": [rows_out],
             "rows_not_in_input": [not_in_input],
+            "schema_differs_from_input": [0 if same_schema else 1],
         }
     )
     counts["rows_in_minus_removed"] = counts["rows_in"] - counts["rows_removed"]
@@ -246,6 +251,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
             gx.ExpectColumnMaxToBeBetween(
                 column="rows_not_in_input", min_value=0, max_value=0, notes="every published row comes from the input"
             ),
+            gx.ExpectColumnMaxToBeBetween(column="schema_differs_from_input", min_value=0, max_value=0, notes=DROP_IN),
         ],
     )
     return [_record(settings, no_match, validated), _record(settings, rows_add_up, validated)]

@@ -7,7 +7,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from check_records import assert_discloses_none, assert_recorded_for, failed
+from check_support import assert_discloses_none, assert_recorded_for, failed
 from conftest import written
 
 from relaion_pipeline.core.schemas import ShardSchemaError
