@@ -279,11 +279,12 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         not_in_research = db.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
         if roles.punsafe is not None:
             column = quote(roles.punsafe)
+            unsafe = f"{column} > {settings.safe_threshold!r}" + (
+                f" OR {column} IS NULL" if settings.missing_score == "drop" else ""
+            )
             frame = con.sql(
                 f"SELECT {key} AS row_key, CAST({column} AS DOUBLE) AS score "
-                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) "
-                f"WHERE {column} > {settings.safe_threshold!r}"
-                + (f" OR {column} IS NULL" if settings.missing_score == "drop" else "")
+                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) WHERE {unsafe}"
             ).df()
             rules = [
                 gx.ExpectColumnValuesToBeBetween(
@@ -293,11 +294,12 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             ]
         elif roles.nsfw is not None:
             tags = ", ".join(sql_string(t) for t in settings.unsafe_tag_values) or "NULL"
+            unsafe = f"{quote(roles.nsfw)} IN ({tags})" + (
+                f" OR {quote(roles.nsfw)} IS NULL" if settings.missing_score == "drop" else ""
+            )
             frame = con.sql(
                 f"SELECT {key} AS row_key, {quote(roles.nsfw)} AS tag "
-                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) "
-                f"WHERE {quote(roles.nsfw)} IN ({tags})"
-                + (f" OR {quote(roles.nsfw)} IS NULL" if settings.missing_score == "drop" else "")
+                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) WHERE {unsafe}"
             ).df()
             rules = [
                 gx.ExpectColumnValuesToNotBeInSet(
@@ -306,8 +308,16 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
                 gx.ExpectColumnValuesToNotBeNull(column="tag", notes="a row without a tag is not known safe"),
             ]
         else:
+            unsafe = "true" if settings.missing_score == "drop" else "false"  # every row's score is missing
             frame = pd.DataFrame({"row_key": pd.Series([], dtype="str")})
             rules = [gx.ExpectTableRowCountToEqual(value=0, notes="shard has no safety score; nothing to exceed")]
+        if len(frame):  # the keys as the pipeline writes them: a text key column may hold the URL
+            frame["row_key"] = row_keys.Writer(shard.path, roles, shards.open_parquet(shard.path).schema_arrow).many(
+                frame["row_key"]
+            )
+        unsafe_in_research = con.execute(
+            f"SELECT count(*) FILTER (WHERE {unsafe}) FROM read_parquet({storage.duckdb_path(research_path)})"
+        ).fetchall()[0][0]  # what research-safe leaves out, counted here rather than taken from its stage
         below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
     finally:
         pool.shutdown()
@@ -321,11 +331,14 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             "research_rows": [storage.num_rows(research_path)],
             "safe_rows": [storage.num_rows(safe_path)],
             "dropped_unsafe": [stats["rows_dropped_unsafe"]],
+            "unsafe_in_research": [unsafe_in_research],
             "rows_not_in_research": [not_in_research],
             "schema_differs_from_input": [0 if same_schema else 1],
         }
     )
     counts["research_minus_dropped"] = counts["research_rows"] - counts["dropped_unsafe"]
+    left_out = counts["research_rows"] - counts["safe_rows"] - counts["unsafe_in_research"]
+    counts["safe_rows_left_out"] = left_out.clip(lower=0)  # unsafe rows kept are the threshold check's to find
     adds_up = quality.validate(
         SAFE_SUBSET,
         name,
@@ -333,6 +346,12 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         [
             gx.ExpectColumnPairValuesToBeEqual(
                 column_A="safe_rows", column_B="research_minus_dropped", notes=WHY[SAFE_SUBSET]
+            ),
+            gx.ExpectColumnMaxToBeBetween(
+                column="safe_rows_left_out",
+                min_value=0,
+                max_value=0,
+                notes="research-safe leaves out only the rows of research above the safe threshold",
             ),
             gx.ExpectColumnMaxToBeBetween(
                 column="rows_not_in_research", min_value=0, max_value=0, notes="research-safe is a subset of research"
