@@ -143,11 +143,12 @@ def check_blocklist(settings: Settings) -> list[quality.Outcome]:
     try:
         frame = con.sql(
             f"""SELECT
-                count(*) FILTER (WHERE kind <> {DOMAIN.sql} AND NOT (regexp_full_match(value, '[0-9a-f]+')
-                                 AND length(value) = CASE kind {lengths} ELSE -1 END)) AS malformed_hashes,
-                count(*) FILTER (WHERE kind = {DOMAIN.sql} AND NOT regexp_full_match(value,
-                                 '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+')) AS malformed_domains,
-                count(*) FILTER (WHERE kind NOT IN {sql_list(NAMES)}) AS unknown_kinds,
+                count(*) FILTER (WHERE kind <> {DOMAIN.sql} AND NOT coalesce(regexp_full_match(value, '[0-9a-f]+')
+                                 AND length(value) = CASE kind {lengths} ELSE -1 END, false)) AS malformed_hashes,
+                count(*) FILTER (WHERE kind = {DOMAIN.sql} AND NOT coalesce(regexp_full_match(value,
+                                 '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+'), false))
+                    AS malformed_domains,
+                count(*) FILTER (WHERE coalesce(kind NOT IN {sql_list(NAMES)}, true)) AS unknown_kinds,
                 count(*) FILTER (WHERE coalesce(trim(source), '') = '') AS entries_without_source,
                 count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category,
                 count(*) FILTER (WHERE kind = {PDQ.sql} AND NOT coalesce(distance BETWEEN 0 AND {pdq.MAX_DISTANCE}, false))
