@@ -36,6 +36,7 @@ RESEARCH_NO_MATCH = "research_has_no_blocklist_match"
 RESEARCH_COUNTS = "research_rows_add_up"
 SAFE_THRESHOLD = "research_safe_below_threshold"
 SAFE_SUBSET = "research_safe_rows_add_up"
+DROP_IN = "a published shard is a drop-in replacement: same columns, types and metadata as its input"
 BLOCKING = {RESEARCH: (RESEARCH_NO_MATCH, RESEARCH_COUNTS), RESEARCH_SAFE: (SAFE_THRESHOLD, SAFE_SUBSET)}
 
 WHY = {
@@ -197,11 +198,12 @@ def check_blocklist(settings: Settings) -> list[quality.Outcome]:
     try:
         frame = con.sql(
             f"""SELECT
-                count(*) FILTER (WHERE kind <> {DOMAIN.sql} AND NOT (regexp_full_match(value, '[0-9a-f]+')
-                                 AND length(value) = CASE kind {lengths} ELSE -1 END)) AS malformed_hashes,
-                count(*) FILTER (WHERE kind = {DOMAIN.sql} AND NOT regexp_full_match(value,
-                                 '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+')) AS malformed_domains,
-                count(*) FILTER (WHERE kind NOT IN {sql_list(NAMES)}) AS unknown_kinds,
+                count(*) FILTER (WHERE kind <> {DOMAIN.sql} AND NOT coalesce(regexp_full_match(value, '[0-9a-f]+')
+                                 AND length(value) = CASE kind {lengths} ELSE -1 END, false)) AS malformed_hashes,
+                count(*) FILTER (WHERE kind = {DOMAIN.sql} AND NOT coalesce(regexp_full_match(value,
+                                 '[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)+'), false))
+                    AS malformed_domains,
+                count(*) FILTER (WHERE coalesce(kind NOT IN {sql_list(NAMES)}, true)) AS unknown_kinds,
                 count(*) FILTER (WHERE coalesce(trim(source), '') = '') AS entries_without_source,
                 count(*) FILTER (WHERE coalesce(trim(category), '') = '') AS entries_without_category,
                 count(*) FILTER (WHERE kind = {PDQ.sql} AND NOT coalesce(distance BETWEEN 0 AND {pdq.MAX_DISTANCE}, false))
@@ -280,12 +282,16 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     for failure in no_match.failures:
         failure.sample_row_keys = sorted({str(k) for k in frame["row_key"]})[: quality.SAMPLE_KEYS]
     rows_out = storage.num_rows(research_path)
+    same_schema = shards.open_parquet(research_path).schema_arrow.equals(
+        shards.open_parquet(shard.path).schema_arrow, check_metadata=True
+    )
     counts = pd.DataFrame(
         {
             "rows_in": [storage.num_rows(shard.path)],
             "rows_removed": [stats.rows_removed],
             "rows_out": [rows_out],
             "rows_not_in_input": [not_in_input],
+            "schema_differs_from_input": [0 if same_schema else 1],
         }
     )
     counts["rows_in_minus_removed"] = counts["rows_in"] - counts["rows_removed"]
@@ -300,6 +306,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
             gx.ExpectColumnMaxToBeBetween(
                 column="rows_not_in_input", min_value=0, max_value=0, notes="every published row comes from the input"
             ),
+            gx.ExpectColumnMaxToBeBetween(column="schema_differs_from_input", min_value=0, max_value=0, notes=DROP_IN),
         ],
     )
     return [_record(settings, no_match, validated), _record(settings, rows_add_up, validated)]
@@ -327,11 +334,12 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         not_in_research = db.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
         if roles.punsafe is not None:
             column = quote(roles.punsafe)
+            unsafe = f"{column} > {settings.safe_threshold!r}" + (
+                f" OR {column} IS NULL" if settings.missing_score == "drop" else ""
+            )
             frame = con.sql(
                 f"SELECT {key} AS row_key, CAST({column} AS DOUBLE) AS score "
-                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) "
-                f"WHERE {column} > {settings.safe_threshold!r}"
-                + (f" OR {column} IS NULL" if settings.missing_score == "drop" else "")
+                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) WHERE {unsafe}"
             ).df()
             rules = [
                 gx.ExpectColumnValuesToBeBetween(
@@ -341,11 +349,12 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             ]
         elif roles.nsfw is not None:
             tags = ", ".join(sql_string(t) for t in settings.unsafe_tag_values) or "NULL"
+            unsafe = f"{quote(roles.nsfw)} IN ({tags})" + (
+                f" OR {quote(roles.nsfw)} IS NULL" if settings.missing_score == "drop" else ""
+            )
             frame = con.sql(
                 f"SELECT {key} AS row_key, {quote(roles.nsfw)} AS tag "
-                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) "
-                f"WHERE {quote(roles.nsfw)} IN ({tags})"
-                + (f" OR {quote(roles.nsfw)} IS NULL" if settings.missing_score == "drop" else "")
+                f"FROM read_parquet({storage.duckdb_path(safe_path)}, file_row_number = true) WHERE {unsafe}"
             ).df()
             rules = [
                 gx.ExpectColumnValuesToNotBeInSet(
@@ -354,8 +363,16 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
                 gx.ExpectColumnValuesToNotBeNull(column="tag", notes="a row without a tag is not known safe"),
             ]
         else:
+            unsafe = "true" if settings.missing_score == "drop" else "false"  # every row's score is missing
             frame = pd.DataFrame({"row_key": pd.Series([], dtype="str")})
             rules = [gx.ExpectTableRowCountToEqual(value=0, notes="shard has no safety score; nothing to exceed")]
+        if len(frame):  # the keys as the pipeline writes them: a text key column may hold the URL
+            frame["row_key"] = row_keys.Writer(shard.path, roles, shards.open_parquet(shard.path).schema_arrow).many(
+                frame["row_key"]
+            )
+        unsafe_in_research = con.execute(
+            f"SELECT count(*) FILTER (WHERE {unsafe}) FROM read_parquet({storage.duckdb_path(research_path)})"
+        ).fetchall()[0][0]  # what research-safe leaves out, counted here rather than taken from its stage
         below = quality.validate(SAFE_THRESHOLD, name, frame, rules)
     finally:
         pool.shutdown()
@@ -369,11 +386,14 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
             "research_rows": [storage.num_rows(research_path)],
             "safe_rows": [storage.num_rows(safe_path)],
             "dropped_unsafe": [stats.rows_dropped_unsafe],
+            "unsafe_in_research": [unsafe_in_research],
             "rows_not_in_research": [not_in_research],
             "schema_differs_from_input": [0 if same_schema else 1],
         }
     )
     counts["research_minus_dropped"] = counts["research_rows"] - counts["dropped_unsafe"]
+    left_out = counts["research_rows"] - counts["safe_rows"] - counts["unsafe_in_research"]
+    counts["safe_rows_left_out"] = left_out.clip(lower=0)  # unsafe rows kept are the threshold check's to find
     adds_up = quality.validate(
         SAFE_SUBSET,
         name,
@@ -381,6 +401,12 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         [
             gx.ExpectColumnPairValuesToBeEqual(
                 column_A="safe_rows", column_B="research_minus_dropped", notes=WHY[SAFE_SUBSET]
+            ),
+            gx.ExpectColumnMaxToBeBetween(
+                column="safe_rows_left_out",
+                min_value=0,
+                max_value=0,
+                notes="research-safe leaves out only the rows of research above the safe threshold",
             ),
             gx.ExpectColumnMaxToBeBetween(
                 column="rows_not_in_research", min_value=0, max_value=0, notes="research-safe is a subset of research"

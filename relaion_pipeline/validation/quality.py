@@ -24,6 +24,9 @@ SAMPLE_KEYS = 5
 
 @dataclass
 class Failure:
+    """One failed expectation: its column (the first of a pair compared) and what was observed (for a pair, the
+    two values that differ, by column)."""
+
     expectation: str
     column: str | None
     unexpected_count: int | None
@@ -104,12 +107,17 @@ def validate(suite: str, partition: str, frame: pd.DataFrame, expectation_list: 
         keys = [str(entry.get("row_key")) for entry in (details.get("unexpected_index_list") or [])[:SAMPLE_KEYS]]
         if not keys and "row_key" in frame.columns:  # table-level expectation: every row of the frame offends
             keys = [str(k) for k in frame["row_key"].drop_duplicates().head(SAMPLE_KEYS)]
+        kwargs = item.expectation_config.kwargs
+        observed = _plain(details.get("observed_value"))
+        pair = [kwargs[c] for c in ("column_A", "column_B") if c in kwargs]
+        if pair and observed is None and details.get("partial_unexpected_list"):  # the two values that differ
+            observed = {c: _plain(v) for c, v in zip(pair, details["partial_unexpected_list"][0], strict=True)}
         failures.append(
             Failure(
                 expectation=item.expectation_config.type,
-                column=item.expectation_config.kwargs.get("column"),
+                column=kwargs.get("column") or (pair[0] if pair else None),
                 unexpected_count=details.get("unexpected_count"),
-                observed=_plain(details.get("observed_value")),
+                observed=observed,
                 sample_row_keys=keys,
                 exception=(error.get("exception_message") if raised else None),
             )

@@ -30,6 +30,16 @@ def test_a_count_above_zero_fails_naming_its_column_and_the_count(gx):
     assert "url_missing" in outcome.summary() and "observed=3" in outcome.summary()
 
 
+def test_two_counts_that_should_be_equal_fail_naming_both_columns_and_their_values(gx):
+    frame = pd.DataFrame({"rows_out": [5], "rows_in_minus_removed": [4]})
+    expectation = gx.ExpectColumnPairValuesToBeEqual(column_A="rows_out", column_B="rows_in_minus_removed")
+    outcome = quality.validate("research_rows_add_up", "part-1", frame, [expectation])
+    assert [(f.column, f.observed) for f in outcome.failures] == [
+        ("rows_out", {"rows_out": 5, "rows_in_minus_removed": 4})
+    ]
+    assert "(rows_out) unexpected=1 observed={'rows_out': 5, 'rows_in_minus_removed': 4}" in outcome.summary()
+
+
 def test_offending_rows_are_named_by_at_most_five_row_keys(gx):
     frame = pd.DataFrame(
         {"row_key": [f"k{i}" for i in range(8)], "punsafe": [0.1, 0.9, 0.8, 0.2, 0.7, 0.95, 0.6, 0.99]}
