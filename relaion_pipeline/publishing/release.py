@@ -91,6 +91,7 @@ def _content(settings: Settings, ready: dict, held_back: dict, left: dict, block
     for name, stats in ready.items():
         removals = stats["removals"]
         shards[name] = {
+            "family": removals["family"],  # its schema family (core.schemas): the card's configs follow it
             "rows_in": removals["rows_in"],
             "rows_removed": removals["rows_removed"],
             "removed_by_kind": removals["removed_by_kind"],
