@@ -121,8 +121,8 @@ def _config_table(found: list[Config]) -> str:
 ## Configs
 
 The shards come in {families} schemas, which no reader takes as one table, so each variant has a config per
-schema, named after its family (`family` of each shard in `manifest.json`). polars, DuckDB, pandas and
-`pyarrow.dataset` read a config's files, or its folder, as one table.
+schema, named after its family (`family` of each shard in `manifest.json`). To read a config with polars,
+DuckDB, pandas or `pyarrow.dataset`, give them its folder (below) or its files.
 
 | config | rows | shards | files | columns |
 |---|---:|---:|---|---|
