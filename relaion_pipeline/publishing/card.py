@@ -13,6 +13,9 @@ import glob
 import json
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.publishing.manifest import REMOVAL_LIST
 from relaion_pipeline.stages.pipeline import RESEARCH, RESEARCH_SAFE
@@ -29,6 +32,7 @@ class Config:
     family: str
     shards: tuple[str, ...]
     rows: int
+    data_bytes: int
     columns: tuple[str, ...]
     folder: str | None  # `research/joined/`: the folder holding exactly this config's files, if there is one
 
@@ -45,14 +49,35 @@ class Config:
         return [glob.escape(file) for file in self.files]
 
 
-def configs(manifest: dict, schemas: dict[str, tuple[str, ...]]) -> list[Config]:
-    """The card's configs, by variant then schema. `schemas` gives each shard's columns as `name: type`
-    (research and research-safe keep the input's schema, so one per shard); the manifest gives its family and
-    the rows of each file. Schemas of one family after its first are numbered (`laion-plain-2`) in the order of
+def columns(schema: pa.Schema) -> tuple[str, ...]:
+    """A shard's columns as `name: type`, what its config is keyed by: files that agree on them read as one table."""
+    return tuple(f"{field.name}: {field.type}" for field in schema)
+
+
+@dataclass(frozen=True)
+class Footers:
+    """What the card needs of a published shard's files, read from their parquet footers."""
+
+    columns: tuple[str, ...]  # `columns` of its research file (research-safe keeps the same schema)
+    data_bytes: dict[str, int]  # per variant, the uncompressed size of its data: the `num_bytes` of a split
+
+    @classmethod
+    def read(cls, files: dict[str, pq.ParquetFile]) -> Footers:
+        """From the shard's research and research-safe files."""
+        sizes = {
+            variant: sum(file.metadata.row_group(i).total_byte_size for i in range(file.metadata.num_row_groups))
+            for variant, file in files.items()
+        }
+        return cls(columns(files[RESEARCH].schema_arrow), sizes)
+
+
+def configs(manifest: dict, footers: dict[str, Footers]) -> list[Config]:
+    """The card's configs, by variant then schema: `footers` gives each shard's columns and sizes, the manifest
+    its family and the rows of each file. Schemas of one family after its first are numbered (`laion-plain-2`) in the order of
     their first shard's name."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for name in sorted(manifest["shards"]):
-        groups.setdefault(schemas[name], []).append(name)
+        groups.setdefault(footers[name].columns, []).append(name)
     named, seen = {}, {}
     for schema, names in groups.items():
         family = manifest["shards"][names[0]]["family"]
@@ -69,6 +94,7 @@ def configs(manifest: dict, schemas: dict[str, tuple[str, ...]]) -> list[Config]
                     family=manifest["shards"][names[0]]["family"],
                     shards=tuple(names),
                     rows=sum(manifest["shards"][n]["files"][variant]["rows"] for n in names),
+                    data_bytes=sum(footers[n].data_bytes[variant] for n in names),
                     columns=tuple(column.split(": ", 1)[0] for column in schema),
                     folder=_folder(variant, names, groups),
                 )
@@ -91,7 +117,10 @@ def _header(settings: Settings, manifest: dict, found: list[Config]) -> str:
         f"- config_name: {c.name}\n  data_files:" + "".join(f"\n  - {json.dumps(f)}" for f in c.data_files)
         for c in found
     )
-    info = "\n".join(f"- config_name: {c.name}\n  splits:\n  - name: train\n    num_examples: {c.rows}" for c in found)
+    info = "\n".join(
+        f"- config_name: {c.name}\n  splits:\n  - name: train\n    num_bytes: {c.data_bytes}\n    num_examples: {c.rows}"
+        for c in found
+    )
     return f"""---
 license: {settings.license}
 pretty_name: Re-LAION release (blocklist {manifest["blocklist_version"]})
@@ -112,7 +141,7 @@ def _config_table(found: list[Config]) -> str:
         return ""
     rows = "\n".join(
         f"| `{c.name}` | {c.rows:,} | {len(c.shards)} | "
-        f"{f'`{c.folder}`' if c.folder else f'{len(c.shards)} files listed in its `data_files`'} | "
+        f"{f'`{c.folder}`' if c.folder else 'listed in its `data_files`'} | "
         f"{', '.join(f'`{column}`' for column in c.columns)} |"
         for c in found
     )
@@ -130,11 +159,11 @@ DuckDB, pandas or `pyarrow.dataset`, give them its folder (below) or its files.
 """
 
 
-def dataset_card(manifest: dict, settings: Settings, removal_list: dict, schemas: dict[str, tuple[str, ...]]) -> str:
+def dataset_card(manifest: dict, settings: Settings, removal_list: dict, footers: dict[str, Footers]) -> str:
     """The Hugging Face dataset card. It does not name the release's version: the version is a digest of the
     manifest, which lists this card's sha256."""
     totals = manifest["totals"]
-    found = configs(manifest, schemas)
+    found = configs(manifest, footers)
     removal = (
         f"`{REMOVAL_LIST}` lists the `hash` (mmh3 of url + text, as in LAION-5B) of every row a copy must drop "
         "to become research-safe."

@@ -123,12 +123,12 @@ def removal_list(settings: Settings, ready: dict) -> tuple[pa.Table, dict]:
     return pa.table({"hash": pa.array(values, pa.int64())}), info
 
 
-def schemas(settings: Settings, manifest: dict) -> dict[str, tuple[str, ...]]:
-    """Each shard's columns as `name: type`, from its research file's footer (research-safe has the same)."""
+def footers(settings: Settings, manifest: dict) -> dict[str, card.Footers]:
+    """What the card needs of each shard's published files, from their footers."""
     work = Work(settings.work)
     return {
-        name: tuple(
-            f"{field.name}: {field.type}" for field in shards.open_parquet(work.variant(RESEARCH, name)).schema_arrow
+        name: card.Footers.read(
+            {variant: shards.open_parquet(work.variant(variant, name)) for variant in card.VARIANTS}
         )
         for name in manifest["shards"]
     }
@@ -140,7 +140,7 @@ def documents(settings: Settings, manifest: dict, ready: dict) -> tuple[dict[str
     report = transparency(manifest, ready)
     docs = {
         "removals-per-shard.png": plots.removals_plot(report["shards"]),
-        "README.md": card.dataset_card(manifest, settings, info, schemas(settings, manifest)).encode(),
+        "README.md": card.dataset_card(manifest, settings, info, footers(settings, manifest)).encode(),
         "transparency.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
         "transparency.md": transparency_markdown(report).encode(),
     }

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -21,8 +22,8 @@ from assets.runner import run_all
 from relaion_pipeline.cli import main
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.demo_data import demo
+from relaion_pipeline.publishing import card, release
 from relaion_pipeline.publishing import manifest as manifests
-from relaion_pipeline.publishing import release
 
 JOINED = ["joined/part-00000", "joined/part-00004"]  # the demo's shards 0 and 4 are both LAION-5B joined
 FAMILIES = {"joined": "laion-joined", "plain": "laion-plain", "relaion": "relaion", "minimal": "minimal"}
@@ -178,3 +179,60 @@ def test_every_paragraph_of_the_card_ends_with_a_full_stop(run, which):
     paragraphs = [p.strip() for p in text.split("\n\n")]
     prose = [p for p in paragraphs if p and not p.startswith(("#", "|", "- ", "!["))]
     assert prose and [p for p in prose if not p.endswith(".")] == []
+
+
+def test_a_family_in_two_schemas_and_folders_shared_by_families_get_configs_that_load(hf, tmp_path):
+    """Beyond the demo's layout: LAION-5B joined shards with and without LANGUAGE (one family, two schemas), a
+    folder holding two families, and a name `datasets` would read as a pattern (`part-[0]`). The card, written
+    for these files, declares configs that load with the rows it states, each naming its folder only where the
+    folder holds that config alone."""
+    datasets, cache = hf
+    joined = {"URL": ["http://a.example/1.jpg"], "TEXT": ["a"], "hash": [1], "punsafe": pa.array([0.1], pa.float32())}
+    tables = {
+        "en/part-0": pa.table(joined),
+        "en/re-0": pa.table({"url": ["http://b.example/2.jpg"] * 2, "caption": ["b", "c"], "key": ["k1", "k2"]}),
+        "multi/part-1": pa.table(joined | {"LANGUAGE": ["de"]}),
+        "multi/part-[0]": pa.concat_tables([pa.table(joined | {"LANGUAGE": ["fr"]})] * 3),
+    }
+    families = {"en/part-0": "laion-joined", "en/re-0": "relaion", "multi/part-1": "laion-joined"}
+    families["multi/part-[0]"] = "laion-joined"
+    entries = {}
+    for name, table in tables.items():
+        for variant in ("research", "research-safe"):
+            (tmp_path / variant / name).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp_path / variant / f"{name}.parquet")
+        files = {v: {"path": f"{v}/{name}.parquet", "rows": table.num_rows} for v in ("research", "research-safe")}
+        entries[name] = {"family": families[name], "files": files}
+    manifest = {
+        "blocklist_version": "0" * 16,
+        "code_version": "test",
+        "shards": entries,
+        "totals": {"rows_research": 7, "rows_research_safe": 7},
+        "held_back": {},
+        "left": {},
+        "settings": {"allow_partial_release": False, "skip_image_matching": False},
+    }
+    text = card.dataset_card(
+        manifest, Settings(), {"published": False, "reason": "too few neutral removals"},
+        {n: card.Footers.read({v: pq.ParquetFile(tmp_path / v / f"{n}.parquet") for v in card.VARIANTS}) for n in tables},
+    )  # fmt: skip
+    (tmp_path / "README.md").write_text(text)
+
+    configs = _configs(tmp_path)
+    expected = {"laion-joined": 1, "relaion": 2, "laion-joined-2": 4}
+    assert configs == {
+        f"{variant}-{schema}": {"rows": rows, "files": sorted(f"{variant}/{n}.parquet" for n in tables if (
+            families[n] == schema.removesuffix("-2") and ("multi" in n) == schema.endswith("-2")))}
+        for variant in ("research", "research-safe")
+        for schema, rows in expected.items()
+    }  # fmt: skip
+    for name, config in configs.items():
+        loaded = datasets.load_dataset(str(tmp_path), name, split="train", cache_dir=str(cache))
+        assert loaded.num_rows == config["rows"], name
+    folders = dict(re.findall(r"^\| `([^`]+)` \| [\d,]+ \| \d+ \| ([^|]+) \|", text, re.MULTILINE))
+    assert folders["research-safe-laion-joined-2"] == "`research-safe/multi/`"
+    assert folders["research-laion-joined"] == "listed in its `data_files`"
+
+    (tmp_path / "README.md").write_text(text.replace("num_examples: 4", "num_examples: 5", 1))  # a card that lies
+    with pytest.raises(datasets.exceptions.NonMatchingSplitsSizesError):
+        datasets.load_dataset(str(tmp_path), "research-laion-joined-2", split="train", cache_dir=str(tmp_path / "c"))
