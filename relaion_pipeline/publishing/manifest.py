@@ -26,6 +26,7 @@ UNSEALED = {  # the fields each format's version does not digest
 }
 VERSION = re.compile(r"[0-9a-f]{16}")
 VARIANT_FILES = ("research", "research-safe")
+REMOVAL_LIST = "removal-list.parquet"  # the row hashes a copy must drop, when published (`report.removal_list`)
 
 
 class ReleaseError(RuntimeError):

@@ -29,6 +29,11 @@ def _pyplot():
     return plt
 
 
+def _legend_outside(axes) -> None:
+    """The legend to the right of the axes, where it cannot cover a bar (the PNG's tight bounding box takes it in)."""
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+
+
 def score_histogram(shard_path: str, column: str) -> list[tuple[float, int]]:
     """Counts of `column` per bin of width 1/BINS over [0, 1] (out-of-range values clamp to the ends)."""
     con = duckdb.connect()
@@ -58,14 +63,15 @@ def punsafe_plot(name: str, histogram: list[tuple[float, int]], settings: Settin
     axes.set_xlabel("punsafe")
     axes.set_ylabel("rows")
     axes.set_title(f"{name}: punsafe distribution")
-    axes.legend(fontsize=8)
+    _legend_outside(axes)
     data = _png(figure)
     plt.close(figure)
     return data
 
 
-def removals_plot(per_shard: dict[str, dict]) -> bytes:
-    """Rows removed from research and dropped from research-safe, per shard, as stacked bars."""
+def removals_figure(per_shard: dict[str, dict]):
+    """Rows removed from research and dropped from research-safe, per shard, as stacked bars (a matplotlib
+    figure: close it with `pyplot.close`)."""
     plt = _pyplot()
     names = list(per_shard)
     removed = [per_shard[n]["rows_removed"] for n in names]
@@ -76,7 +82,13 @@ def removals_plot(per_shard: dict[str, dict]) -> bytes:
     axes.set_ylabel("rows")
     axes.set_title("Removals per shard")
     axes.tick_params(axis="x", rotation=60, labelsize=7)
-    axes.legend(fontsize=8)
+    _legend_outside(axes)
+    return figure
+
+
+def removals_plot(per_shard: dict[str, dict]) -> bytes:
+    """`removals_figure` as PNG."""
+    figure = removals_figure(per_shard)
     data = _png(figure)
-    plt.close(figure)
+    _pyplot().close(figure)
     return data

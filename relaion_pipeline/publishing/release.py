@@ -87,6 +87,7 @@ def _content(
     shards = {}
     for name, chain in ready.items():
         shards[name] = {
+            "family": chain.removals.family,  # its schema family (core.schemas): the card's configs follow it
             "rows_in": chain.removals.rows_in,
             "rows_removed": chain.removals.rows_removed,
             "removed_by_kind": chain.removals.removed_by_kind,

@@ -17,11 +17,10 @@ import pyarrow.parquet as pq
 
 from relaion_pipeline.core import row_hashes, shards, storage
 from relaion_pipeline.core.settings import Settings
-from relaion_pipeline.publishing import plots
+from relaion_pipeline.publishing import card, plots
+from relaion_pipeline.publishing.manifest import REMOVAL_LIST
 from relaion_pipeline.stages.work import Work
 from relaion_pipeline.status import Chain
-
-REMOVAL_LIST = "removal-list.parquet"
 
 
 def transparency(manifest: dict, ready: dict[str, Chain]) -> dict:
@@ -100,76 +99,6 @@ A row matching several lists is counted once per source, category and kind.
 """
 
 
-def _changes(manifest: dict) -> str:
-    """What the card says about shards this release does not hold: held back (and whether the operator asked
-    to publish without them) and left since the previous release."""
-    lines = []
-    if manifest["held_back"]:
-        asked = (
-            " The operator asked to publish without them (allow_partial_release)."
-            if manifest["settings"]["allow_partial_release"]
-            else ""
-        )
-        names = ", ".join(f"`{name}`" for name in manifest["held_back"])
-        lines.append(f"Held back (failed or not current; see `transparency.md`): {names}.{asked}")
-    if manifest["settings"]["skip_image_matching"]:
-        lines.append("Shards without an image-hash sidecar were matched by URL only (skip_image_matching).")
-    if manifest["left"]:
-        names = ", ".join(f"`{name}`" for name in manifest["left"])
-        lines.append(f"No longer in the input since the previous release: {names}.")
-    return "\n\n" + "\n\n".join(lines) if lines else ""
-
-
-def dataset_card(manifest: dict, settings: Settings, removal_list: dict) -> str:
-    """The Hugging Face dataset card. It does not name the release's version: the version is a digest of the
-    manifest, which lists this card's sha256."""
-    totals = manifest["totals"]
-    removal = (
-        f"`{REMOVAL_LIST}` lists the `hash` (mmh3 of url + text, as in LAION-5B) of every row a copy must drop "
-        "to become research-safe."
-        if removal_list["published"]
-        else f"The removal list is withheld: {removal_list['reason']}"
-    )
-    return f"""---
-license: {settings.license}
-pretty_name: Re-LAION release (blocklist {manifest["blocklist_version"]})
-tags:
-- image-text
-- laion
-configs:
-- config_name: research
-  data_files: "research/**/*.parquet"
-- config_name: research-safe
-  data_files: "research-safe/**/*.parquet"
-dataset_info:
-- config_name: research
-  splits:
-  - name: train
-    num_examples: {totals["rows_research"]}
-- config_name: research-safe
-  splits:
-  - name: train
-    num_examples: {totals["rows_research_safe"]}
----
-
-# Re-LAION release
-
-Image-text metadata (URLs, captions, scores; no images), cleaned against hash lists from child-protection
-partners (blocklist version `{manifest["blocklist_version"]}`) by relaion-pipeline {manifest["code_version"]}.
-
-- **research**: every row that matched a partner list removed, and rows with punsafe above
-  {settings.research_threshold} whose caption hits the child-safety keyword list ({totals["rows_research"]:,} rows).
-- **research-safe**: research minus rows with punsafe above {settings.safe_threshold}
-  ({totals["rows_research_safe"]:,} rows).
-
-Each shard keeps exactly the columns and types of the original, so it replaces it file for file.
-`manifest.json` holds the row count and sha256 of every file: check a download with `relaion verify`.
-`transparency.md` counts removals by source, category and shard. {removal}
-
-Clean an old copy: `relaion clean --release <this release> --input <old copy> --output <cleaned copy>{"" if removal_list["published"] else " --by difference"}`.{_changes(manifest)}
-"""
-
-
 def removal_list(settings: Settings, ready: dict[str, Chain]) -> tuple[pa.Table, dict]:
     """Row hashes to drop for research-safe, and whether they may be published (list matches <= max share)."""
     work = Work(settings.work)
@@ -196,13 +125,24 @@ def removal_list(settings: Settings, ready: dict[str, Chain]) -> tuple[pa.Table,
     return pa.table({"hash": pa.array(values, pa.int64())}), info
 
 
+def footers(settings: Settings, manifest: dict) -> dict[str, card.Footers]:
+    """What the card needs of each shard's published files, from their footers."""
+    work = Work(settings.work)
+    return {
+        name: card.Footers.read(
+            {variant: shards.open_parquet(work.variant(variant, name)) for variant in card.VARIANTS}
+        )
+        for name in manifest["shards"]
+    }
+
+
 def documents(settings: Settings, manifest: dict, ready: dict[str, Chain]) -> tuple[dict[str, bytes], dict]:
     """Every document of a release by file name, and what became of the removal list."""
     table, info = removal_list(settings, ready)
     report = transparency(manifest, ready)
     docs = {
         "removals-per-shard.png": plots.removals_plot(report["shards"]),
-        "README.md": dataset_card(manifest, settings, info).encode(),
+        "README.md": card.dataset_card(manifest, settings, info, footers(settings, manifest)).encode(),
         "transparency.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
         "transparency.md": transparency_markdown(report).encode(),
     }
