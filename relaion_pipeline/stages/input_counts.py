@@ -25,8 +25,9 @@ RULES = [
     ("punsafe_out_of_range", "punsafe", "NOT ({c} BETWEEN 0 AND 1)", "punsafe is a probability in [0, 1]"),
     ("pwatermark_out_of_range", "pwatermark", "NOT ({c} BETWEEN 0 AND 1)", "pwatermark is a probability in [0, 1]"),
     ("similarity_out_of_range", "similarity", "NOT ({c} BETWEEN -1 AND 1)", "CLIP cosine similarity lies in [-1, 1]"),
-    ("width_not_positive", "width", "{c} <= 0", "an image has a positive width"),
-    ("height_not_positive", "height", "{c} <= 0", "an image has a positive height"),
+    # NaN is greater than every number in DuckDB (never <= 0), and infinity is not a size: both break the rule
+    ("width_not_positive", "width", "{c} <= 0 OR NOT isfinite({c})", "an image has a positive, finite width"),
+    ("height_not_positive", "height", "{c} <= 0 OR NOT isfinite({c})", "an image has a positive, finite height"),
 ]
 
 

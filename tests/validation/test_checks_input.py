@@ -38,7 +38,10 @@ def shard(settings: Settings, **changed) -> str:
         "original_width": pa.array([640, 1, 1024], pa.int32()),
         "original_height": pa.array([480, 1, 768], pa.int32()),
     }
-    columns |= {column: pa.array(values, columns[column].type) for column, values in changed.items()}
+    columns |= {
+        column: values if isinstance(values, pa.Array) else pa.array(values, columns[column].type)
+        for column, values in changed.items()
+    }
     path = f"{settings.shards}/{NAME}.parquet"
     pq.write_table(pa.table(columns), path)
     return path
@@ -106,6 +109,17 @@ def test_a_clip_similarity_outside_minus_one_to_one_fails_the_input_check(settin
 def test_an_image_width_that_is_not_positive_fails_the_input_check(settings):
     path = shard(settings, original_width=[0, 640, -2])
     assert_fails_on(settings, path, "width_not_positive", [0, 2])
+
+
+def test_an_image_size_that_is_not_a_number_or_infinite_fails_the_input_check(settings):
+    """LAION's plain shards hold WIDTH and HEIGHT as floats: NaN compares above every number in DuckDB."""
+    shard(
+        settings,
+        original_width=pa.array([math.nan, 640.0, 1024.0]),
+        original_height=pa.array([480.0, math.inf, 768.0]),
+    )
+    outcome = check(settings)
+    assert not outcome.success and failed(outcome) == {"width_not_positive": 1, "height_not_positive": 1}
 
 
 def test_an_image_height_that_is_not_positive_fails_the_input_check(settings):
