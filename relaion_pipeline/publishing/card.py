@@ -178,9 +178,10 @@ Image-text metadata (URLs, captions, scores; no images), cleaned against hash li
 partners (blocklist version `{manifest["blocklist_version"]}`) by relaion-pipeline {manifest["code_version"]}.
 
 - **research**: every row that matched a partner list removed, and rows with punsafe above
-  {settings.research_threshold} whose caption hits the child-safety keyword list ({totals["rows_research"]:,} rows).
-- **research-safe**: research minus rows with punsafe above {settings.safe_threshold}
-  ({totals["rows_research_safe"]:,} rows).
+  {settings.research_threshold} (in shards without punsafe, an NSFW tag of {settings.unsafe_tags}) whose caption
+  hits the child-safety keyword list ({totals["rows_research"]:,} rows).
+- **research-safe**: research minus rows with punsafe above {settings.safe_threshold} (in shards without punsafe,
+  an NSFW tag of {settings.unsafe_tags}) ({totals["rows_research_safe"]:,} rows).
 {_config_table(found)}
 Load a config with `datasets`: `load_dataset("<this release>", "{example}")`.
 
