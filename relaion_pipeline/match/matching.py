@@ -100,10 +100,18 @@ class MatchInputs:
     sidecar_columns: tuple[str, ...] = ()  # which of md5/sha1/sha256/pdq/pdq_quality the sidecar has
 
 
+def score_above(column: str, threshold: float) -> str:
+    """SQL true where the score `column` (quoted) is above `threshold`, compared as DOUBLE. DuckDB casts a
+    literal to a FLOAT column's type: `punsafe > 0.1` is false for the float32 0.1 (0.10000000149...), which is
+    above 0.1 and which research-safe (pyarrow) leaves out."""
+    return f"CAST({column} AS DOUBLE) > CAST({float(threshold)!r} AS DOUBLE)"
+
+
 def unsafe_condition(roles: schemas.Roles, threshold: float, settings: Settings) -> str | None:
-    """SQL that is true for rows whose safety score is above `threshold`; None when the shard has no score."""
+    """SQL that is true for rows whose safety score is above `threshold`; None when the shard has no score.
+    The score is compared as the number it is (`score_above`), as pyarrow and pandas compare it."""
     if roles.punsafe is not None:
-        return f"{quote(roles.punsafe)} > {float(threshold)!r}"
+        return score_above(quote(roles.punsafe), threshold)
     if roles.nsfw is not None and settings.unsafe_tag_values:
         tags = ", ".join(sql_string(t) for t in settings.unsafe_tag_values)
         return f"{quote(roles.nsfw)} IN ({tags})"

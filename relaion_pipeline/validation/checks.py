@@ -334,7 +334,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
         not_in_research = db.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
         if roles.punsafe is not None:
             column = quote(roles.punsafe)
-            unsafe = f"{column} > {settings.safe_threshold!r}" + (
+            unsafe = matching.score_above(column, settings.safe_threshold) + (
                 f" OR {column} IS NULL" if settings.missing_score == "drop" else ""
             )
             frame = con.sql(

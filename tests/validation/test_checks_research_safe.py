@@ -144,3 +144,17 @@ def test_a_row_tagged_nsfw_left_in_research_safe_fails(tmp_path):
     below, adds_up = check(settings)
     assert [(f.column, f.unexpected_count, f.sample_row_keys) for f in below.failures] == [("tag", 1, ["12"])]
     assert failed(adds_up) == {"safe_rows": {"safe_rows": 3, "research_minus_dropped": 2}}
+
+
+def test_a_float32_score_just_above_a_threshold_is_above_it_for_the_stages_and_the_checks_alike(tmp_path):
+    """0.1 stored as float32 is 0.10000000149..., above a threshold of 0.1: research-safe (pyarrow) leaves the row
+    out, and the checks (DuckDB, which would compare `punsafe > 0.1` as FLOAT) agree; so does the keyword rule
+    for 0.97 (0.97000002...)."""
+    settings = stages(workspace(tmp_path, safe_threshold=0.1, research_threshold=0.97))
+    below, adds_up = check(settings)
+    assert below.success and adds_up.success, (below.summary(), adds_up.summary())
+    assert ROWS[0][0] not in pq.read_table(path(settings)).column("url").to_pylist()
+    research = pq.read_table(path(settings, pipeline.RESEARCH)).column("url").to_pylist()
+    assert ROWS[3][0] not in research, "the keyword row scored 0.97 as float32 is above 0.97"
+    no_match, rows_add_up = checks.check_research(settings, NAME)
+    assert no_match.success and rows_add_up.success
