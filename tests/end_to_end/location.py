@@ -4,8 +4,9 @@ changed only where a test must not wait for real time or pay a step process's im
 - `queue_only`: `assets.definitions` without its sensors and schedules, and `shard_job`'s steps executed in the
   run's own process, as `relaion run` executes them (the multiprocess executor starts a process per step, ~5-10 s
   of imports each on 2 cores). Only what a backfill starts runs.
-- `deployment`: `assets.celery_definitions` (shard_job's steps on Celery workers), every sensor as shipped, and a
-  copy of refresh_schedule that fires every minute and is running from the start.
+- `deployment`: `assets.celery_definitions` (shard_job's steps on Celery workers), every sensor as shipped, a
+  copy of refresh_schedule that fires every minute and is running from the start, and the other jobs' steps in
+  their run's process.
 """
 
 import dagster as dg
@@ -28,6 +29,7 @@ deployment = dg.Definitions.merge(
                 cron_schedule="* * * * *",
                 default_status=dg.DefaultScheduleStatus.RUNNING,
             )
-        ]
+        ],
+        executor=dg.in_process_executor,  # for the jobs that name none: shard_job keeps Celery
     ),
 )

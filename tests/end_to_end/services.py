@@ -21,7 +21,11 @@ import dagster as dg
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15 (.ci/run installs it)
+POSTGRES_BIN = max(  # Debian's postgresql (.ci/run installs it), its newest version if there are several
+    (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")),
+    key=lambda folder: int(folder.parent.name) if folder.parent.name.isdigit() else 0,
+    default=Path("/usr/lib/postgresql/15/bin"),
+)
 REDIS = shutil.which("redis-server")
 
 
@@ -157,14 +161,19 @@ def daemon(env: dict[str, str], workspace: Path, log: Path) -> Iterator[subproce
 
 def runs_overlapping(records: list[dg.RunRecord]) -> tuple[int, list[tuple[str, str, str]]]:
     """From the runs' start and end times: the most runs that ran at one moment, and every pair of runs of one
-    partition that ran at the same time (partition, run id, run id)."""
-    spans = sorted((r.start_time, r.end_time, r.dagster_run) for r in records)
+    partition that ran at the same time (partition, run id, run id). A run still going counts until now."""
+    spans = sorted(
+        ((r.start_time, r.end_time or float("inf"), r.dagster_run) for r in records if r.start_time is not None),
+        key=lambda span: span[:2],
+    )
     most = max((sum(1 for s, e, _ in spans if s <= start < e) for start, _, _ in spans), default=0)
     same_partition = [
         (a.tags["dagster/partition"], a.run_id, b.run_id)
         for i, (start_a, end_a, a) in enumerate(spans)
         for start_b, _, b in spans[i + 1 :]
-        if a.tags.get("dagster/partition") == b.tags.get("dagster/partition") and start_b < end_a
+        if "dagster/partition" in a.tags
+        and a.tags["dagster/partition"] == b.tags.get("dagster/partition")
+        and start_b < end_a
     ]
     return most, same_partition
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tomllib
+import warnings
 
 import dagster as dg
+import pytest
 import yaml
 from conftest import BLOCKED_URL, relaion_shard
 from services import BIN, REPO, daemon, finished, runs_overlapping, wait_for, why_failed, workspace
@@ -76,3 +79,49 @@ def test_a_backfill_of_every_shard_runs_through_the_queue_within_its_limits(tmp_
     for name in SHARDS:
         assert pipeline.read_stats(settings, "removals", name)["rows_removed"] == 1
         assert pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"] == 1
+
+
+def test_the_default_instance_config_is_written_and_an_older_default_brought_up_to_date(tmp_path):
+    config = embedded.ensure_config(tmp_path / "fresh")
+    assert config.read_text() == embedded.dagster_yaml()
+    assert embedded.one_run_per_partition(yaml.safe_load(config.read_text()))
+
+    old = tmp_path / "old" / "dagster.yaml"
+    old.parent.mkdir()
+    old.write_text(embedded.OLD_DEFAULTS[0])  # what `relaion run` wrote before runs were queued
+    embedded.ensure_config(old.parent)
+    assert old.read_text() == embedded.dagster_yaml()
+
+    moved = tmp_path / "moved" / "dagster.yaml"  # written on a machine with 16 CPUs, then copied here
+    moved.parent.mkdir()
+    moved.write_text(embedded.dagster_yaml(cpus=16))
+    assert "max_concurrent_runs: 8 " in moved.read_text()
+    embedded.ensure_config(moved.parent)
+    assert moved.read_text() == embedded.dagster_yaml()
+
+
+def test_an_edited_instance_config_is_left_alone_with_a_warning_when_it_lacks_the_limits(tmp_path):
+    edited = tmp_path / "edited" / "dagster.yaml"
+    edited.parent.mkdir()
+    edited.write_text(embedded.OLD_DEFAULTS[0] + "# my own\n")
+    with pytest.warns(embedded.InstanceConfigWarning, match="edited, so relaion leaves it as it is"):
+        embedded.ensure_config(edited.parent)
+    assert edited.read_text() == embedded.OLD_DEFAULTS[0] + "# my own\n"
+
+    production = tmp_path / "production" / "dagster.yaml"  # docs/deployment.md's: queued, one run per shard
+    production.parent.mkdir()
+    section = (REPO / "docs" / "deployment.md").read_text().split("\n## dagster.yaml\n", 1)[1]
+    production.write_text(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedded.ensure_config(production.parent)
+    assert embedded.one_run_per_partition(yaml.safe_load(production.read_text()))
+
+
+def test_the_cli_and_the_daemon_name_the_code_location_alike():
+    """`dagster dev` and `dagster-daemon run` (no -w) name the location after pyproject.toml's module; `dagster job
+    backfill -w workspace.yaml` after workspace.yaml. A run created under another name than the daemon's fails at
+    launch ("Location assets.definitions:defs does not exist in workspace")."""
+    (location,) = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
+    module = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["dagster"]["module_name"]
+    assert location["python_module"]["location_name"] == module == location["python_module"]["module_name"]
