@@ -68,8 +68,10 @@ def dagster_yaml(cpus: int | None = None) -> str:
 
 
 def _written_by_us(text: str) -> bool:
-    """True for the default of this or an earlier version, for any machine (its numbers aside)."""
-    return text in OLD_DEFAULTS or re.sub(r"\d+", "N", text) == re.sub(r"\d+", "N", dagster_yaml())
+    """True for the default of this or an earlier version, for any machine: exactly what it wrote for the CPUs its
+    comment names (a limit changed by hand is the operator's)."""
+    cpus = re.search(r"this machine's (\d+) CPUs", text)
+    return text in OLD_DEFAULTS or (cpus is not None and text == dagster_yaml(int(cpus.group(1))))
 
 
 def one_run_per_partition(config: dict) -> bool:

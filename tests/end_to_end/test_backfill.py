@@ -108,6 +108,15 @@ def test_an_edited_instance_config_is_left_alone_with_a_warning_when_it_lacks_th
         embedded.ensure_config(edited.parent)
     assert edited.read_text() == embedded.OLD_DEFAULTS[0] + "# my own\n"
 
+    own_limit = tmp_path / "own-limit" / "dagster.yaml"  # the default with a limit of the operator's choosing
+    own_limit.parent.mkdir()
+    text = embedded.dagster_yaml(cpus=16).replace("max_concurrent_runs: 8 ", "max_concurrent_runs: 3 ")
+    own_limit.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedded.ensure_config(own_limit.parent)
+    assert own_limit.read_text() == text
+
     production = tmp_path / "production" / "dagster.yaml"  # docs/deployment.md's: queued, one run per shard
     production.parent.mkdir()
     section = (REPO / "docs" / "deployment.md").read_text().split("\n## dagster.yaml\n", 1)[1]
