@@ -22,7 +22,7 @@ from assets.partitions import shard_partitions
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.stages import pipeline
 
-SHARDS = [f"part-{i}" for i in range(3)]
+SHARDS = [f"part-{i}" for i in range(embedded.max_concurrent_runs() + 1)]  # one more than may run at once
 ROWS = [(BLOCKED_URL, "blocked", 0.1), ("http://ok.example/a.jpg", "a cat", 0.2), ("http://ok.example/b", "b", 0.9)]
 
 

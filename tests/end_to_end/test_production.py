@@ -6,7 +6,7 @@ and a schedule ticks.
 
 Two things differ from the document, because they cannot run here: Kubernetes (runs start as processes of this
 machine, Dagster's DefaultRunLauncher, instead of K8sRunLauncher's pods) and the size of the queue
-(max_concurrent_runs: 2 on 2 cores instead of 64 pods). The code location is the project's Celery one with a
+(max_concurrent_runs: 3 instead of 64 pods). The code location is the project's Celery one with a
 copy of refresh_schedule that fires every minute (tests/end_to_end/location.py)."""
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ pytestmark = pytest.mark.skipif(
 
 SHARDS = ["part-0", "part-1"]
 ROWS = [(BLOCKED_URL, "blocked", 0.1), ("http://ok.example/a.jpg", "a cat", 0.2), ("http://ok.example/b", "b", 0.9)]
-LIMIT = 2  # max_concurrent_runs here (the document's 64 is one 2-core pod per run)
+# max_concurrent_runs here (the document's 64 is one 2-core pod per run): one more than there are shards, so that
+# only the one-run-per-shard limit keeps a shard's second run (the backfill's) from starting beside its first
+LIMIT = len(SHARDS) + 1
 WAIT = 300  # seconds for all the runs on a busy 2-core machine
 
 
@@ -164,6 +166,15 @@ def test_a_backfill_of_every_shard_goes_through_the_queue_and_runs_on_celery(dep
     most, same_shard = runs_overlapping(queued)
     assert most <= LIMIT, f"{most} runs at once, more than max_concurrent_runs {LIMIT}"
     assert same_shard == [], "two runs of one shard at once"
+    waited = [  # the backfill's runs created while the sensor's run of their shard was still going
+        r.dagster_run.run_id
+        for r in instance.get_run_records(backfill)
+        for other in records
+        if other.dagster_run.tags["dagster/partition"] == r.dagster_run.tags["dagster/partition"]
+        and other.dagster_run.run_id != r.dagster_run.run_id
+        and other.create_timestamp.timestamp() < r.create_timestamp.timestamp() < (other.end_time or float("inf"))
+    ]
+    assert waited, "no backfill run had to wait for its shard: the limit went untested"
     worker_log = processes["celery worker"][1].read_text()
     received = set(re.findall(r"Task execute_plan\[([0-9a-f-]+)\] received", worker_log))
     succeeded = set(re.findall(r"Task execute_plan\[([0-9a-f-]+)\] succeeded", worker_log))
