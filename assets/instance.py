@@ -109,10 +109,10 @@ def ensure_config(home: str | Path) -> Path:
             raise ValueError(f"{config}: not valid YAML ({error})") from error
         if not ok:
             warnings.warn(
-                f"{config} was edited, so relaion leaves it as it is; it does not queue runs with at most one run"
+                f"{config} is not a default relaion wrote (edited?), so it is left as it is; it does not queue runs with at most one run"
                 f" per shard (a QueuedRunCoordinator with tag_concurrency_limits: [{{key: {PARTITION_TAG}, limit: 1,"
                 " value: {applyLimitPerUniqueValue: true}}]), so a backfill may start every shard at once."
-                f" Delete it to get the default (at most {max_concurrent_runs()} runs at once, one per shard),"
+                f" Delete it to get the default (queued runs, {max_concurrent_runs()} at a time at most, one per shard),"
                 " or add the limits yourself (docs/deployment.md)",
                 InstanceConfigWarning,
                 stacklevel=2,

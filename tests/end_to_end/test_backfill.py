@@ -104,7 +104,9 @@ def test_an_edited_instance_config_is_left_alone_with_a_warning_when_it_lacks_th
     edited = tmp_path / "edited" / "dagster.yaml"
     edited.parent.mkdir()
     edited.write_text(embedded.OLD_DEFAULTS[0] + "# my own\n")
-    with pytest.warns(embedded.InstanceConfigWarning, match="edited, so relaion leaves it as it is"):
+    with pytest.warns(
+        embedded.InstanceConfigWarning, match="not a default relaion wrote .edited.., so it is left as it is"
+    ):
         embedded.ensure_config(edited.parent)
     assert edited.read_text() == embedded.OLD_DEFAULTS[0] + "# my own\n"
 
