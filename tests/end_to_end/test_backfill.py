@@ -77,8 +77,8 @@ def test_a_backfill_of_every_shard_runs_through_the_queue_within_its_limits(tmp_
     assert most <= limit, f"{most} runs at once, more than the limit of {limit}"
     assert same_shard == []
     for name in SHARDS:
-        assert pipeline.read_stats(settings, "removals", name)["rows_removed"] == 1
-        assert pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"] == 1
+        assert pipeline.read_stats(settings, "removals", name).rows_removed == 1
+        assert pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name).rows_out == 1
 
 
 def test_the_default_instance_config_is_written_and_an_older_default_brought_up_to_date(tmp_path):

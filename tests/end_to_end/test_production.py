@@ -180,8 +180,8 @@ def test_a_backfill_of_every_shard_goes_through_the_queue_and_runs_on_celery(dep
     succeeded = set(re.findall(r"Task execute_plan\[([0-9a-f-]+)\] succeeded", worker_log))
     assert len(received) == 3 * len(records) and succeeded == received, "each step ran as a Celery task"
     for name in SHARDS:
-        assert pipeline.read_stats(settings, "removals", name)["rows_removed"] == 1
-        assert pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name)["rows_out"] == 1
+        assert pipeline.read_stats(settings, "removals", name).rows_removed == 1
+        assert pipeline.read_stats(settings, pipeline.RESEARCH_SAFE, name).rows_out == 1
 
 
 def test_a_running_schedule_ticks_and_its_run_succeeds(deployment):
