@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 
 import dagster as dg
@@ -120,8 +121,8 @@ def deployment(tmp_path_factory):
                 processes["dagster-daemon"] = (process, root / "daemon.log")
                 yield instance, settings, processes, blocklist.run_id
         finally:
-            for process in (worker, redis):
-                stop(process)
+            for process in (worker, redis):  # nothing of theirs is read after the tests: no warm shutdown
+                stop(process, first=signal.SIGKILL)
 
 
 def test_the_instance_keeps_runs_and_events_in_postgres(deployment):
