@@ -24,7 +24,8 @@ test: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-ui: install
+ui: install  # the instance's dagster.yaml first: queued runs, at most one per two CPUs, one per shard
+	$(BIN)/python -m assets.instance $(CURDIR)/data/work/dagster
 	DAGSTER_HOME=$(CURDIR)/data/work/dagster $(BIN)/dagster dev --host 127.0.0.1 --port 3000
 
 clean-data:

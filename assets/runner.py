@@ -6,14 +6,11 @@ shard's assets (with their blocking checks), then the release, and reports progr
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import dagster as dg
 
 from assets.definitions import build_definitions
+from assets.instance import instance_for
 from assets.partitions import shard_partitions
 from relaion_pipeline import prepare, status
 from relaion_pipeline.core import interrupts, shard_lock, shards, storage
@@ -21,14 +18,6 @@ from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.publishing.release import preflight as release_preflight
 from relaion_pipeline.stages import pipeline
 
-DAGSTER_YAML = """\
-# Dagster instance of the embedded default store (SQLite storage under this folder).
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-"""
 TAGS = {"relaion/started_by": "relaion run"}  # tells these runs apart from the UI's and the sensors' in the UI
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the CLI prints each failure itself
 DEBUG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # with --debug: Dagster's tracebacks too
@@ -58,19 +47,6 @@ class RunSummary:
     def ok(self) -> bool:
         held_back = self.release.get("held_back") if self.release else None  # published without them: still a failure
         return not self.error and all(s.ok for s in self.shards) and self.release is not None and not held_back
-
-
-def instance_for(settings: Settings) -> dg.DagsterInstance:
-    """The Dagster instance kept under `<work>/dagster` (created on first use)."""
-    home = settings.dagster_home
-    if not storage.is_local(home):
-        raise ValueError(f"{home}: the Dagster instance must live on a local path (setting dagster_home)")
-    Path(home).mkdir(parents=True, exist_ok=True)
-    config = Path(home) / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
-    os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
-    return dg.DagsterInstance.get()
 
 
 def _failure(result) -> str:

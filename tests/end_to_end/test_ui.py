@@ -276,8 +276,9 @@ def test_launching_one_partition_of_shard_job_from_the_ui_succeeds(ui, browser, 
     launch.click()
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        # Runs launched from the UI carry dagster/from_ui; sensors' runs (if any) don't.
-        deadline, runs = time.monotonic() + 90, []
+        # Runs launched from the UI carry dagster/from_ui; sensors' runs (if any) don't. The run waits in the queue
+        # until dagster dev's daemon launches it, then starts a process per step (each ~20 s on a busy 2-core machine).
+        deadline, runs = time.monotonic() + 180, []
         while time.monotonic() < deadline:
             runs = [r for r in instance.get_runs() if r.tags.get("dagster/from_ui") == "true"]
             if runs and all(r.is_finished for r in runs):
