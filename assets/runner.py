@@ -218,14 +218,8 @@ def _at_once(settings: Settings, found: list[str], version: str, force: bool, ru
     if queued:
         workers = min(settings.workers, len(queued))
         share = settings.shard_share(workers)
-        shard_pool.run(
-            ShardJob(share, run_config),
-            queued,
-            workers,
-            done,
-            preload=PRELOAD,
-            env={"NUMBA_NUM_THREADS": str(share.threads())},
-        )  # fmt: skip  (the kernels' threads)
+        kernels = {"NUMBA_NUM_THREADS": str(share.threads())}  # the compiled kernels' threads, read at import
+        shard_pool.run(ShardJob(share, run_config), queued, workers, done, preload=PRELOAD, env=kernels)
     order = {name: index for index, name in enumerate(found)}
     return sorted(outcomes, key=lambda outcome: order[outcome.name])
 
