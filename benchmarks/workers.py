@@ -1,10 +1,10 @@
 """`relaion run --workers N` beside `--workers 1` (issue 21): wall time and the memory of the whole run.
 
 Generates demo shards once, then runs `relaion run` from a fresh work folder for each number of workers in turn,
-alternating and repeating (a shared machine is noisy), sampling every 0.2 s the resident memory of the run's
-process tree (the command, the fork server and the workers, summed) and of its largest process, and the CPU
-time of every process of the tree (as last sampled: each loses less than 0.2 s); CPU / wall time is the cores
-the run kept busy.
+alternating and repeating (a shared machine is noisy), sampling every 0.2 s the memory of the run's process
+tree (the command, the fork server and the workers: their PSS summed) and of its largest process (RSS), and
+the CPU time of every process of the tree (as last sampled: each loses less than 0.2 s); CPU / wall time is
+the cores the run kept busy.
 
     python benchmarks/workers.py --shards 4 --rows 200000 --workers 1 2 --repeat 2 --dir /tmp/bench-workers
 """
@@ -49,9 +49,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int) -> float:
+def memory_mib(pid: int, field: str) -> float:
+    """`Rss` or `Pss` of `pid` (its proportional share of pages shared with others: the workers share the fork
+    server's pages until they write them, so their resident sizes counted the shared ones twice)."""
     try:
-        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        line = next(x for x in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines() if x.startswith(field))
     except (OSError, StopIteration):
         return 0.0
     return int(line.split()[1]) / 1024
@@ -73,9 +75,8 @@ def run(inputs: Path, out: Path, workers: int) -> dict:
             pids = tree(process.pid)
             for pid in pids:
                 cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
-            sizes = [rss_mib(pid) for pid in pids]
-            peak["total"] = max(peak["total"], sum(sizes))
-            peak["largest"] = max(peak["largest"], max(sizes, default=0.0))
+            peak["total"] = max(peak["total"], sum(memory_mib(pid, "Pss:") for pid in pids))
+            peak["largest"] = max(peak["largest"], max((memory_mib(pid, "Rss:") for pid in pids), default=0.0))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -103,7 +104,9 @@ def main() -> None:
     inputs = args.dir / "in"
     if not (inputs / "shards").exists():
         demo.generate(inputs, shards=args.shards, rows=args.rows, seed=21)
-    print("| run | workers | seconds | CPU seconds | cores busy | peak RSS of the run, MiB | largest process, MiB |")
+    print(
+        "| run | workers | seconds | CPU seconds | cores busy | peak of the run (PSS), MiB | largest process (RSS), MiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for repeat in range(1, args.repeat + 1):
         for workers in args.workers:
