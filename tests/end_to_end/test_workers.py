@@ -13,15 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BLOCKED_URL, relaion_shard
 
 from relaion_pipeline import cli
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.demo_data import demo
-
-ROWS = [(f"http://fine.example/{i}.jpg", f"a picture {i}", (i % 10) / 10) for i in range(200)] + [
-    (BLOCKED_URL, "secret caption", 0.1)
-]
 
 NAMES = ["joined/part-00000", "plain/part-00001"]
 
@@ -63,35 +58,6 @@ def shard_lines(out: str) -> dict[str, list[str]]:
     return found
 
 
-def test_two_workers_publish_what_one_does_and_a_failing_shard_fails_alone(tmp_path):
-    """Two demo shards (image hashes, PDQ near copies, scores and NSFW tags) and a damaged one; partial releases
-    allowed, so that each run publishes the two."""
-    inputs = tmp_path / "in"
-    demo.generate(inputs, shards=2, rows=1500, seed=21)
-    (inputs / "shards" / "damaged.parquet").write_bytes(b"PAR1 not really a parquet file")
-
-    one = relaion("run", *layout(inputs, tmp_path / "one"), "--allow-partial-release", "--workers", 1)
-    two = relaion("run", *layout(inputs, tmp_path / "two"), "--allow-partial-release", env={"RELAION_WORKERS": "2"})
-
-    assert one.returncode == 1 and two.returncode == 1, one.stdout + one.stderr + two.stdout + two.stderr
-    version, manifest, files = published(tmp_path / "one")
-    assert published(tmp_path / "two") == (version, manifest, files), "the same release, byte for byte"
-    assert {f"{variant}/{name}.parquet" for variant in ("research", "research-safe") for name in NAMES} <= set(files)
-    assert list(manifest["held_back"]) == ["damaged"], manifest["held_back"]
-    assert two.stderr == "", "workers print nothing of their own"
-    for run in (one, two):
-        lines = shard_lines(run.stdout)
-        assert sorted(lines) == sorted([*NAMES, "damaged"]), run.stdout
-        assert sorted(lines[name][0].split("]")[0] for name in lines) == ["[1/3", "[2/3", "[3/3"]
-        assert "FAILED (" in lines["damaged"][0] and "damaged.parquet" in lines["damaged"][0], lines["damaged"]
-        for name in NAMES:
-            first, *stages = lines[name]
-            assert first.endswith(" ok") and "1,500 rows in" in first, first
-            assert [s.split()[0] for s in stages] == ["removals", "research", "research-safe"], lines[name]
-    order = [line.split("] ")[1].split(":")[0] for line in one.stdout.splitlines() if line.startswith("[")]
-    assert order == ["damaged", *NAMES], "one worker: the shards in order, as before"
-
-
 def children(parent: int) -> list[tuple[int, bytes]]:
     """(pid, command line) of each process whose parent is `parent`."""
     found = []
@@ -118,35 +84,57 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_during_a_concurrent_run_stops_every_worker_and_publishes_nothing(tmp_path):
-    (tmp_path / "shards").mkdir()
-    for n in range(4):
-        relaion_shard(tmp_path / "shards", f"part-{n}", ROWS)
-    (tmp_path / "blocklists" / "iwf").mkdir(parents=True)
-    expression = BLOCKED_URL.removeprefix("http://")
-    (tmp_path / "blocklists" / "iwf" / "url_sha256.txt").write_text(hashlib.sha256(expression.encode()).hexdigest())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relaion_pipeline.cli", "run", *map(str, layout(tmp_path, tmp_path)), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def test_two_workers_stop_on_ctrl_c_then_publish_what_one_does_and_a_failing_shard_fails_alone(tmp_path):
+    """Two demo shards (image hashes, PDQ near copies, scores and NSFW tags) and a damaged one, partial releases
+    allowed: one worker publishes the two. Two workers, interrupted once a shard has ended (the other worker is
+    in the middle of one), publish nothing and leave no worker; run again, they publish the same release."""
+    inputs = tmp_path / "in"
+    demo.generate(inputs, shards=2, rows=1500, seed=21)
+    (inputs / "shards" / "damaged.parquet").write_bytes(b"PAR1 not really a parquet file")
+    one = relaion("run", *layout(inputs, tmp_path / "one"), "--allow-partial-release", "--workers", 1)
+    assert one.returncode == 1, one.stdout + one.stderr
+    order = [line.split("] ")[1].split(":")[0] for line in one.stdout.splitlines() if line.startswith("[")]
+    assert order == ["damaged", *NAMES], "one worker: the shards in order, as before"
+
+    command = ["run", *layout(inputs, tmp_path / "two"), "--allow-partial-release", "--workers", 2]
+    process = subprocess.Popen([sys.executable, "-m", "relaion_pipeline.cli", *map(str, command)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     seen = []
-    for line in process.stdout:  # one shard is done: both workers are in the middle of the next two
+    for line in process.stdout:
         seen.append(line)
-        if line.startswith("[1/4]"):
+        if line.startswith("[1/3]"):
             break
     workers = workers_of(process.pid)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
     out = "".join(seen) + out
-
     assert process.returncode == 130, out + err
     assert err.splitlines() == ["interrupted"], "one line, no worker's traceback"
     assert len(workers) == 2, "two worker processes ran"
     assert not [pid for pid in workers if alive(pid)], "no worker is left behind"
-    assert "[4/4]" not in out and "release " not in out
-    releases = tmp_path / "releases"
-    assert not releases.exists() or not any(releases.iterdir()), "no release, not even a hidden one"
-    assert not [p for p in (tmp_path / "work").rglob("*") if p.name.startswith(".tmp-")]
+    assert "[3/3]" not in out and "release " not in out
+    assert not (tmp_path / "two" / "releases").exists() or not any((tmp_path / "two" / "releases").iterdir())
+    assert not [p for p in (tmp_path / "two" / "work").rglob("*") if p.name.startswith(".tmp-")]
+
+    two = relaion("run", *layout(inputs, tmp_path / "two"), "--allow-partial-release", env={"RELAION_WORKERS": "2"})
+
+    assert two.returncode == 1, two.stdout + two.stderr
+    version, manifest, files = published(tmp_path / "one")
+    assert published(tmp_path / "two") == (version, manifest, files), "the same release, byte for byte"
+    assert {f"{variant}/{name}.parquet" for variant in ("research", "research-safe") for name in NAMES} <= set(files)
+    assert list(manifest["held_back"]) == ["damaged"], manifest["held_back"]
+    assert two.stderr == "", "workers print nothing of their own"
+    for run in (one, two):
+        lines = shard_lines(run.stdout)
+        assert sorted(lines) == sorted([*NAMES, "damaged"]), run.stdout
+        assert sorted(lines[name][0].split("]")[0] for name in lines) == ["[1/3", "[2/3", "[3/3"]
+        assert "FAILED (" in lines["damaged"][0] and "damaged.parquet" in lines["damaged"][0], lines["damaged"]
+        for name in NAMES:
+            first, *stages = lines[name]
+            if run is two and first.endswith(", skipped"):  # it had ended before the signal: its files are whole
+                continue
+            assert first.endswith(" ok") and "1,500 rows in" in first, first
+            assert [s.split()[0] for s in stages] == ["removals", "research", "research-safe"], lines[name]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
