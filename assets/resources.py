@@ -41,6 +41,7 @@ class RelaionSettings(dg.ConfigurableResource):
     removal_list_max_match_share: float
     duckdb_threads: int
     duckdb_memory_limit: str
+    workers: int  # shards at once of `relaion run`; a run launched here is one shard
     skip_image_matching: bool
     allow_list_shrink: bool
     allow_partial_release: bool

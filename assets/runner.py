@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from assets import shard_pool
 from assets.definitions import build_definitions
 from assets.instance import instance_for
 from assets.partitions import shard_partitions
@@ -20,6 +21,10 @@ from relaion_pipeline.stages import pipeline
 
 TAGS = {"relaion/started_by": "relaion run"}  # tells these runs apart from the UI's and the sensors' in the UI
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the CLI prints each failure itself
+# What every shard worker imports, once in the fork server: the stages, Great Expectations (the checks' 6 s) and
+# the SQLite storage of the Dagster instance (2 s; a module that is not there is skipped, merely not preloaded).
+PRELOAD = ("assets.runner", "great_expectations", "dagster._core.storage.sqlite_storage", "dagster._daemon",
+           "dagster._core.storage.runs.sqlite", "dagster._core.storage.event_log.sqlite")  # fmt: skip
 DEBUG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # with --debug: Dagster's tracebacks too
 
 
@@ -130,36 +135,10 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
             f"compiling {len(waiting)} matching kernels during the first shard, once for this installation"
             " (~1-2 min on 2 cores; `relaion prepare` does it at install time)"
         )
-    shard_job = defs.resolve_job_def("shard_job")
-    outcomes = []
-    for index, name in enumerate(found, start=1):
-        interrupts.raise_if_signalled()
-        started = time.perf_counter()
-        if not force and _up_to_date(settings, name):
-            outcome = _outcome(settings, name, ok=True, seconds=time.perf_counter() - started)
-            outcomes.append(outcome)
-            progress(f"[{index}/{len(found)}] {name}: up to date for blocklist {version['version']}, skipped")
-            continue
-        result = shard_job.execute_in_process(
-            partition_key=name, instance=instance, raise_on_error=False, run_config=run_config, tags=TAGS
-        )
-        interrupts.raise_if_signalled()
-        outcome = _outcome(settings, name, ok=result.success, seconds=time.perf_counter() - started)
-        outcome.failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-        if not result.success:
-            outcome.error = (
-                "failed checks: " + ", ".join(outcome.failed_checks) if outcome.failed_checks else _failure(result)
-            )
-        outcomes.append(outcome)
-        rate = outcome.rows_in / outcome.seconds if outcome.seconds else 0
-        status = "ok" if outcome.ok else f"FAILED ({outcome.error})"
-        progress(
-            f"[{index}/{len(found)}] {name}: {outcome.rows_in:,} rows in, {outcome.rows_removed:,} removed, "
-            f"research {outcome.rows_research:,}, research-safe {outcome.rows_safe:,} "
-            f"({outcome.seconds:.1f} s, {rate:,.0f} rows/s) {status}"
-        )
-        for line in _stage_lines(settings, name):
-            progress(line)
+    if settings.workers == 1:
+        outcomes = _one_at_a_time(settings, defs, instance, found, version["version"], force, run_config, progress)
+    else:
+        outcomes = _at_once(settings, found, version["version"], force, run_config, progress)
 
     result = defs.resolve_job_def("release_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=run_config, tags=TAGS
@@ -170,3 +149,94 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
     materialization = result.asset_materializations_for_node("release")[-1]
     release = {key: value.value for key, value in materialization.metadata.items()}
     return RunSummary(blocklist=version, shards=outcomes, release=release)
+
+
+def _one_at_a_time(settings: Settings, defs, instance, found: list[str], version: str, force: bool,
+                   run_config: dict, progress) -> list[ShardOutcome]:  # fmt: skip
+    """Each shard in turn, in this process."""
+    shard_job = defs.resolve_job_def("shard_job")
+    outcomes = []
+    for index, name in enumerate(found, start=1):
+        interrupts.raise_if_signalled()
+        started = time.perf_counter()
+        if not force and _up_to_date(settings, name):
+            outcome = _outcome(settings, name, ok=True, seconds=time.perf_counter() - started)
+            outcomes.append(outcome)
+            progress(f"[{index}/{len(found)}] {name}: up to date for blocklist {version}, skipped")
+            continue
+        outcome = _run_shard(shard_job, instance, settings, name, run_config, started)
+        interrupts.raise_if_signalled()
+        outcomes.append(outcome)
+        _report(settings, outcome, f"[{index}/{len(found)}]", progress)
+    return outcomes
+
+
+def _at_once(settings: Settings, found: list[str], version: str, force: bool, run_config: dict,
+             progress) -> list[ShardOutcome]:  # fmt: skip
+    """The shards not up to date, `settings.workers` at once in processes of their own (`shard_pool`), each
+    with its share of DuckDB's threads and memory; a line for each as it ends, counted in the order they end."""
+    outcomes, queued = [], []
+    for name in found:
+        interrupts.raise_if_signalled()
+        if not force and _up_to_date(settings, name):
+            outcomes.append(_outcome(settings, name, ok=True, seconds=0.0))
+            progress(f"[{len(outcomes)}/{len(found)}] {name}: up to date for blocklist {version}, skipped")
+        else:
+            queued.append(name)
+
+    def done(name: str, outcome: ShardOutcome | None, error: str) -> None:
+        if outcome is None:  # the job raised, or its worker died
+            outcome = _outcome(settings, name, ok=False, seconds=0.0)
+            outcome.error = error
+        outcomes.append(outcome)
+        _report(settings, outcome, f"[{len(outcomes)}/{len(found)}]", progress)
+
+    if queued:
+        workers = min(settings.workers, len(queued))
+        share = settings.shard_share(workers)
+        kernels = {"NUMBA_NUM_THREADS": str(share.threads())}  # the compiled kernels' threads, read at import
+        shard_pool.run(ShardJob(share, run_config), queued, workers, done, preload=PRELOAD, env=kernels)
+    order = {name: index for index, name in enumerate(found)}
+    return sorted(outcomes, key=lambda outcome: order[outcome.name])
+
+
+@dataclass
+class ShardJob:
+    """`shard_job` of one shard, as a worker process runs it: against the run's Dagster instance, with the
+    worker's share of the settings. Built on its first shard, kept for the worker's next ones."""
+
+    settings: Settings
+    run_config: dict
+
+    def __call__(self, name: str) -> ShardOutcome:
+        if not hasattr(self, "_job"):
+            self._instance = instance_for(self.settings)
+            self._job = build_definitions(self.settings).resolve_job_def("shard_job")
+        return _run_shard(self._job, self._instance, self.settings, name, self.run_config, time.perf_counter())
+
+
+def _run_shard(shard_job, instance, settings: Settings, name: str, run_config: dict, started: float) -> ShardOutcome:
+    """Run one shard's job; its outcome as its stats and checks say (the error of a failed step or check)."""
+    result = shard_job.execute_in_process(
+        partition_key=name, instance=instance, raise_on_error=False, run_config=run_config, tags=TAGS
+    )
+    outcome = _outcome(settings, name, ok=result.success, seconds=time.perf_counter() - started)
+    outcome.failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    if not result.success:
+        outcome.error = (
+            "failed checks: " + ", ".join(outcome.failed_checks) if outcome.failed_checks else _failure(result)
+        )
+    return outcome
+
+
+def _report(settings: Settings, outcome: ShardOutcome, position: str, progress) -> None:
+    """The line of a shard that ran, then a line per stage."""
+    rate = outcome.rows_in / outcome.seconds if outcome.seconds else 0
+    status = "ok" if outcome.ok else f"FAILED ({outcome.error})"
+    progress(
+        f"{position} {outcome.name}: {outcome.rows_in:,} rows in, {outcome.rows_removed:,} removed, "
+        f"research {outcome.rows_research:,}, research-safe {outcome.rows_safe:,} "
+        f"({outcome.seconds:.1f} s, {rate:,.0f} rows/s) {status}"
+    )
+    for line in _stage_lines(settings, outcome.name):
+        progress(line)

@@ -158,7 +158,7 @@ def _hash_images(args) -> int:
     settings = _settings(args)
     progress = functools.partial(print, flush=True)
     images.check_out(args.out, settings.shards, args.images)
-    results = images.hash_tars(args.images, args.out, workers=args.workers, progress=progress)
+    results = images.hash_tars(args.images, args.out, workers=args.tar_workers, progress=progress)
     written = images.write_sidecars(settings, args.out, progress=progress)
     failed = [r for r in results if r.error]
     totals = {k: sum(getattr(r, k) for r in results) for k in ("images", "corrupt", "failed_downloads", "without_url")}
@@ -229,8 +229,9 @@ def parser() -> argparse.ArgumentParser:
     )
     _setting_flags(hashing, only=("shards",))
     hashing.add_argument(
-        "--workers", type=int, default=0, help="processes hashing tars at once (0: one per CPU the process may use)"
-    )
+        "--workers", dest="tar_workers", type=int, default=0,
+        help="processes hashing tars at once (0: one per CPU the process may use)",
+    )  # fmt: skip
     hashing.set_defaults(handler=_hash_images)
 
     clean = commands.add_parser(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B|[KMGT]B)", re.IGNORECASE)  # what DuckDB's memory_limit takes
+SHARD_THREADS = 2  # the cores one shard keeps busy: its two variant encoders, the index build's two kernel threads
 DEFAULT_KEYWORDS = str(Path(__file__).parents[1] / "data" / "keywords.txt")
 
 
@@ -49,6 +50,22 @@ def memory_cap(cgroup: str = "/sys/fs/cgroup") -> int | None:
         return None
 
 
+def default_workers() -> int:
+    """Shards processed at once by default: the CPUs this process may use (`available_cpus`) over the cores one
+    shard keeps busy (`SHARD_THREADS`), at least one. More would only divide the same cores."""
+    return max(1, available_cpus() // SHARD_THREADS)
+
+
+def size_bytes(size: str) -> float:
+    """A DuckDB memory size (`MEMORY`: 512MB, 2GB, 1.5GiB) in bytes, read as DuckDB reads it (KB = 1000 B,
+    KiB = 1024 B)."""
+    match = MEMORY.fullmatch(size.strip())
+    if match is None:
+        raise ValueError(f"expected a size such as 512MB, 2GB or 1.5GiB, got {size!r}")
+    number, unit = float(match.group(0)[: match.start(2)]), match.group(2).upper()
+    return number * (1024 if "I" in unit else 1000) ** "BKMGT".index(unit[0])
+
+
 def _normalized(location: str) -> str:
     """A location as compared for nesting: local paths absolute and resolved, URLs without a trailing slash."""
     location = str(location)
@@ -73,6 +90,8 @@ def _problem(name: str, value) -> str:
         return f"expected a number between 0 and 1, got {value}"
     if name == "duckdb_threads" and value < 0:
         return f"expected 0 (the CPUs this process may use) or more, got {value}"
+    if name == "workers" and value < 1:
+        return f"expected 1 or more shards at once, got {value}"
     if name == "duckdb_memory_limit" and value and not MEMORY.fullmatch(value.strip()):
         return f"expected a size such as 512MB, 2GB or 1.5GiB, got {value!r}"
     return ""
@@ -117,7 +136,14 @@ class Settings:
     )
     duckdb_threads: int = _setting(0, "DuckDB threads; 0: the CPUs this process may use (affinity, cgroup quota)")
     duckdb_memory_limit: str = _setting(
-        "", "DuckDB memory limit per process, e.g. 2GB; empty: 128MB a thread, at least 512MB (BENCHMARKS.md)"
+        "",
+        "DuckDB memory limit of the run, e.g. 2GB, shared by the shards at once; empty: 128MB a thread, at least"
+        " 512MB a shard at once (BENCHMARKS.md)",
+    )
+    workers: int = _setting(
+        0,
+        f"shards processed at once, each in a process of its own with its share of DuckDB's threads and memory;"
+        f" by default the CPUs this process may use / {SHARD_THREADS}, the cores one shard keeps busy",
     )
     # fail closed unless the operator says otherwise (each is recorded in the release's manifest and card):
     skip_image_matching: bool = _setting(
@@ -144,6 +170,21 @@ class Settings:
         cap = memory_cap(cgroup)
         return f"{min(max(512, 128 * threads), cap or 2**62)}MB"
 
+    def shard_share(self, workers: int, cgroup: str = "/sys/fs/cgroup") -> Settings:
+        """The settings of one of `workers` shards processed at once: its share of DuckDB's threads
+        (`threads() // workers`, at least one) and of the memory limit (the setting divided by `workers`; by
+        default the default limit of its own threads, at most half a cgroup memory limit divided by `workers`).
+        So the run's memory stays about `workers` times one shard's. One worker: these settings as they are."""
+        if workers <= 1:
+            return self
+        threads = max(1, self.threads() // workers)
+        if self.duckdb_memory_limit:
+            memory = max(1, int(size_bytes(self.duckdb_memory_limit) / workers // 10**6))
+        else:
+            cap = memory_cap(cgroup)
+            memory = min(max(512, 128 * threads), max(1, cap // workers) if cap else 2**62)
+        return replace(self, duckdb_threads=threads, duckdb_memory_limit=f"{memory}MB")
+
     def __post_init__(self):
         data = default_data_dir()
         defaults = {
@@ -156,6 +197,8 @@ class Settings:
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
+        if not self.workers:
+            object.__setattr__(self, "workers", default_workers())
         if not self.dagster_home:
             local_work = "://" not in self.work
             object.__setattr__(self, "dagster_home", f"{self.work}/dagster" if local_work else f"{data}/dagster")

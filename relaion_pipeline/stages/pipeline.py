@@ -206,6 +206,11 @@ def out_of_memory(settings: Settings, what: str, error: Exception) -> StageError
         f"{what}: DuckDB ran out of memory at its limit of {settings.memory_limit(threads)} with {threads} threads"
         f" ({detail}); raise duckdb_memory_limit (RELAION_DUCKDB_MEMORY_LIMIT; by default 128MB a thread, at"
         " least 512MB, at most half a cgroup memory limit) or lower duckdb_threads (RELAION_DUCKDB_THREADS)"
+        + (
+            f"; with {settings.workers} shards at once (--workers) this was one shard's share"
+            if settings.workers > 1
+            else ""
+        )
     )
 
 
