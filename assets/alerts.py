@@ -141,6 +141,9 @@ def build_alert_sensors(settings: AlertSettings | None = None) -> list[dg.Sensor
         alerts, new = track_checks(state, records, alert_settings, bootstrap=context.cursor is None)
         return _finish(context, alert_settings, alerts, state, new)
 
+    # Why not Dagster's `@run_failure_sensor`: it keeps its own cursor, and this sensor's cursor must also hold the
+    # alerts a channel did not take (retried on that channel alone, `_finish`); a failure sensor cannot store
+    # them. Its cursor here is what run_failure_sensor's is: the storage id of the last run failure seen.
     @described.sensor(name=RUN_ALERTS, minimum_interval_seconds=60, default_status=running)
     def alert_on_failed_runs(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         """Alerts once per failed run (after its last retry), except runs failed only by blocking checks."""

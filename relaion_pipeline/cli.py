@@ -48,7 +48,12 @@ def _flag_type(flag: str, setting: str, kind: type):
 
 
 def _setting_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
-    """A flag for every setting (or the settings `only`), each named with its `RELAION_*` variable and default."""
+    """A flag for every setting (or the settings `only`), each named with its `RELAION_*` variable and default.
+
+    Why argparse and not click/typer's `envvar=`: the flags are generated from the one declaration of the
+    settings (`Settings` fields and their help), which the Dagster resource and `Settings.from_env` also read,
+    and one parser (`settings.parse`) checks a value whether it came from a flag, a variable or the UI, its error
+    naming that flag or variable. A library's own env-var layer would be a second parser to keep equal."""
     base = Settings()
     for f in fields(Settings):
         if only and f.name not in only:

@@ -28,6 +28,10 @@ from datetime import UTC, datetime
 
 from relaion_pipeline.core import storage
 
+# Why not `filelock`/`fasteners`: locally they take the same `fcntl.flock`, but the release lock must also work
+# on S3 (a conditional create, which no lock library offers) with the same semantics: wait with one notice
+# naming the holder, then fail naming the lock to remove. One module keeps both kinds, and the waits, alike.
+
 
 class LockTimeout(TimeoutError):
     """Another process held the shard's lock for longer than the wait allowed."""

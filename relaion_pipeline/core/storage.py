@@ -140,7 +140,11 @@ def register(con, *locations: str, unchanging: tuple[str, ...] = ()) -> None:
     `unchanging` (inputs, which a run never writes, and content-addressed files) are asked about once per
     connection; every other file at every open, so that a file the stage writes is read as it is now.
     Reads of S3 objects also carry the ETag they were opened with (s3fs), so a file that did change would
-    fail to read instead of mixing two versions."""
+    fail to read instead of mixing two versions.
+
+    Why not DuckDB's own `httpfs`: it is an extension downloaded at run time (not possible where only the
+    package registries are reachable), it keeps its own credentials and endpoint settings apart from the s3fs
+    ones every other read and write here uses, and it cannot ask about an input once per connection."""
     registered = set(con.list_filesystems())
     for location in locations:
         if location and not is_local(location):
