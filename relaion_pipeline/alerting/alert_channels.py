@@ -3,9 +3,9 @@
 Errors name the channel and host only, never a webhook token or a password; failures that may pass are
 retried, and an alert a channel could not take stays owed to that channel alone.
 
-Why not a notification library (apprise, Dagster's `make_slack_on_run_failure_sensor`): they put the run's error
-text into the message, and an error may quote a row's value; every text sent here is built by
-`alerting.alerts` from counts, names and row keys alone, and no library error text reaches a log either.
+Why not Dagster's `make_slack_on_run_failure_sensor` or `make_email_on_run_failure_sensor`: by default they put
+the run's error text into the message, and an error may quote a row's value; every text sent here is built by
+`alerting.alerts` from counts, names and row keys alone. Two channels need no more than urllib and smtplib.
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ def register(con, *locations: str, unchanging: tuple[str, ...] = ()) -> None:
     fail to read instead of mixing two versions.
 
     Why not DuckDB's own `httpfs`: it is an extension downloaded at run time (not possible where only the
-    package registries are reachable), it keeps its own credentials and endpoint settings apart from the s3fs
-    ones every other read and write here uses, and it cannot ask about an input once per connection."""
+    package registries are reachable), and it keeps its own credentials and endpoint settings apart from the s3fs
+    ones every other read and write here uses: one filesystem, configured once, serves both."""
     registered = set(con.list_filesystems())
     for location in locations:
         if location and not is_local(location):
