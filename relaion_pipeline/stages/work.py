@@ -71,7 +71,11 @@ class Work:
         if not storage.exists(path):
             failed = self.failure(stage, name)
             if storage.exists(failed):
-                raise StageError(f"shard {name!r}: {stage} failed: {storage.read_json(failed)['error']}")
+                try:
+                    error = storage.read_json(failed)["error"]
+                except (ValueError, KeyError, TypeError):  # edited or cut short: the failure itself still holds
+                    error = f"its failure record {failed} cannot be read"
+                raise StageError(f"shard {name!r}: {stage} failed: {error}")
             raise StageError(f"shard {name!r}: no {stage} output yet: materialize '{stage}' for this partition first")
         try:
             return records.STAGE_RECORDS[stage].read(path)
