@@ -23,6 +23,7 @@ other records or dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -83,8 +84,14 @@ class Record:
         return _build(cls, fields, where, "")
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    """The declared field types of `cls` (its string annotations evaluated once per process)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, data: dict, where: str, prefix: str):
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     declared = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(declared))
     if unknown:

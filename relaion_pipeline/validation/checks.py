@@ -51,54 +51,54 @@ WHY = {
 
 
 @dataclass(frozen=True)
-class CheckRecord(Record):
+class _Outcome(Record):
+    """What every check's record keeps of its outcome (its page is written beside it)."""
+
+    suite: str
+    partition: str
+    success: bool
+    evaluated: int
+    failures: list[quality.Failure]
+    statistics: dict
+    why: str
+
+    @classmethod
+    def of(cls, outcome: quality.Outcome, **more):
+        """The record of `outcome`, with the fields of `cls` beyond the outcome's (`more`)."""
+        return cls(
+            suite=outcome.suite,
+            partition=outcome.partition,
+            success=outcome.success,
+            evaluated=outcome.evaluated,
+            failures=list(outcome.failures),
+            statistics=outcome.statistics,
+            why=WHY[outcome.suite],
+            **more,
+        )
+
+
+@dataclass(frozen=True)
+class CheckRecord(_Outcome):
     """A check's outcome on one file of a partition and exactly which bytes it validated: what `status` reads
     to decide whether a shard's files passed their checks (`<work>/validation/<suite>/<partition>.json`)."""
 
     NAME: ClassVar[str] = "check"
     VERSION: ClassVar[int] = 1
 
-    suite: str
-    partition: str
-    success: bool
-    evaluated: int
-    failures: list[quality.Failure]
-    statistics: dict
-    why: str
     validated_sha256: str
     validated_bytes: int
     validated_fingerprint: dict
 
 
 @dataclass(frozen=True)
-class ReleaseCheckRecord(Record):
+class ReleaseCheckRecord(_Outcome):
     """The release check's outcome: the problems re-verifying the release found, and shards without checks."""
 
     NAME: ClassVar[str] = "release-check"
     VERSION: ClassVar[int] = 1
 
-    suite: str
-    partition: str
-    success: bool
-    evaluated: int
-    failures: list[quality.Failure]
-    statistics: dict
-    why: str
     problems: list[str]
     unchecked: list[str]
-
-
-def _fields(outcome: quality.Outcome) -> dict:
-    """The outcome's fields a record keeps (its page is written beside it)."""
-    return {
-        "suite": outcome.suite,
-        "partition": outcome.partition,
-        "success": outcome.success,
-        "evaluated": outcome.evaluated,
-        "failures": list(outcome.failures),
-        "statistics": outcome.statistics,
-        "why": WHY[outcome.suite],
-    }
 
 
 def _validated(path: str) -> dict:
@@ -110,7 +110,7 @@ def _validated(path: str) -> dict:
 def _record(settings: Settings, outcome: quality.Outcome, validated: str | dict) -> quality.Outcome:
     """Write the outcome of a suite on a file (its path, or `_validated` of it) as the partition's record."""
     described = _validated(validated) if isinstance(validated, str) else validated
-    _write(settings, outcome, CheckRecord(**_fields(outcome), **described))
+    _write(settings, outcome, CheckRecord.of(outcome, **described))
     return outcome
 
 
@@ -228,7 +228,7 @@ def check_release(settings: Settings, problems: list[str], unchecked: list[str],
         for c in frame.columns
     ]
     outcome = quality.validate(RELEASE_MATCHES_FILES, version, frame, expectations)
-    _write(settings, outcome, ReleaseCheckRecord(**_fields(outcome), problems=problems, unchecked=unchecked))
+    _write(settings, outcome, ReleaseCheckRecord.of(outcome, problems=problems, unchecked=unchecked))
     return outcome
 
 

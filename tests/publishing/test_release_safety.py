@@ -153,32 +153,28 @@ def test_verify_checks_research_safe_rows_against_the_recorded_threshold(publish
     assert "digest" not in out, "the forger's manifest is consistent: the data itself gives it away"
 
 
+UNLISTED = (
+    "research/good-1-extra.parquet",
+    "research-unfiltered/good-1.parquet",
+    "extra.parquet",
+    "research/good-1.PARQUET",
+    "research/good-1.parq",
+    "research/good-1.parquet.tmp",
+)  # parquet files and near-names under a release that its manifest does not list
+
+
 def test_verify_rejects_parquet_files_the_manifest_does_not_list(published, tmp_path, capsys):
     space = Workspace(published)
     copy = tmp_path / "copy"
     shutil.copytree(space.releases / space.latest, copy)
     extra = pq.read_table(copy / "research" / "good-1.parquet")
-    for path in (
-        "research/good-1-extra.parquet",
-        "research-unfiltered/good-1.parquet",
-        "extra.parquet",
-        "research/good-1.PARQUET",
-        "research/good-1.parq",
-        "research/good-1.parquet.tmp",
-    ):
+    for path in UNLISTED:
         (copy / path).parent.mkdir(exist_ok=True)
         pq.write_table(extra, copy / path)
 
     assert main(["verify", str(copy)]) == 1
     out = capsys.readouterr().out
-    for path in (
-        "research/good-1-extra.parquet",
-        "research-unfiltered/good-1.parquet",
-        "extra.parquet",
-        "research/good-1.PARQUET",
-        "research/good-1.parq",
-        "research/good-1.parquet.tmp",
-    ):
+    for path in UNLISTED:
         assert f"MISMATCH {path}: file not listed in the manifest" in out
 
 
