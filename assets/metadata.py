@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 import dagster as dg
 
+from relaion_pipeline.core import progress
 from relaion_pipeline.core.records import Record
+
+
+class _Forward(logging.Handler):
+    def __init__(self, log):
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.info(record.getMessage())
+
+
+@contextmanager
+def progress_to(log):
+    """While an asset runs: the progress lines of its long work (`core.progress`) in its run's log, which the
+    UI shows as it goes."""
+    handler = _Forward(log)
+    progress.log.addHandler(handler)
+    previous = progress.log.level
+    progress.log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        progress.log.removeHandler(handler)
+        progress.log.setLevel(previous)
 
 
 def markdown_table(counts: dict[str, int], header: tuple[str, str]) -> dg.MetadataValue:

@@ -2,13 +2,11 @@
 
 import dagster as dg
 
-from assets.metadata import check_result, from_stats
+from assets.metadata import check_result, from_stats, progress_to
 from assets.resources import RelaionSettings
 from assets.variants import research_safe
-from relaion_pipeline import status
 from relaion_pipeline.core import shards
 from relaion_pipeline.publishing import release as releases
-from relaion_pipeline.publishing import verification
 from relaion_pipeline.validation import checks
 
 
@@ -34,9 +32,9 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
     release that failed (unless allow_partial_release)."""
     settings = relaion.settings()
     names = [shard.name for shard in shards.discover(settings.shards)]
-    manifest = releases.publish(settings, names)
-    _, problems = verification.verify(manifest["path"])
-    unchecked = [name for name in manifest["shards"] if not status.checks_passed(settings, name)[0]]
+    with progress_to(context.log):
+        manifest = releases.publish(settings, names)
+        problems, unchecked = releases.check(settings, manifest)
     outcome = checks.check_release(settings, problems, unchecked, manifest["version"])
     docs = checks.write_index(settings)
     for name, why in manifest["held_back"].items():

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.blocklist import blocklist
-from assets.metadata import check_result, from_stats
+from assets.metadata import check_result, from_stats, progress_to
 from assets.partitions import shard_partitions
 from assets.resources import RelaionSettings
 from relaion_pipeline import prepare
@@ -36,8 +36,9 @@ def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
             f"compiling {len(waiting)} matching kernels first, once for this installation (~1-2 min on 2 cores);"
             " `relaion prepare` does it at install time"
         )
-    stats = pipeline.compute_removals(settings, context.partition_key)
-    outcomes = checks.check_input(settings, context.partition_key)
+    with progress_to(context.log):
+        stats = pipeline.compute_removals(settings, context.partition_key)
+        outcomes = checks.check_input(settings, context.partition_key)
     for warning in stats.warnings:
         context.log.warning(warning)
     context.log.info(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import dagster as dg
 
@@ -17,6 +18,21 @@ from relaion_pipeline import status
 from relaion_pipeline.core import shards
 from relaion_pipeline.lists import blocklists
 from relaion_pipeline.stages import pipeline
+
+NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+GOING = (*NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
+
+
+def coming(instance: dg.DagsterInstance, job_name: str, since: float) -> set[str]:
+    """Partitions with a run of `job_name` that will match against the list version current at `since`: one
+    not started yet (it reads the list when its step runs), or created since then. Another sensor's request for
+    them would run the same shard twice (the shard sensor's run of a new shard and the first list version's)."""
+    found = set()
+    for record in instance.get_run_records(dg.RunsFilter(job_name=job_name, statuses=list(GOING))):
+        run = record.dagster_run
+        if run.status in NOT_STARTED or record.create_timestamp.timestamp() >= since:
+            found.add(run.tags.get("dagster/partition"))
+    return found
 
 
 def build_sensors(shard_job, blocklist_job) -> list:
@@ -48,18 +64,25 @@ def build_sensors(shard_job, blocklist_job) -> list:
     def blocklist_version_sensor(
         context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, relaion: RelaionSettings
     ):
-        """Re-matches the shards that were matched against another blocklist version after it is rebuilt."""
+        """Re-matches the shards that were matched against another blocklist version after it is rebuilt (not
+        those with a run coming that will match them against it: a new shard's, say)."""
         version = asset_event.asset_materialization.metadata.get("version")
         version = version.value if version is not None else asset_event.run_id
         names = context.instance.get_dynamic_partitions(shard_partitions.name)
+        waiting = coming(context.instance, shard_job.name, asset_event.timestamp)
         for name in status.needs_matching(relaion.settings(), names):
-            yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
+            if name not in waiting:
+                yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
 
     @described.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
-        """Re-runs a shard whose file or image-hash sidecar was replaced since its removals were computed."""
+        """Re-runs a shard whose file or image-hash sidecar was replaced since its removals were computed (unless
+        a run of it has yet to start: that one reads the new file)."""
         names = context.instance.get_dynamic_partitions(shard_partitions.name)
+        waiting = coming(context.instance, shard_job.name, time.time())
         for name, current in status.inputs_replaced(relaion.settings(), names).items():
+            if name in waiting:
+                continue
             digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
             yield dg.RunRequest(partition_key=name, run_key=f"changed:{name}:{digest}")
 

@@ -4,7 +4,7 @@ import base64
 
 import dagster as dg
 
-from assets.metadata import check_result, from_stats
+from assets.metadata import check_result, from_stats, progress_to
 from assets.partitions import shard_partitions
 from assets.removals import removals
 from assets.resources import RelaionSettings
@@ -34,8 +34,9 @@ def research(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
     """The shard minus every removed row, with exactly the input's columns, types and row order.
     Blocking checks (Great Expectations): no row matches the blocklist; rows in = removed + out."""
     settings = relaion.settings()
-    stats = pipeline.write_research(settings, context.partition_key)
-    outcomes = checks.check_research(settings, context.partition_key)
+    with progress_to(context.log):
+        stats = pipeline.write_research(settings, context.partition_key)
+        outcomes = checks.check_research(settings, context.partition_key)
     return dg.MaterializeResult(
         metadata=from_stats(stats), check_results=[check_result(o, context.asset_key) for o in outcomes]
     )
@@ -54,8 +55,9 @@ def research_safe(context: dg.AssetExecutionContext, relaion: RelaionSettings) -
     """research minus rows whose punsafe is above the safe threshold (shards without punsafe: the NSFW tag).
     Blocking checks (Great Expectations): no score above the threshold; rows add up."""
     settings = relaion.settings()
-    stats = pipeline.write_research_safe(settings, context.partition_key)
-    outcomes = checks.check_research_safe(settings, context.partition_key)
+    with progress_to(context.log):
+        stats = pipeline.write_research_safe(settings, context.partition_key)
+        outcomes = checks.check_research_safe(settings, context.partition_key)
     metadata = from_stats(stats)
     if stats.score != "none":
         metadata |= punsafe_picture(settings, context.partition_key, stats.score)

@@ -119,14 +119,14 @@ def per_row(urls: list[str]) -> float:
     return len(urls) / (time.perf_counter() - started)
 
 
-def _shard_path(settings: Settings) -> None:
+def shard_path(settings: Settings, name: str = NAME) -> None:
     """Every per-shard stage and check, as the Dagster assets run them."""
-    pipeline.compute_removals(settings, NAME)
-    checks.check_input(settings, NAME)
-    pipeline.write_research(settings, NAME)
-    checks.check_research(settings, NAME)
-    pipeline.write_research_safe(settings, NAME)
-    checks.check_research_safe(settings, NAME)
+    pipeline.compute_removals(settings, name)
+    checks.check_input(settings, name)
+    pipeline.write_research(settings, name)
+    checks.check_research(settings, name)
+    pipeline.write_research_safe(settings, name)
+    checks.check_research_safe(settings, name)
 
 
 def _same_job_settings(root: Path, list_path: Path, urls: list[str]) -> Settings:
@@ -189,8 +189,8 @@ def main() -> None:
     for label, run_settings in (("reference's job", same_job), ("demo job", settings)):
         pipeline.build_blocklist(run_settings)
         index.forget(run_settings.work, NAME)
-        results[f"pipeline, {label}, fresh index"] = in_child(lambda s=run_settings: _shard_path(s))
-        results[f"pipeline, {label}, index reused"] = in_child(lambda s=run_settings: _shard_path(s))
+        results[f"pipeline, {label}, fresh index"] = in_child(lambda s=run_settings: shard_path(s))
+        results[f"pipeline, {label}, index reused"] = in_child(lambda s=run_settings: shard_path(s))
     base = results["reference"][0]
     print(f"{args.rows:,} rows, list of {LIST_ENTRIES:,} entries, {os.cpu_count()} cores")
     print(f"{'job':<44} {'seconds':>8} {'x reference':>12} {'rows/s':>11} {'peak RSS MiB':>13}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import shlex
 import sys
 import traceback
@@ -16,7 +17,7 @@ from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
-from relaion_pipeline.core import interrupts
+from relaion_pipeline.core import interrupts, progress
 from relaion_pipeline.core.settings import Settings, parse
 
 
@@ -82,10 +83,23 @@ def _runner():
     return found["dagster"].load()
 
 
+class _Lines(logging.Handler):
+    """The progress of long work inside a stage (`core.progress`), a line each, indented under its shard."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"      {record.getMessage()}", flush=True)
+
+
 def _run(args) -> int:
     run_all = _runner()
     settings = _settings(args)
-    summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force, debug=args.debug)
+    lines = _Lines()
+    progress.log.addHandler(lines)
+    progress.log.setLevel(logging.INFO)
+    try:
+        summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force, debug=args.debug)
+    finally:
+        progress.log.removeHandler(lines)
     if summary.error:
         print(f"error: {summary.error}", file=sys.stderr)
     if summary.shards:

@@ -92,7 +92,18 @@ STAGED_SAFE = Artifact(  # its files are the staged variant and unsafe rows (`pi
     ("stages.variants:write_research", "stages.variants:safe_keep_mask"),
     "staged/research-safe",
 )
-ARTIFACTS = (INDEX, CANDIDATES, IMAGE_HITS, NEAR_MATCHES, SIDECAR_COUNTS, INPUT_COUNTS, INPUT_DIGEST, STAGED_SAFE)
+REMOVAL_KEYS = Artifact("removal-list keys", ".removal-keys.parquet", ("stages.removal_keys:keys",))
+ARTIFACTS = (
+    INDEX,
+    CANDIDATES,
+    IMAGE_HITS,
+    NEAR_MATCHES,
+    SIDECAR_COUNTS,
+    INPUT_COUNTS,
+    INPUT_DIGEST,
+    STAGED_SAFE,
+    REMOVAL_KEYS,
+)
 
 
 def resolve(name: str):
@@ -388,3 +399,48 @@ def table(work: str, shard: str, artifact: Artifact, depends: dict, compute: Cal
         storage.write_parquet_atomic(found, path(work, shard, artifact))
         put(work, shard, artifact, depends)
     return found
+
+
+# --- the digests of files --------------------------------------------------------------------------------------
+
+
+def _digest_record(work: str, location: str) -> str:
+    """Where the digest of the file at `location` is kept: under the work location, by a digest of its name."""
+    return storage.join(work, "digests", hashlib.sha256(location.encode()).hexdigest()[:40] + ".json")
+
+
+def sha256(work: str, location: str) -> tuple[int, str]:
+    """Size and sha256 of the file at `location`, read once and kept (under `work`) while the file is the one
+    that was read: its fingerprint, one stat (a HEAD on an object store), is the same as then. A file edited,
+    replaced or truncated since is read again. What the release, the status and the checks ask of every file
+    they prove, without reading it at every ask."""
+    found = fingerprint(location)
+    where = _digest_record(work, location)
+    try:
+        record = storage.read_json(where)
+    except (FileNotFoundError, ValueError, OSError):
+        record = None
+    if (
+        isinstance(record, dict)
+        and record.get("digest") == _digest({k: v for k, v in record.items() if k != "digest"})
+        and record.get("location") == location
+        and record.get("fingerprint") == found
+        and isinstance(record.get("bytes"), int)
+        and isinstance(record.get("sha256"), str)
+    ):
+        return record["bytes"], record["sha256"]
+    size, digest = storage.size_and_sha256(location)
+    if fingerprint(location) == found:  # not changed while it was read: what was read is what is there
+        _keep_digest(where, location, found, size, digest)
+    return size, digest
+
+
+def remember_sha256(work: str, location: str, size: int, digest: str) -> None:
+    """Keep the size and sha256 of a file just written (computed on the bytes as they were written), so that
+    nobody reads it again to learn them while it is unchanged."""
+    _keep_digest(_digest_record(work, location), location, fingerprint(location), size, digest)
+
+
+def _keep_digest(where: str, location: str, found: dict, size: int, digest: str) -> None:
+    record = {"location": location, "fingerprint": found, "bytes": size, "sha256": digest}
+    storage.write_json_atomic(record | {"digest": _digest(record)}, where)

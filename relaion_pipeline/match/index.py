@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from relaion_pipeline.canonical import lookup_hashes, url_sql, urls
-from relaion_pipeline.core import cache, storage
+from relaion_pipeline.core import cache, progress, storage
 from relaion_pipeline.core.schemas import sql_string
 from relaion_pipeline.lists.kinds import DOMAIN as DOMAIN_KIND
 from relaion_pipeline.lists.kinds import URL_DERIVED, URL_MD5, URL_SHA256, sql_list
@@ -76,8 +76,13 @@ def build_sql(inputs: matching.MatchInputs, md5: bool = True, domains: bool = Tr
 
 
 def _write_sql(
-    con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, domains: bool, target: str
-) -> None:
+    con: duckdb.DuckDBPyConnection,
+    inputs: matching.MatchInputs,
+    md5: bool,
+    domains: bool,
+    target: str,
+    tracker: progress.Progress | None = None,
+) -> None:  # one statement: DuckDB says nothing of how far it is
     options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1000000, USE_TMP_FILE false"
     con.execute(f"COPY ({build_sql(inputs, md5, domains)}) TO {sql_string(target)} ({options})")
 
@@ -94,10 +99,16 @@ def _general_sql(relation: str) -> str:
 
 
 def _write_compiled(
-    con: duckdb.DuckDBPyConnection, inputs: matching.MatchInputs, md5: bool, domains: bool, target: str
+    con: duckdb.DuckDBPyConnection,
+    inputs: matching.MatchInputs,
+    md5: bool,
+    domains: bool,
+    target: str,
+    tracker: progress.Progress | None = None,
 ) -> None:
     """Stream the shard's URLs, BATCH_ROWS at a time, through the compiled lookup hashes into `target`; the
-    URLs the compiled canonicalization leaves are canonicalized by DuckDB on a second connection."""
+    URLs the compiled canonicalization leaves are canonicalized by DuckDB on a second connection. `tracker`
+    hears how many rows are done after each batch."""
     source = (
         f"SELECT file_row_number AS row_number, {matching.quote(inputs.roles.url)} AS url "
         f"FROM read_parquet({storage.duckdb_path(inputs.shard_path)}, file_row_number = true)"
@@ -125,6 +136,7 @@ def _write_compiled(
                 for table in tables:
                     writer.write_table(table, row_group_size=1_000_000)
 
+            done = 0
             for batch in con.sql(source).arrow(BATCH_ROWS):
                 table, unusable = lookup_hashes.entries(batch.column(0), batch.column(1), general, md5, domains)
                 tables = [table.cast(SCHEMA)]
@@ -136,6 +148,9 @@ def _write_compiled(
                 if writing is not None:
                     writing.result()
                 writing = encoder.submit(write, tables)
+                done += batch.num_rows
+                if tracker is not None:
+                    tracker.update(done)
             if writing is not None:
                 writing.result()
     finally:
@@ -186,14 +201,15 @@ def build(
     storage.remove(meta_path)  # the record goes last: an index without one is never used
     compiled = compiled and lookup_hashes.available()
     write = _write_compiled if compiled else _write_sql
+    tracker = progress.Progress(f"{inputs.shard_name}: lookup-hash index", counts.get("rows_in", 0), "rows")
     if storage.is_local(path):
         with storage.AtomicPath(path) as local:
-            write(con, inputs, md5, domains, local)
+            write(con, inputs, md5, domains, local, tracker)
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
     else:
         with tempfile.TemporaryDirectory(prefix="relaion-index-") as scratch:
             local = os.path.join(scratch, "index.parquet")
-            write(con, inputs, md5, domains, local)
+            write(con, inputs, md5, domains, local, tracker)
             entries, size = pq.ParquetFile(local).metadata.num_rows, os.path.getsize(local)
             storage.copy(local, path)
     meta = {
@@ -207,6 +223,7 @@ def build(
         "seconds": round(time.perf_counter() - started, 3),
     }
     cache.put(work, inputs.shard_name, cache.INDEX, {"input": input_fingerprint}, extra=meta)
+    tracker.finish()
     return meta
 
 

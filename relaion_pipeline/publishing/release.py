@@ -19,18 +19,20 @@ release `latest` names because that shard failed or is held back (unless the ope
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from relaion_pipeline import status
-from relaion_pipeline.core import shard_lock, storage
+from relaion_pipeline.core import cache, progress, shard_lock, storage
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists
 from relaion_pipeline.publishing import manifest as manifests
@@ -279,6 +281,58 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
     return manifest
 
 
+PLACING_THREADS = 16  # files placed at once: each is a link, or a request the store serves (copies on S3)
+
+
+def _place_shards(settings: Settings, staging: str, manifest: dict, ready: dict) -> dict[str, tuple[int, str]]:
+    """Put each shard's files under the release being assembled, several at once, without moving their bytes
+    where the store allows (`storage.place`: a hard link locally, a server-side copy on S3). Each placed file
+    must have the sha256 the manifest lists: a link or a server-side copy has the bytes of the work file, whose
+    digest is known while it is unchanged (`cache.sha256`: one stat); a streamed copy is digested as written.
+    Returns the size and sha256 of each file placed, by its path inside the release."""
+    jobs = [(name, variant) for name in ready for variant in VARIANTS]
+    tracker = progress.Progress("release: shards' files placed", len(jobs), "files")
+
+    def place(job: tuple[str, str]) -> tuple[str, tuple[int, str]]:
+        name, variant = job
+        file = manifest["shards"][name]["files"][variant]
+        source, destination = Work(settings.work).variant(variant, name), storage.join(staging, file["path"])
+        known = cache.sha256(settings.work, source)  # the work file's, before its bytes are placed
+        how, written = storage.place(source, destination)
+        if how == storage.LINKED:  # the work file's change time moved: it is as it was, and not read again
+            cache.remember_sha256(settings.work, source, *known)
+        size, digest = known if written is None else written
+        if (size, digest) != (file["bytes"], file["sha256"]):
+            raise ReleaseError(
+                f"shard {name!r}: its {variant} file changed since its stage wrote it (sha256 {digest}, the record"
+                f" says {file['sha256']}); run again to make it anew"
+            )
+        return file["path"], (size, digest)
+
+    placed = {}
+    with ThreadPoolExecutor(max_workers=PLACING_THREADS) as pool:
+        for done, (path, known) in enumerate(pool.map(place, jobs), start=1):
+            placed[path] = known
+            tracker.update(done)
+    tracker.finish()
+    return placed
+
+
+def check(settings: Settings, manifest: dict) -> tuple[list[str], list[str]]:
+    """The release's own check, right after `publish`: what re-verifying the release finds (`verify`, with the
+    digests of the files publishing placed taken from the cache, and each shard's subset and threshold from its
+    blocking checks when they passed on exactly the bytes published), and the shards published without passed
+    checks. Its cost grows with the number of files, not with their size; `relaion verify` reads every byte."""
+
+    def proved(name: str, entry: dict) -> bool:
+        return status.proved(settings, name, {variant: file["sha256"] for variant, file in entry["files"].items()})
+
+    digests = functools.partial(cache.sha256, settings.work)
+    _, problems = verify(manifest["path"], digests=digests, proved=proved)
+    unchecked = [name for name in manifest["shards"] if not status.checks_passed(settings, name)[0]]
+    return problems, unchecked
+
+
 def _foreign(settings: Settings, last: dict | None, present: set[str]) -> str:
     """Why this run must not replace `last` (empty when it may): `last` holds shards that this run's input lacks
     and that this work location never matched, so they did not leave its input: `last` was made by another
@@ -308,21 +362,13 @@ def _matched_here(work: Work, name: str) -> bool:
 def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, bytes]) -> None:
     """Write the release's files and, last, its manifest under its version (through a hidden staging folder
     renamed into place, locally)."""
-    work = Work(settings.work)
     final = storage.join(settings.release, manifest["version"])
     local = storage.is_local(settings.release)
     staging = storage.join(settings.release, f".tmp-{manifest['version']}-{uuid.uuid4().hex[:8]}") if local else final
     if not local:  # objects of a publish killed before its manifest: never part of this release
         storage.remove(final)
     try:
-        for name in ready:
-            for variant in VARIANTS:
-                storage.copy(work.variant(variant, name), storage.join(staging, variant, f"{name}.parquet"))
-        for name, entry in manifest["shards"].items():  # the work files may have changed while copying
-            for variant, file in entry["files"].items():
-                _, digest = storage.size_and_sha256(storage.join(staging, file["path"]))
-                if digest != file["sha256"]:
-                    raise ReleaseError(f"shard {name!r}: {variant} changed while the release was assembled")
+        placed = _place_shards(settings, staging, manifest, ready)
         for doc_name, data in docs.items():
             storage.write_bytes_atomic(data, storage.join(staging, doc_name))
         stamped = manifest | {"created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -331,6 +377,8 @@ def _assemble(settings: Settings, manifest: dict, ready: dict, docs: dict[str, b
             if os.path.exists(final):  # an earlier attempt died before its manifest: replace it
                 shutil.rmtree(final)
             os.replace(staging, final)
+        for path, known in placed.items():  # under the names readers use: the release's check reads none again
+            cache.remember_sha256(settings.work, storage.join(final, path), *known)
     finally:
         if local and os.path.exists(staging):
             shutil.rmtree(staging)

@@ -15,10 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from relaion_pipeline.core import row_hashes, shards, storage
+from relaion_pipeline.core import shards, storage
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.publishing import card, plots
 from relaion_pipeline.publishing.manifest import REMOVAL_LIST
+from relaion_pipeline.stages import removal_keys
 from relaion_pipeline.stages.work import Work
 from relaion_pipeline.status import Chain
 
@@ -101,14 +102,8 @@ A row matching several lists is counted once per source, category and kind.
 
 def removal_list(settings: Settings, ready: dict[str, Chain]) -> tuple[pa.Table, dict]:
     """Row hashes to drop for research-safe, and whether they may be published (list matches <= max share)."""
-    work = Work(settings.work)
-    hashes, matched = [], 0
-    for name in ready:
-        removed = work.removed_rows(name)
-        unsafe = storage.read_table(work.unsafe_rows(name), columns=["row_number"]).column("row_number").to_numpy()
-        matched += int(removed.size)
-        rows = np.union1d(removed, unsafe)
-        hashes.append(row_hashes.of_rows(shards.resolve(settings.shards, name).path, rows))
+    hashes = [removal_keys.keys(settings, name) for name in ready]  # made by each shard's research-safe stage
+    matched = sum(chain.research.rows_removed for chain in ready.values())
     values = np.unique(np.concatenate(hashes)) if hashes else np.array([], dtype=np.int64)
     share = matched / values.size if values.size else 0.0
     published = share <= settings.removal_list_max_match_share

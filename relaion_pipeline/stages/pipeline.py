@@ -22,7 +22,7 @@ from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists
 from relaion_pipeline.lists.kinds import DOMAIN, IMAGE, PDQ, SIDECAR_COLUMNS, URL_MD5, sidecar_column
 from relaion_pipeline.match import index, matching, near_matching
-from relaion_pipeline.stages import input_counts, records, variants
+from relaion_pipeline.stages import input_counts, records, removal_keys, variants
 from relaion_pipeline.stages.work import RESEARCH, RESEARCH_SAFE, StageError, Work
 
 log = logging.getLogger(__name__)
@@ -422,11 +422,12 @@ def write_research(settings: Settings, name: str) -> records.Research:
     removal_stats = read_stats(settings, "removals", name)
     shard = shards.resolve(settings.shards, name)
     roles = shards.roles(shard)
-    removals_sha256 = storage.size_and_sha256(work.removals(name))[1]
+    removals_sha256 = cache.sha256(settings.work, work.removals(name))[1]
     removed = work.removed_rows(name)
     result, safe, unsafe = variants.write_research(
         shard.path, removed, work.variant(RESEARCH, name), safe=(roles, settings, staged[0])
     )
+    cache.remember_sha256(settings.work, work.variant(RESEARCH, name), result.bytes, result.sha256)  # as written
     storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), staged[1])
     made = _staged_from(work, name, result.sha256, _safe_rule(settings, roles))
     cache.put(settings.work, name, cache.STAGED_SAFE, made, files=staged[:2], extra={"variant": safe.__dict__})
@@ -483,7 +484,7 @@ def write_research_safe(settings: Settings, name: str) -> records.ResearchSafe:
     roles = shards.roles(shard)
     result = _take_staged_safe(work, name, research_stats.sha256, _safe_rule(settings, roles))
     if result is None:  # from the shard and its removals, as research's pass writes it: the same ones
-        if storage.size_and_sha256(work.removals(name))[1] != research_stats.removals_sha256:
+        if cache.sha256(settings.work, work.removals(name))[1] != research_stats.removals_sha256:
             raise StageError(
                 f"shard {name!r}: its removals changed since research was written: materialize 'research' again"
             )
@@ -493,6 +494,8 @@ def write_research_safe(settings: Settings, name: str) -> records.ResearchSafe:
             shard.path, work.removed_rows(name), roles, settings, work.variant(RESEARCH_SAFE, name)
         )
         storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), work.unsafe_rows(name))
+    cache.remember_sha256(settings.work, work.variant(RESEARCH_SAFE, name), result.bytes, result.sha256)
+    removal_keys.keys(settings, name)  # its part of a release's removal list, made here rather than at release
     stats = records.ResearchSafe(
         shard=name,
         blocklist_version=research_stats.blocklist_version,

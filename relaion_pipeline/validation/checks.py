@@ -101,15 +101,17 @@ class ReleaseCheckRecord(_Outcome):
     unchecked: list[str]
 
 
-def _validated(path: str) -> dict:
-    """Which bytes a check validated: sha256, size and fingerprint of the file (read once per check)."""
-    size, digest = storage.size_and_sha256(path)
-    return {"validated_sha256": digest, "validated_bytes": size, "validated_fingerprint": cache.fingerprint(path)}
+def _validated(work: str, path: str) -> dict:
+    """Which bytes a check validated: sha256, size and fingerprint of the file (from the digest cache under the
+    work location: read once while the file is unchanged, `cache.sha256`)."""
+    found = cache.fingerprint(path)
+    size, digest = cache.sha256(work, path)
+    return {"validated_sha256": digest, "validated_bytes": size, "validated_fingerprint": found}
 
 
 def _record(settings: Settings, outcome: quality.Outcome, validated: str | dict) -> quality.Outcome:
     """Write the outcome of a suite on a file (its path, or `_validated` of it) as the partition's record."""
-    described = _validated(validated) if isinstance(validated, str) else validated
+    described = _validated(settings.work, validated) if isinstance(validated, str) else validated
     _write(settings, outcome, CheckRecord.of(outcome, **described))
     return outcome
 
@@ -177,7 +179,12 @@ def check_input(settings: Settings, name: str) -> list[quality.Outcome]:
     with ThreadPoolExecutor(max_workers=1) as pool:  # the shard's digest, once per input file like its counts
         digest_key = {"input": key["input"]}
         validated = pool.submit(
-            cache.value, settings.work, name, cache.INPUT_DIGEST, digest_key, lambda: _validated(shard.path)
+            cache.value,
+            settings.work,
+            name,
+            cache.INPUT_DIGEST,
+            digest_key,
+            lambda: _validated(settings.work, shard.path),
         )
         outcome = quality.validate(INPUT_WELL_FORMED, name, frame, expectations)
     for failure in outcome.failures:
@@ -261,7 +268,7 @@ def check_research(settings: Settings, name: str) -> list[quality.Outcome]:
     con = matching.connect(settings)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:  # research's digest and order, read while leaks are sought
-            validated = pool.submit(_validated, research_path)
+            validated = pool.submit(_validated, settings.work, research_path)
             removed = work.removed_rows(name)
             not_in_input = db.on_cursor(con, pool, _rows_not_in, research_path, shard.path, roles, removed)
             found, audit = leaks.find(settings, con, name, shard, blocklist_path, research_path)
@@ -330,7 +337,7 @@ def check_research_safe(settings: Settings, name: str) -> list[quality.Outcome]:
     con = matching.connect(settings)
     pool = ThreadPoolExecutor(max_workers=2)  # its digest and order, read while its scores are validated
     try:
-        validated = pool.submit(_validated, safe_path)
+        validated = pool.submit(_validated, settings.work, safe_path)
         not_in_research = db.on_cursor(con, pool, _rows_not_in, safe_path, research_path, roles, dropped)
         if roles.punsafe is not None:
             column = quote(roles.punsafe)

@@ -38,17 +38,19 @@ RECORDED = (
     cache.SIDECAR_COUNTS,
     cache.INPUT_COUNTS,
     cache.INPUT_DIGEST,
+    cache.REMOVAL_KEYS,
 )
-INDEX, CANDIDATES, IMAGE_HITS, SIDECAR, COUNTS, DIGEST, NEAR = (
+INDEX, CANDIDATES, IMAGE_HITS, SIDECAR, COUNTS, DIGEST, KEYS, NEAR = (
     "index",
     "candidates",
     "image hits",
     "sidecar counts",
     "input counts",
     "input digest",
+    "removal-list keys",
     "near matches",
 )
-LABEL = dict(zip(RECORDED, (INDEX, CANDIDATES, IMAGE_HITS, SIDECAR, COUNTS, DIGEST), strict=True))
+LABEL = dict(zip(RECORDED, (INDEX, CANDIDATES, IMAGE_HITS, SIDECAR, COUNTS, DIGEST, KEYS), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,7 @@ def _edit_parquet(path: str) -> None:
     pq.write_table(table.slice(0, max(table.num_rows - 1, 0)), path)
 
 
-ALL = {INDEX, CANDIDATES, IMAGE_HITS, SIDECAR, COUNTS, DIGEST, NEAR}
+ALL = {INDEX, CANDIDATES, IMAGE_HITS, SIDECAR, COUNTS, DIGEST, KEYS, NEAR}
 
 
 def test_every_cached_artifact_is_covered_here():
@@ -153,7 +155,7 @@ def test_nothing_changed_nothing_is_made_again(shard):
 @pytest.mark.parametrize(
     "change, made",
     [
-        ("shard", {INDEX, CANDIDATES, SIDECAR, COUNTS, DIGEST, NEAR}),
+        ("shard", {INDEX, CANDIDATES, SIDECAR, COUNTS, DIGEST, KEYS, NEAR}),
         ("sidecar", {IMAGE_HITS, SIDECAR, NEAR}),
         ("list", {CANDIDATES, IMAGE_HITS}),
         ("index file", {INDEX, CANDIDATES}),
@@ -163,7 +165,7 @@ def test_nothing_changed_nothing_is_made_again(shard):
         ("index record", {INDEX, CANDIDATES}),
         ("input counts record", {COUNTS}),
         ("research threshold", set()),
-        ("keywords", set()),
+        ("keywords", {KEYS}),  # other rows are removed: the removal list's keys follow
     ],
 )
 def test_a_changed_input_setting_or_file_makes_exactly_what_depends_on_it_again(shard, change, made):
@@ -198,6 +200,7 @@ def test_a_changed_input_setting_or_file_makes_exactly_what_depends_on_it_again(
         settings = Settings(**{**settings.__dict__, "keywords": str(words)})
     assert made_again(settings) == made
     assert made_again(settings) == set(), "and then it is reused"
+    made_again(shard[0])  # the shard as the module's other tests find it
 
 
 @pytest.mark.parametrize(
@@ -212,6 +215,8 @@ def test_a_changed_input_setting_or_file_makes_exactly_what_depends_on_it_again(
         ("lists.pdq:out_of_range_sql", {SIDECAR}),
         ("stages.input_counts:rules", {COUNTS}),
         ("validation.checks:_validated", {DIGEST}),
+        ("stages.removal_keys:keys", {KEYS}),
+        ("core.row_hashes:of_text", {KEYS}),  # how a LAION hash is computed
         ("publishing.report:documents", set()),  # code that makes no cached artifact
         ("lists.blocklists:read_current", set()),
     ],

@@ -50,6 +50,7 @@ class FlakyProxy(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.seen = self.failed = self.dropped = 0
         self.requests: Counter = Counter()  # (method, path) of every request
+        self.puts: dict[str, list[tuple[int, bool]]] = {}  # path: (bytes of body, copied by the server) per PUT
 
     def verdict(self, method: str, path: str) -> str:
         with self.lock:
@@ -72,6 +73,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _any(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.command == "PUT":
+            with self.server.lock:
+                copied = "x-amz-copy-source" in {k.lower() for k in self.headers}
+                self.server.puts.setdefault(self.path.split("?")[0], []).append((len(body), copied))
         verdict = self.server.verdict(self.command, self.path)
         if verdict == "drop":
             self.close_connection = True
@@ -172,6 +177,31 @@ def test_transient_500s_and_dropped_connections_are_retried(moto, tmp_path):
     assert _research_digests(fs, root) == local_digests
     assert done.stdout.decode().strip() == local.stdout.decode().strip(), "the same release version"
     proxy.shutdown()
+
+
+def test_a_release_on_the_store_of_its_work_is_copied_by_the_server_and_verifies(moto, tmp_path):
+    """Publishing a shard's files sends none of their bytes: the server copies each work file into the release
+    (keeping its ETag), and the release verifies byte for byte."""
+    demo.generate(tmp_path / "in", shards=2, rows=300, seed=9)
+    root = _bucket(moto, tmp_path, "copies")
+    proxy = _proxy(moto, fail_every=0, drop_every=0)
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, f"{root}/input", root],
+        capture_output=True,
+        timeout=300,
+        env=_env(f"http://127.0.0.1:{proxy.server_address[1]}"),
+    )
+    proxy.shutdown()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    version = done.stdout.decode().strip()
+    published = {path: puts for path, puts in proxy.puts.items() if path.endswith(".parquet")
+                 and path.startswith(f"/copies/releases/{version}/")}  # fmt: skip
+    assert len(published) == 4, sorted(proxy.puts)
+    assert all(puts == [(0, True)] for puts in published.values()), published
+    from relaion_pipeline.publishing import verification
+
+    _, problems = verification.verify(f"{root}/releases/{version}")
+    assert problems == []
 
 
 def test_a_server_that_keeps_failing_stops_the_run_clearly(moto, tmp_path):

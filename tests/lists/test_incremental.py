@@ -160,3 +160,33 @@ def test_the_nightly_refresh_rebuilds_the_blocklist(settings):
     assert schedule.job_name == "blocklist_job" and len(requests) == 1
     assert defs.resolve_job_def(schedule.job_name).execute_in_process(instance=instance_for(settings)).success
     assert status.needs_matching(settings, list(ONLY_IN)) == list(ONLY_IN), "nothing processed yet"
+
+
+def test_a_shard_with_a_run_still_to_start_is_not_asked_to_run_again(settings):
+    """A new shard's run (the shard sensor's) waits in the queue when the first list version is built: the
+    blocklist_version_sensor leaves it to that run, which matches it against this version, and asks for the
+    others; the changed-shard sensor leaves a replaced shard with a run still to start alone too."""
+    instance = instance_for(settings)
+    instance.add_dynamic_partitions(shard_partitions.name, list(ONLY_IN))
+    defs = build_definitions(settings)
+    shard_job = defs.resolve_job_def("shard_job")
+    queued = instance.create_run_for_job(
+        shard_job, status=dg.DagsterRunStatus.NOT_STARTED, tags={"dagster/partition": "one"}
+    )  # created, not started: as a run waits for its launch or a free slot of the queue
+    assert defs.resolve_job_def("blocklist_job").execute_in_process(instance=instance).success
+
+    requests = sensor_requests(defs, instance, "blocklist_version_sensor")
+    assert [r.partition_key for r in requests] == ["two"]
+    instance.report_run_canceled(queued)  # gone: the shard is asked for again
+    requests = sensor_requests(defs, instance, "blocklist_version_sensor")
+    assert sorted(r.partition_key for r in requests) == ["one", "two"]
+
+    for name in ONLY_IN:
+        _process(settings, name)
+        shard = Path(settings.shards) / f"{name}.parquet"
+        pq.write_table(pq.read_table(shard), shard.with_suffix(".new"), row_group_size=2)
+        shard.with_suffix(".new").replace(shard)  # replaced by an upload of other bytes
+    assert sorted(status.inputs_replaced(settings, list(ONLY_IN))) == ["one", "two"]
+    instance.create_run_for_job(shard_job, status=dg.DagsterRunStatus.NOT_STARTED, tags={"dagster/partition": "one"})
+    requests = sensor_requests(defs, instance, "changed_shard_sensor")
+    assert [r.partition_key for r in requests] == ["two"]
