@@ -425,7 +425,7 @@ def write_research(settings: Settings, name: str) -> records.Research:
     removals_sha256 = cache.sha256(settings.work, work.removals(name))[1]
     removed = work.removed_rows(name)
     result, safe, unsafe = variants.write_research(
-        shard.path, removed, work.variant(RESEARCH, name), safe=(roles, settings, staged[0])
+        shard.path, removed, work.variant(RESEARCH, name), (roles, settings, staged[0]), f"{name}: research"
     )
     cache.remember_sha256(settings.work, work.variant(RESEARCH, name), result.bytes, result.sha256)  # as written
     storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), staged[1])
@@ -491,7 +491,12 @@ def write_research_safe(settings: Settings, name: str) -> records.ResearchSafe:
         if fingerprint(shard.path) != read_stats(settings, "removals", name).input:
             raise StageError(f"shard {name!r}: its input changed since it was matched: materialize 'removals' again")
         result, unsafe = variants.write_research_safe(
-            shard.path, work.removed_rows(name), roles, settings, work.variant(RESEARCH_SAFE, name)
+            shard.path,
+            work.removed_rows(name),
+            roles,
+            settings,
+            work.variant(RESEARCH_SAFE, name),
+            f"{name}: research-safe",
         )
         storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), work.unsafe_rows(name))
     cache.remember_sha256(settings.work, work.variant(RESEARCH_SAFE, name), result.bytes, result.sha256)

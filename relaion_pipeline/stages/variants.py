@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relaion_pipeline.core import schemas, shards, storage
+from relaion_pipeline.core import progress, schemas, shards, storage
 from relaion_pipeline.core.settings import Settings
 
 BATCH_ROWS = 65_536
@@ -141,6 +141,7 @@ def filter_shard(
     destination: str | None,
     keep: Keep,
     then: tuple[str, Keep, list[np.ndarray] | None] | None = None,
+    what: str = "",
 ) -> VariantStats | tuple[VariantStats, VariantStats]:
     """Copy the rows of `source` for which `keep(batch, first_row_number)` is true to `destination`.
 
@@ -148,11 +149,12 @@ def filter_shard(
     name only when complete. With `then` = (destination, keep, dropped), a second file of the rows the first keeps is written in the
     same pass (`keep(kept batch, its first row's position in the first file)`, and the source positions of the
     rows it leaves out appended to its `dropped`): both files' stats are returned (None for a first file
-    without a destination: its rows are only passed on).
+    without a destination: its rows are only passed on). `what` names the work in its progress lines.
     """
     parquet = shards.open_parquet(source, streaming=True)
     schema = parquet.schema_arrow
     rows_in = 0
+    tracker = progress.Progress(what or "variants", parquet.metadata.num_rows, "rows")
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(_Output(destination, schema))
         second = stack.enter_context(_Output(then[0], schema)) if then is not None else None
@@ -167,6 +169,8 @@ def filter_shard(
                 second.add(kept.filter(then_mask))
             first.add(kept)
             rows_in += batch.num_rows
+            tracker.update(rows_in)
+    tracker.finish()
     if second is None:
         return first.stats(rows_in)
     return first.stats(rows_in), second.stats(first.rows)
@@ -177,6 +181,7 @@ def write_research(
     removed_row_numbers: np.ndarray,
     destination: str | None,
     safe: tuple[schemas.Roles, Settings, str] | None = None,
+    what: str = "",
 ) -> VariantStats | tuple[VariantStats | None, VariantStats, np.ndarray]:
     """research: every row of the shard except the given (0-based) row numbers. With `safe` = (roles,
     settings, destination), research-safe is written in the same pass (two encoders; the shard is read once
@@ -189,11 +194,11 @@ def write_research(
         return pa.array(~np.isin(numbers, removed, assume_unique=True))
 
     if safe is None:
-        return filter_shard(shard_path, destination, keep)
+        return filter_shard(shard_path, destination, keep, what=what)
     roles, settings, safe_destination = safe
     unsafe: list[np.ndarray] = []
     then = (safe_destination, lambda batch, _first: safe_keep_mask(batch, roles, settings), unsafe)
-    research, research_safe = filter_shard(shard_path, destination, keep, then=then)
+    research, research_safe = filter_shard(shard_path, destination, keep, then=then, what=what)
     return research, research_safe, np.concatenate(unsafe) if unsafe else np.zeros(0, np.int64)
 
 
@@ -212,13 +217,18 @@ def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settin
 
 
 def write_research_safe(
-    shard_path: str, removed_row_numbers: np.ndarray, roles: schemas.Roles, settings: Settings, destination: str
+    shard_path: str,
+    removed_row_numbers: np.ndarray,
+    roles: schemas.Roles,
+    settings: Settings,
+    destination: str,
+    what: str = "",
 ) -> tuple[VariantStats, np.ndarray]:
     """research-safe: the shard's rows that research keeps (all but the removed row numbers) and whose safety
     score is at or below the safe threshold; and the shard's row numbers of the unsafe rows it leaves out.
     Written from the shard's batches as research's own pass writes it (`write_research`), so both give the
     same bytes."""
-    _, safe, unsafe = write_research(shard_path, removed_row_numbers, None, (roles, settings, destination))
+    _, safe, unsafe = write_research(shard_path, removed_row_numbers, None, (roles, settings, destination), what)
     return safe, unsafe
 
 

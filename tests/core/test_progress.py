@@ -1,5 +1,5 @@
-"""Progress inside long stages: the index build and the release say how far they are, in `relaion run`'s output
-and in the Dagster run's log the UI shows, and short work says nothing."""
+"""Progress inside long stages: the index build, the variants' pass over the shard and the release say how far
+they are, in `relaion run`'s output and in the Dagster run's log the UI shows, and short work says nothing."""
 
 import logging
 
@@ -63,6 +63,7 @@ def test_relaion_run_prints_the_progress_of_the_index_and_the_release_and_dagste
     assert code == 0, out
     for name in ("joined/part-00000", "plain/part-00001"):
         assert f"      {name}: lookup-hash index: 700 of 700 rows (100%, " in out
+        assert f"      {name}: research: 700 of 700 rows (100%, " in out  # and research-safe in its pass
     assert "      release: shards' files placed: 4 of 4 files (100%, " in out
 
     instance = dg.DagsterInstance.from_config(settings.dagster_home)

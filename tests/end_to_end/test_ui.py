@@ -2,8 +2,8 @@
 
 Generates a small demo store, runs `relaion run` once, starts `dagster dev` on it (as `make ui` does, with
 the settings in `RELAION_*`), then drives headless Chromium through Selenium: the asset graph shows every
-stage, a shard's materialization shows its metadata, and a run of `shard_job` for one partition launched
-by clicking through the UI succeeds. Screenshots go to `<tmp>/screenshots` (copied to `$RELAION_SCREENSHOTS`
+stage, a shard's materialization shows its metadata, and a backfill of every shard launched by clicking
+through the UI runs through the queue within its limits and succeeds. Screenshots go to `<tmp>/screenshots` (copied to `$RELAION_SCREENSHOTS`
 when set).
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); nothing here downloads a browser.
@@ -26,11 +26,13 @@ from urllib.parse import quote
 
 import dagster as dg
 import pytest
+import yaml
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+from services import runs_overlapping
 
 from relaion_pipeline.demo_data import demo
 from relaion_pipeline.stages import pipeline
@@ -41,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 LOCATION = "assets.definitions"  # the code location's name in workspace.yaml (its module)
 STAGES = ["blocklist", "removals", "research", "research_safe", "release"]
 SHARD = "joined/part-00000"
+SHARDS = ["joined/part-00000", "plain/part-00001"]  # the demo's two shards (one of each first two families)
 WAIT = 30  # seconds for any one page or element
 
 pytestmark = pytest.mark.skipif(
@@ -253,7 +256,10 @@ def test_shard_materialization_shows_its_metadata(ui, browser, screenshots):
     _assert_png(screenshots(browser, "03-removals-partition-table"))
 
 
-def test_launching_one_partition_of_shard_job_from_the_ui_succeeds(ui, browser, screenshots):
+def test_a_backfill_of_every_shard_launched_from_the_ui_runs_through_the_queue_and_succeeds(ui, browser, screenshots):
+    """Materialize, All partitions, Launch backfill: `dagster dev`'s daemon starts the runs from the queue of
+    the default dagster.yaml, never more at once than its limit nor two of one shard, and each shard's three
+    assets materialize with every check passed."""
     base, _, env = ui
     browser.get(f"{base}/locations/{LOCATION}/jobs/shard_job")
     wait = WebDriverWait(browser, WAIT)
@@ -263,47 +269,47 @@ def test_launching_one_partition_of_shard_job_from_the_ui_succeeds(ui, browser, 
     wait.until(
         ec.visibility_of_element_located((By.XPATH, f"//*[@role='dialog']//*[normalize-space(text())='{title}']"))
     )
-    # Partition selection "Custom" (the default): open the partition picker, tick one shard, close the picker.
-    picker = (By.XPATH, "//*[@role='dialog']//*[contains(text(), 'Select a partition')]")
-    wait.until(ec.element_to_be_clickable(picker)).click()
-    wait.until(
-        ec.element_to_be_clickable((By.XPATH, f"//*[@role='menu']//*[normalize-space(text())='{SHARD}']"))
-    ).click()
-    browser.find_element(By.XPATH, f"//*[@role='dialog']//*[normalize-space(text())='{title}']").click()
-    wait.until(ec.invisibility_of_element_located((By.XPATH, "//*[@role='menu']")))
-    launch = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Launch 1 run']")))
-    _assert_png(screenshots(browser, "04-launch-one-partition"))
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//*[@role='dialog']//button[normalize-space()='All']"))).click()
+    launch = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Launch backfill']")))
+    _assert_png(screenshots(browser, "04-launch-backfill-of-every-shard"))
     launch.click()
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        # Runs launched from the UI carry dagster/from_ui; sensors' runs (if any) don't. The run waits in the queue
-        # until dagster dev's daemon launches it, then starts a process per step (each ~20 s on a busy 2-core machine).
-        deadline, runs = time.monotonic() + 180, []
+        # The daemon of `dagster dev` turns the backfill into runs, queues them and starts them within the limit;
+        # each starts a process per step (each ~20 s on a busy 2-core machine).
+        deadline, records = time.monotonic() + 300, []
         while time.monotonic() < deadline:
-            runs = [r for r in instance.get_runs() if r.tags.get("dagster/from_ui") == "true"]
-            if runs and all(r.is_finished for r in runs):
-                break
+            backfills = instance.get_backfills()
+            if backfills:
+                records = instance.get_run_records(dg.RunsFilter.for_backfill(backfills[0].backfill_id))
+                if len(records) == len(SHARDS) and all(r.dagster_run.is_finished for r in records):
+                    break
             time.sleep(1)
-        assert len(runs) == 1, [(r.run_id, r.job_name, r.tags, r.status) for r in runs]
-        run = runs[0]
-        assert (run.job_name, run.tags.get("dagster/partition")) == ("shard_job", SHARD)
-        assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
+        runs = [r.dagster_run for r in records]
+        assert sorted(r.tags.get("dagster/partition") for r in runs) == SHARDS, [(r.run_id, r.tags) for r in runs]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
+        most, same_shard = runs_overlapping(records)
+        limit = yaml.safe_load(Path(env["DAGSTER_HOME"], "dagster.yaml").read_text())["run_coordinator"]["config"]
+        assert most <= limit["max_concurrent_runs"] and same_shard == [], (most, same_shard)
+        for run in runs:
+            events = instance.all_logs(run.run_id)
+            materialized = {
+                (e.dagster_event.asset_key.to_user_string(), e.dagster_event.partition)
+                for e in events
+                if e.is_dagster_event and e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+            }
+            shard = run.tags["dagster/partition"]
+            assert materialized == {(name, shard) for name in ("removals", "research", "research_safe")}
+            evaluations = [
+                e.dagster_event.event_specific_data
+                for e in events
+                if e.is_dagster_event and e.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            ]
+            assert evaluations and all(ev.passed for ev in evaluations), [
+                (ev.check_name, ev.passed) for ev in evaluations
+            ]
 
-        events = instance.all_logs(run.run_id)
-        materialized = {
-            (e.dagster_event.asset_key.to_user_string(), e.dagster_event.partition)
-            for e in events
-            if e.is_dagster_event and e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-        }
-        assert materialized == {(name, SHARD) for name in ("removals", "research", "research_safe")}
-        evaluations = [
-            e.dagster_event.event_specific_data
-            for e in events
-            if e.is_dagster_event and e.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
-        ]
-        assert evaluations and all(ev.passed for ev in evaluations), [(ev.check_name, ev.passed) for ev in evaluations]
-
-    browser.get(f"{base}/runs/{run.run_id}")
+    browser.get(f"{base}/runs/{runs[0].run_id}")
     wait.until(ec.visibility_of_element_located((By.XPATH, _exact("Success"))))
     wait.until(ec.visibility_of_element_located((By.XPATH, "//*[contains(text(), 'Finished execution of run')]")))
     _assert_png(screenshots(browser, "05-run-succeeded"))
