@@ -32,7 +32,7 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
     release that failed (unless allow_partial_release)."""
     settings = relaion.settings()
     names = [shard.name for shard in shards.discover(settings.shards)]
-    with progress_to(context.log):
+    with progress_to(context.log, settings.progress_seconds):
         manifest = releases.publish(settings, names)
         problems, unchecked = releases.check(settings, manifest)
     outcome = checks.check_release(settings, problems, unchecked, manifest["version"])

@@ -36,7 +36,7 @@ def removals(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
             f"compiling {len(waiting)} matching kernels first, once for this installation (~1-2 min on 2 cores);"
             " `relaion prepare` does it at install time"
         )
-    with progress_to(context.log):
+    with progress_to(context.log, settings.progress_seconds):
         stats = pipeline.compute_removals(settings, context.partition_key)
         outcomes = checks.check_input(settings, context.partition_key)
     for warning in stats.warnings:

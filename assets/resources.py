@@ -42,6 +42,7 @@ class RelaionSettings(dg.ConfigurableResource):
     duckdb_threads: int
     duckdb_memory_limit: str
     workers: int  # shards at once of `relaion run`; a run launched here is one shard
+    progress_seconds: float
     skip_image_matching: bool
     allow_list_shrink: bool
     allow_partial_release: bool

@@ -17,6 +17,7 @@ way (fail closed).
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -26,7 +27,7 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
-from relaion_pipeline.core import interrupts
+from relaion_pipeline.core import interrupts, progress
 
 GRACE = 60.0  # seconds a signalled worker has to end its step before it is killed
 
@@ -59,7 +60,11 @@ def run(
             ready = wait([c for w in pool for c in (w.connection, w.process.sentinel)], timeout=0.2)
             interrupts.raise_if_signalled()
             for worker in [w for w in pool if w.connection in ready or w.process.sentinel in ready]:
-                answer, name, worker.shard = worker.answer(), worker.shard, None
+                answer = worker.answer()
+                if answer[0] == "progress":  # a line of its long work: the parent alone prints
+                    progress.log.info(answer[1])
+                    continue
+                name, worker.shard = worker.shard, None
                 if answer[0] == "interrupted":
                     raise interrupts.Interrupted(answer[1])
                 if name is not None:
@@ -86,7 +91,8 @@ class _Worker:
         self.shard: str | None = None  # the shard it was handed and has not answered for
 
     def answer(self) -> tuple:
-        """("done", result, ""), ("done", None, error), ("interrupted", signum) or ("died", None, why)."""
+        """("done", result, ""), ("done", None, error), ("interrupted", signum), ("died", None, why), or
+        ("progress", line) while the shard goes on."""
         try:
             return self.connection.recv()
         except (EOFError, OSError):
@@ -117,6 +123,8 @@ def _stop(workers: list[_Worker], signum: int) -> None:
 def _serve(connection: Connection, job: Callable[[str], object]) -> None:
     """A worker: run `job` for each shard name received until the pipe closes, answering for each."""
     os.setpgrp()  # the terminal's Ctrl-C reaches the parent alone, which tells each worker once
+    progress.log.addHandler(_Relay(connection))  # its progress lines, printed by the parent
+    progress.log.setLevel(logging.INFO)
     with interrupts.interruptible(), interrupts.deferred():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)  # one that came meanwhile arrives now
         while True:
@@ -139,6 +147,18 @@ def _serve(connection: Connection, job: Callable[[str], object]) -> None:
             connection.send(answer)
             if answer[0] == "interrupted":
                 return
+
+
+class _Relay(logging.Handler):
+    """A worker's progress lines (`core.progress`), sent to the parent over the worker's pipe."""
+
+    def __init__(self, connection: Connection):
+        super().__init__(logging.INFO)
+        self.connection = connection
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):  # a parent gone: the line has no one to reach
+            self.connection.send(("progress", record.getMessage()))
 
 
 @contextlib.contextmanager

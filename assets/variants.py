@@ -34,7 +34,7 @@ def research(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.
     """The shard minus every removed row, with exactly the input's columns, types and row order.
     Blocking checks (Great Expectations): no row matches the blocklist; rows in = removed + out."""
     settings = relaion.settings()
-    with progress_to(context.log):
+    with progress_to(context.log, settings.progress_seconds):
         stats = pipeline.write_research(settings, context.partition_key)
         outcomes = checks.check_research(settings, context.partition_key)
     return dg.MaterializeResult(
@@ -55,7 +55,7 @@ def research_safe(context: dg.AssetExecutionContext, relaion: RelaionSettings) -
     """research minus rows whose punsafe is above the safe threshold (shards without punsafe: the NSFW tag).
     Blocking checks (Great Expectations): no score above the threshold; rows add up."""
     settings = relaion.settings()
-    with progress_to(context.log):
+    with progress_to(context.log, settings.progress_seconds):
         stats = pipeline.write_research_safe(settings, context.partition_key)
         outcomes = checks.check_research_safe(settings, context.partition_key)
     metadata = from_stats(stats)

@@ -13,7 +13,7 @@ import logging
 import time
 
 log = logging.getLogger("relaion_pipeline.progress")
-EVERY = 10.0  # seconds between two lines of one piece of work
+EVERY = 10.0  # seconds between two lines of one piece of work (the setting `progress_seconds` sets it)
 
 
 class Progress:

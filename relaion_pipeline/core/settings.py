@@ -90,6 +90,8 @@ def _problem(name: str, value) -> str:
         return f"expected a number between 0 and 1, got {value}"
     if name == "duckdb_threads" and value < 0:
         return f"expected 0 (the CPUs this process may use) or more, got {value}"
+    if name == "progress_seconds" and not 0.0 <= value < math.inf:
+        return f"expected 0 or more seconds, got {value}"
     if name == "workers" and value < 1:
         return f"expected 1 or more shards at once, got {value}"
     if name == "duckdb_memory_limit" and value and not MEMORY.fullmatch(value.strip()):
@@ -144,6 +146,9 @@ class Settings:
         0,
         f"shards processed at once, each in a process of its own with its share of DuckDB's threads and memory;"
         f" by default the CPUs this process may use / {SHARD_THREADS}, the cores one shard keeps busy",
+    )
+    progress_seconds: float = _setting(
+        10.0, "seconds between two progress lines of work that lasts inside a stage (0: a line at every step)"
     )
     # fail closed unless the operator says otherwise (each is recorded in the release's manifest and card):
     skip_image_matching: bool = _setting(

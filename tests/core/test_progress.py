@@ -50,21 +50,23 @@ def test_short_work_says_nothing(lines):
     assert lines == []
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_relaion_run_prints_the_progress_of_the_index_and_the_release_and_dagster_logs_it(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, workers
 ):
-    monkeypatch.setattr(progress, "EVERY", 0.0)  # a line at every step: the demo's shards are small
     demo.generate(tmp_path / "in", shards=2, rows=700, seed=4)
     settings = Settings.layout(tmp_path / "in", tmp_path / "out")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    monkeypatch.setenv("RELAION_PROGRESS_SECONDS", "0")  # a line at every step: the demo's shards are small
     code = main(["run", "--shards", settings.shards, "--blocklists", settings.blocklists, "--sidecars",
-                 settings.sidecars, "--work", settings.work, "--release", settings.release])  # fmt: skip
+                 settings.sidecars, "--work", settings.work, "--release", settings.release, "--workers", workers])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
     for name in ("joined/part-00000", "plain/part-00001"):
         assert f"      {name}: lookup-hash index: 700 of 700 rows (100%, " in out
         assert f"      {name}: research: 700 of 700 rows (100%, " in out  # and research-safe in its pass
     assert "      release: shards' files placed: 4 of 4 files (100%, " in out
+    assert progress.EVERY == 10.0, "the setting lasts as long as the run"
 
     instance = dg.DagsterInstance.from_config(settings.dagster_home)
     logged = [
