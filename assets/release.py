@@ -37,6 +37,8 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
         problems, unchecked = releases.check(settings, manifest)
     outcome = checks.check_release(settings, problems, unchecked, manifest["version"])
     docs = checks.write_index(settings)
+    for path in manifest["mended"]:
+        context.log.warning(f"put back {path}: it was no longer what the manifest lists (changed after publishing)")
     for name, why in manifest["held_back"].items():
         context.log.warning(f"held back {name}: {why}")
     for name, why in manifest["left"].items():
@@ -50,6 +52,7 @@ def release(context: dg.AssetExecutionContext, relaion: RelaionSettings) -> dg.M
         "left_shards": manifest["left"],
         "allow_partial_release": manifest["settings"]["allow_partial_release"],
         "seconds": manifest["seconds"],
+        "mended_files": manifest["mended"],
         "validation_results": docs,
     }
     return dg.MaterializeResult(

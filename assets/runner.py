@@ -18,6 +18,7 @@ from relaion_pipeline.core import interrupts, shard_lock, shards, storage
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.publishing.release import preflight as release_preflight
 from relaion_pipeline.stages import pipeline
+from relaion_pipeline.validation import checks
 
 TAGS = {"relaion/started_by": "relaion run"}  # tells these runs apart from the UI's and the sensors' in the UI
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the CLI prints each failure itself
@@ -148,7 +149,20 @@ def _run_all(settings: Settings, progress, force: bool, run_config: dict) -> Run
         return RunSummary(blocklist=version, shards=outcomes, release=None, error=f"release: {_failure(result)}")
     materialization = result.asset_materializations_for_node("release")[-1]
     release = {key: value.value for key, value in materialization.metadata.items()}
-    return RunSummary(blocklist=version, shards=outcomes, release=release)
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    error = f"release {release['version']}: {_check_failure(settings, failed[0], release['version'])}" if failed else ""
+    return RunSummary(blocklist=version, shards=outcomes, release=release, error=error)
+
+
+def _check_failure(settings: Settings, evaluation, version: str) -> str:
+    """Why the release's own check failed: its first problems, from its record (file names and counts only)."""
+    try:
+        record = checks.ReleaseCheckRecord.read(pipeline.Work(settings.work).validation(evaluation.check_name, version))
+        found = [*record.problems, *(f"{name}: published without passed checks" for name in record.unchecked)]
+    except (OSError, ValueError):
+        found = []
+    named = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+    return f"check {evaluation.check_name} failed" + (f" ({named})" if named else "") + "; run `relaion verify` on it"
 
 
 def _one_at_a_time(settings: Settings, defs, instance, found: list[str], version: str, force: bool,

@@ -60,19 +60,27 @@ def build_sensors(shard_job, blocklist_job) -> list:
         context.update_cursor(fingerprint)
         return dg.RunRequest(run_key=f"lists:{fingerprint[:16]}")
 
-    @described.asset_sensor(asset_key=blocklist.key, job=shard_job, default_status=dg.DefaultSensorStatus.RUNNING)
-    def blocklist_version_sensor(
-        context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, relaion: RelaionSettings
-    ):
-        """Re-matches the shards that were matched against another blocklist version after it is rebuilt (not
-        those with a run coming that will match them against it: a new shard's, say)."""
-        version = asset_event.asset_materialization.metadata.get("version")
-        version = version.value if version is not None else asset_event.run_id
+    @described.sensor(job=shard_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def blocklist_version_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):
+        """Re-matches the shards that were matched against another blocklist version after it is rebuilt, once
+        each. A shard with a run still to start (a new shard's, say) is left to that run, and asked for at a
+        later tick if the run ends without matching it (cancelled, or never launched)."""
+        event = context.instance.get_latest_materialization_event(blocklist.key)
+        if event is None:
+            return dg.SkipReason("no blocklist built yet")
+        version = event.asset_materialization.metadata.get("version")
+        version = version.value if version is not None else event.run_id
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        asked = set(cursor.get("asked", [])) if cursor.get("version") == version else set()
         names = context.instance.get_dynamic_partitions(shard_partitions.name)
-        waiting = coming(context.instance, shard_job.name, asset_event.timestamp)
+        waiting = coming(context.instance, shard_job.name, event.timestamp)
+        requests = []
         for name in status.needs_matching(relaion.settings(), names):
-            if name not in waiting:
-                yield dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}")
+            if name not in waiting and name not in asked:
+                requests.append(dg.RunRequest(partition_key=name, run_key=f"blocklist:{version}:{name}"))
+                asked.add(name)
+        context.update_cursor(json.dumps({"version": version, "asked": sorted(asked)}))
+        return requests or dg.SkipReason(f"every shard is matched against blocklist {version} or has a run coming")
 
     @described.sensor(job=shard_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_shard_sensor(context: dg.SensorEvaluationContext, relaion: RelaionSettings):

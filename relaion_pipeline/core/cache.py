@@ -414,6 +414,12 @@ def sha256(work: str, location: str) -> tuple[int, str]:
     that was read: its fingerprint, one stat (a HEAD on an object store), is the same as then. A file edited,
     replaced or truncated since is read again. What the release, the status and the checks ask of every file
     they prove, without reading it at every ask."""
+    return sha256_as_of(work, location)[:2]
+
+
+def sha256_as_of(work: str, location: str) -> tuple[int, str, dict]:
+    """`sha256`, with the fingerprint of the file it is the digest of: a caller that goes on to use the file
+    (links it, copies it) compares it with what it finds then, and trusts the digest only when they agree."""
     found = fingerprint(location)
     where = _digest_record(work, location)
     try:
@@ -428,11 +434,11 @@ def sha256(work: str, location: str) -> tuple[int, str]:
         and isinstance(record.get("bytes"), int)
         and isinstance(record.get("sha256"), str)
     ):
-        return record["bytes"], record["sha256"]
+        return record["bytes"], record["sha256"], found
     size, digest = storage.size_and_sha256(location)
     if fingerprint(location) == found:  # not changed while it was read: what was read is what is there
         _keep_digest(where, location, found, size, digest)
-    return size, digest
+    return size, digest, found
 
 
 def remember_sha256(work: str, location: str, size: int, digest: str) -> None:

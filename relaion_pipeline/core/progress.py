@@ -9,11 +9,29 @@ caption: only what the work is (a shard's name, a stage) and counts.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
 
 log = logging.getLogger("relaion_pipeline.progress")
 EVERY = 10.0  # seconds between two lines of one piece of work (the setting `progress_seconds` sets it)
+_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("relaion_progress_name", default="")
+
+
+@contextlib.contextmanager
+def named(what: str):
+    """Name the progress lines of the work done inside (`name`), for code that does not know whose it is."""
+    token = _NAME.set(what)
+    try:
+        yield
+    finally:
+        _NAME.reset(token)
+
+
+def name(default: str) -> str:
+    """The name `named` gives the work being done, or `default`."""
+    return _NAME.get() or default
 
 
 class Progress:

@@ -223,7 +223,7 @@ def place(source: str, destination: str) -> tuple[str, tuple[int, str] | None]:
     pipeline never writes a file in place (a new version of a work file is a new file renamed over it), so
     an edit in place by anyone else is refused rather than reaching a release (root ignores the mode: the
     digests then tell, and `relaion verify` and the release's check name the file). A server-side copy keeps
-    the source's ETag (a digest of the content, per part); when the copy's differs, it is read back."""
+    the source's ETag (a digest of the content, per part): the caller compares it with the one it knew."""
     if is_local(source) and is_local(destination):
         Path(destination).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -239,16 +239,8 @@ def place(source: str, destination: str) -> tuple[str, tuple[int, str] | None]:
         dst_fs, dst_path = filesystem(destination)
         if src_fs is dst_fs:
             src_fs.cp_file(src_path, dst_path, preserve_etag=True)  # one name each: no pattern is expanded
-            tag = _etag(src_fs, src_path)
-            if tag is not None and tag == _etag(dst_fs, dst_path):
-                return SERVER_COPY, None
-            return SERVER_COPY, size_and_sha256(destination)
+            return SERVER_COPY, None
     return STREAMED, copy(source, destination)
-
-
-def _etag(fs, path: str) -> str | None:
-    info = fs.info(path)  # listings are never cached (`filesystem`): the object as it is now
-    return info.get("ETag") or info.get("etag")
 
 
 def is_local(location: str) -> bool:

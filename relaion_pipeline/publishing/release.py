@@ -260,15 +260,18 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
         if name not in present
     }
     content = _content(settings, ready, held_back, left, blocklist_version)
-    if _same(content, last):
-        return last  # the release `latest` names is this one: nothing to write
-    docs, removal_info = report.documents(settings, content, ready)
-    listed = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in docs.items()}
-    manifest = manifests.seal(content | {"documents": listed, "removal_list": removal_info})
     try:
+        if _same(content, last):  # the release `latest` names is this one: only a damaged file is put back
+            return last | {"mended": _mend(settings, last)}
+        docs, removal_info = report.documents(settings, content, ready)
+        listed = {n: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for n, data in docs.items()}
+        manifest = manifests.seal(content | {"documents": listed, "removal_list": removal_info})
         final = storage.join(settings.release, manifest["version"])
+        mended = []
         if not storage.exists(storage.join(final, "manifest.json")):
             _assemble(settings, manifest, ready, docs)
+        else:  # published before (`latest` comes back to it): as it was published, or put back so, or refused
+            mended = _mend(settings, manifest)
         if last is None or last["version"] != manifest["version"]:
             storage.write_text_atomic(manifest["version"] + "\n", storage.join(settings.release, "latest"))
     except OSError as error:
@@ -278,7 +281,50 @@ def _publish(settings: Settings, shard_names: list[str]) -> dict:
             f"release location {settings.release}: cannot write ({error.strerror or error}); expected a folder"
             " this process may write to (--release, RELAION_RELEASE)"
         ) from None
-    return manifest
+    return manifest | {"mended": mended}
+
+
+def _mend(settings: Settings, manifest: dict) -> list[str]:
+    """Make the published release `manifest` describes what it lists again before it stays or becomes `latest`:
+    a shard file edited or replaced after publishing (a hard link shares its bytes with the work file, which
+    root may write) is put back from the work location when the work file is the one listed, each file
+    atomically. Refused (ReleaseError, `latest` untouched) when a document is damaged or the work location no
+    longer holds a listed file. Returns the files put back (paths inside the release)."""
+    version = manifest["version"]
+    final = storage.join(settings.release, version)
+    work = Work(settings.work)
+    if storage.is_local(final):  # what a put-back killed midway left: never part of the release
+        for leftover in Path(final).rglob(".tmp-mend-*"):
+            leftover.unlink()
+    refused = (
+        f"; latest stays where it was. Remove {final} and run again to publish it anew"
+        " (or publish otherwise, e.g. with the shard's settings of now)"
+    )
+    for doc_name, doc in manifest.get("documents", {}).items():
+        path = storage.join(final, doc_name)
+        if not storage.exists(path) or cache.sha256(settings.work, path) != (doc["bytes"], doc["sha256"]):
+            raise ReleaseError(f"release {version}: {doc_name} is not what its manifest lists{refused}")
+    mended = []
+    for name, entry in manifest["shards"].items():
+        for variant, file in entry["files"].items():
+            path, listed = storage.join(final, file["path"]), (file["bytes"], file["sha256"])
+            if storage.exists(path) and cache.sha256(settings.work, path) == listed:
+                continue
+            source = work.variant(variant, name)
+            if not storage.exists(source) or cache.sha256(settings.work, source) != listed:
+                raise ReleaseError(
+                    f"release {version}: {file['path']} is not what its manifest lists, and the work location no"
+                    f" longer holds the file it published{refused}"
+                )
+            if storage.is_local(path):
+                beside = str(Path(path).with_name(f".tmp-mend-{uuid.uuid4().hex[:8]}-{Path(path).name}"))
+                _place(settings, name, variant, source, beside, listed)
+                os.replace(beside, path)
+            else:  # an object is replaced whole
+                _place(settings, name, variant, source, path, listed)
+            cache.remember_sha256(settings.work, path, *listed)
+            mended.append(file["path"])
+    return mended
 
 
 PLACING_THREADS = 16  # files placed at once: each is a link, or a request the store serves (copies on S3)
@@ -297,17 +343,7 @@ def _place_shards(settings: Settings, staging: str, manifest: dict, ready: dict)
         name, variant = job
         file = manifest["shards"][name]["files"][variant]
         source, destination = Work(settings.work).variant(variant, name), storage.join(staging, file["path"])
-        known = cache.sha256(settings.work, source)  # the work file's, before its bytes are placed
-        how, written = storage.place(source, destination)
-        if how == storage.LINKED:  # the work file's change time moved: it is as it was, and not read again
-            cache.remember_sha256(settings.work, source, *known)
-        size, digest = known if written is None else written
-        if (size, digest) != (file["bytes"], file["sha256"]):
-            raise ReleaseError(
-                f"shard {name!r}: its {variant} file changed since its stage wrote it (sha256 {digest}, the record"
-                f" says {file['sha256']}); run again to make it anew"
-            )
-        return file["path"], (size, digest)
+        return file["path"], _place(settings, name, variant, source, destination, (file["bytes"], file["sha256"]))
 
     placed = {}
     with ThreadPoolExecutor(max_workers=PLACING_THREADS) as pool:
@@ -331,6 +367,38 @@ def check(settings: Settings, manifest: dict) -> tuple[list[str], list[str]]:
     _, problems = verify(manifest["path"], digests=digests, proved=proved)
     unchecked = [name for name in manifest["shards"] if not status.checks_passed(settings, name)[0]]
     return problems, unchecked
+
+
+def _place(
+    settings: Settings, name: str, variant: str, source: str, destination: str, listed: tuple[int, str]
+) -> tuple[int, str]:
+    """Place the work file `source` at `destination` (`storage.place`) and return the size and sha256 of what
+    is there, which must be `listed` (ReleaseError otherwise). A file the store placed (a link, a server-side
+    copy) has the digest the work file had when it was the file placed; one streamed across, of what was
+    written; one that is neither (the work file was replaced meanwhile) is read."""
+    *known, trusted = cache.sha256_as_of(settings.work, source)  # the work file's, before it is placed
+    how, written = storage.place(source, destination)
+    if written is None and not _same_file(cache.fingerprint(destination), trusted):
+        written = storage.size_and_sha256(destination)  # another file got there meanwhile: its own bytes
+    elif how == storage.LINKED:  # the work file's change time moved (a link): it is as it was
+        cache.remember_sha256(settings.work, source, *known)
+    size, digest = tuple(known) if written is None else written
+    if (size, digest) != listed:
+        raise ReleaseError(
+            f"shard {name!r}: its {variant} file changed since its stage wrote it (sha256 {digest}, the record"
+            f" says {listed[1]}); run again to make it anew"
+        )
+    return size, digest
+
+
+def _same_file(placed: dict, trusted: dict) -> bool:
+    """Whether a file placed by the store (a link, a server-side copy) is the one whose digest was known: the
+    same inode, size and modification time locally (a link moves the change time), the same ETag on S3 (a
+    server-side copy keeps it). A work file replaced between its digest and its placing is not."""
+    if "inode" in trusted:
+        keys = ("inode", "bytes", "modified")
+        return all(placed.get(key) == trusted.get(key) for key in keys)
+    return trusted.get("etag") is not None and placed.get("etag") == trusted.get("etag")
 
 
 def _foreign(settings: Settings, last: dict | None, present: set[str]) -> str:

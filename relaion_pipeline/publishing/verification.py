@@ -94,7 +94,10 @@ def _list_problems(release: str, manifest: dict, blocklist_location: str, work: 
         for name, entry in manifest.get("shards", {}).items():
             for file in entry.get("files", {}).values():
                 file_path = storage.join(release, file["path"])
-                roles = schemas.detect(shards.open_parquet(file_path).schema_arrow, file_path)
+                try:
+                    roles = schemas.detect(shards.open_parquet(file_path).schema_arrow, file_path)
+                except (OSError, ValueError):  # missing or not parquet: reported as such already
+                    continue
                 inputs = matching.MatchInputs(name, file_path, roles, path, None)
                 found = matching.find_removals(con, inputs, kinds, settings)
                 if found.num_rows:
@@ -214,7 +217,7 @@ def verify(
         elif storage.size_and_sha256(path) != (doc["bytes"], doc["sha256"]):
             problems.append(f"{doc_name}: size or sha256 does not match the manifest")
     problems += _unlisted(release, listed)
-    if blocklist_location and not problems:
+    if blocklist_location:  # a changed file too: whether it holds a listed row is what its reader wants to know
         with tempfile.TemporaryDirectory(prefix="relaion-verify-") as work:
             problems += _list_problems(release, manifest, blocklist_location, work)
     return manifest | {"path": release}, problems

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from relaion_pipeline.canonical import urls
-from relaion_pipeline.core import cache, collector, row_keys, schemas, shard_lock, shards, storage
+from relaion_pipeline.core import cache, collector, progress, row_keys, schemas, shard_lock, shards, storage
 from relaion_pipeline.core.cache import fingerprint
 from relaion_pipeline.core.settings import Settings
 from relaion_pipeline.lists import blocklists
@@ -424,9 +424,10 @@ def write_research(settings: Settings, name: str) -> records.Research:
     roles = shards.roles(shard)
     removals_sha256 = cache.sha256(settings.work, work.removals(name))[1]
     removed = work.removed_rows(name)
-    result, safe, unsafe = variants.write_research(
-        shard.path, removed, work.variant(RESEARCH, name), (roles, settings, staged[0]), f"{name}: research"
-    )
+    with progress.named(f"{name}: research"):
+        result, safe, unsafe = variants.write_research(
+            shard.path, removed, work.variant(RESEARCH, name), safe=(roles, settings, staged[0])
+        )
     cache.remember_sha256(settings.work, work.variant(RESEARCH, name), result.bytes, result.sha256)  # as written
     storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), staged[1])
     made = _staged_from(work, name, result.sha256, _safe_rule(settings, roles))
@@ -490,14 +491,10 @@ def write_research_safe(settings: Settings, name: str) -> records.ResearchSafe:
             )
         if fingerprint(shard.path) != read_stats(settings, "removals", name).input:
             raise StageError(f"shard {name!r}: its input changed since it was matched: materialize 'removals' again")
-        result, unsafe = variants.write_research_safe(
-            shard.path,
-            work.removed_rows(name),
-            roles,
-            settings,
-            work.variant(RESEARCH_SAFE, name),
-            f"{name}: research-safe",
-        )
+        with progress.named(f"{name}: research-safe"):
+            result, unsafe = variants.write_research_safe(
+                shard.path, work.removed_rows(name), roles, settings, work.variant(RESEARCH_SAFE, name)
+            )
         storage.write_parquet_atomic(pa.table({"row_number": pa.array(unsafe, pa.int64())}), work.unsafe_rows(name))
     cache.remember_sha256(settings.work, work.variant(RESEARCH_SAFE, name), result.bytes, result.sha256)
     removal_keys.keys(settings, name)  # its part of a release's removal list, made here rather than at release

@@ -141,7 +141,6 @@ def filter_shard(
     destination: str | None,
     keep: Keep,
     then: tuple[str, Keep, list[np.ndarray] | None] | None = None,
-    what: str = "",
 ) -> VariantStats | tuple[VariantStats, VariantStats]:
     """Copy the rows of `source` for which `keep(batch, first_row_number)` is true to `destination`.
 
@@ -149,12 +148,13 @@ def filter_shard(
     name only when complete. With `then` = (destination, keep, dropped), a second file of the rows the first keeps is written in the
     same pass (`keep(kept batch, its first row's position in the first file)`, and the source positions of the
     rows it leaves out appended to its `dropped`): both files' stats are returned (None for a first file
-    without a destination: its rows are only passed on). `what` names the work in its progress lines.
+    without a destination: its rows are only passed on). Its progress lines are named by the caller's
+    `progress.named`.
     """
     parquet = shards.open_parquet(source, streaming=True)
     schema = parquet.schema_arrow
     rows_in = 0
-    tracker = progress.Progress(what or "variants", parquet.metadata.num_rows, "rows")
+    tracker = progress.Progress(progress.name("variants"), parquet.metadata.num_rows, "rows")
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(_Output(destination, schema))
         second = stack.enter_context(_Output(then[0], schema)) if then is not None else None
@@ -181,7 +181,6 @@ def write_research(
     removed_row_numbers: np.ndarray,
     destination: str | None,
     safe: tuple[schemas.Roles, Settings, str] | None = None,
-    what: str = "",
 ) -> VariantStats | tuple[VariantStats | None, VariantStats, np.ndarray]:
     """research: every row of the shard except the given (0-based) row numbers. With `safe` = (roles,
     settings, destination), research-safe is written in the same pass (two encoders; the shard is read once
@@ -194,11 +193,11 @@ def write_research(
         return pa.array(~np.isin(numbers, removed, assume_unique=True))
 
     if safe is None:
-        return filter_shard(shard_path, destination, keep, what=what)
+        return filter_shard(shard_path, destination, keep)
     roles, settings, safe_destination = safe
     unsafe: list[np.ndarray] = []
     then = (safe_destination, lambda batch, _first: safe_keep_mask(batch, roles, settings), unsafe)
-    research, research_safe = filter_shard(shard_path, destination, keep, then=then, what=what)
+    research, research_safe = filter_shard(shard_path, destination, keep, then=then)
     return research, research_safe, np.concatenate(unsafe) if unsafe else np.zeros(0, np.int64)
 
 
@@ -217,18 +216,13 @@ def safe_keep_mask(batch: pa.RecordBatch, roles: schemas.Roles, settings: Settin
 
 
 def write_research_safe(
-    shard_path: str,
-    removed_row_numbers: np.ndarray,
-    roles: schemas.Roles,
-    settings: Settings,
-    destination: str,
-    what: str = "",
+    shard_path: str, removed_row_numbers: np.ndarray, roles: schemas.Roles, settings: Settings, destination: str
 ) -> tuple[VariantStats, np.ndarray]:
     """research-safe: the shard's rows that research keeps (all but the removed row numbers) and whose safety
     score is at or below the safe threshold; and the shard's row numbers of the unsafe rows it leaves out.
     Written from the shard's batches as research's own pass writes it (`write_research`), so both give the
     same bytes."""
-    _, safe, unsafe = write_research(shard_path, removed_row_numbers, None, (roles, settings, destination), what)
+    _, safe, unsafe = write_research(shard_path, removed_row_numbers, None, (roles, settings, destination))
     return safe, unsafe
 
 

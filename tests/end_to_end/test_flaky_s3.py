@@ -151,6 +151,8 @@ def _research_digests(fs, root: str) -> dict[str, str]:
 
 
 def test_transient_500s_and_dropped_connections_are_retried(moto, tmp_path):
+    """Retried, with the same bytes and release as a local run; and publishing sends none of a shard file's bytes:
+    the server copies each work file into the release (a copy answered 500 is asked again, as a copy)."""
     demo.generate(tmp_path / "in", shards=2, rows=600, seed=9)
     local = subprocess.run(
         [sys.executable, "-c", WORKER, str(tmp_path / "in"), str(tmp_path / "local")], capture_output=True, timeout=300
@@ -175,33 +177,13 @@ def test_transient_500s_and_dropped_connections_are_retried(moto, tmp_path):
         for name in NAMES
     }
     assert _research_digests(fs, root) == local_digests
-    assert done.stdout.decode().strip() == local.stdout.decode().strip(), "the same release version"
-    proxy.shutdown()
-
-
-def test_a_release_on_the_store_of_its_work_is_copied_by_the_server_and_verifies(moto, tmp_path):
-    """Publishing a shard's files sends none of their bytes: the server copies each work file into the release
-    (keeping its ETag), and the release verifies byte for byte."""
-    demo.generate(tmp_path / "in", shards=2, rows=300, seed=9)
-    root = _bucket(moto, tmp_path, "copies")
-    proxy = _proxy(moto, fail_every=0, drop_every=0)
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER, f"{root}/input", root],
-        capture_output=True,
-        timeout=300,
-        env=_env(f"http://127.0.0.1:{proxy.server_address[1]}"),
-    )
-    proxy.shutdown()
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
     version = done.stdout.decode().strip()
-    published = {path: puts for path, puts in proxy.puts.items() if path.endswith(".parquet")
-                 and path.startswith(f"/copies/releases/{version}/")}  # fmt: skip
+    assert version == local.stdout.decode().strip(), "the same release version"
+    proxy.shutdown()
+    published = {path: puts for path, puts in proxy.puts.items()
+                 if path.startswith(f"/flaky/releases/{version}/") and path.endswith(".parquet")}  # fmt: skip
     assert len(published) == 4, sorted(proxy.puts)
-    assert all(puts == [(0, True)] for puts in published.values()), published
-    from relaion_pipeline.publishing import verification
-
-    _, problems = verification.verify(f"{root}/releases/{version}")
-    assert problems == []
+    assert all(put == (0, True) for puts in published.values() for put in puts), "copied by the server, retried"
 
 
 def test_a_server_that_keeps_failing_stops_the_run_clearly(moto, tmp_path):
