@@ -304,26 +304,33 @@ def _mend(settings: Settings, manifest: dict) -> list[str]:
         path = storage.join(final, doc_name)
         if not storage.exists(path) or cache.sha256(settings.work, path) != (doc["bytes"], doc["sha256"]):
             raise ReleaseError(f"release {version}: {doc_name} is not what its manifest lists{refused}")
+
+    def intact(job: tuple[str, str, dict]) -> bool:  # a stat (a HEAD on S3) each, several at once
+        path = storage.join(final, job[2]["path"])
+        return storage.exists(path) and cache.sha256(settings.work, path) == (job[2]["bytes"], job[2]["sha256"])
+
+    jobs = [
+        (name, variant, file) for name, entry in manifest["shards"].items() for variant, file in entry["files"].items()
+    ]
+    with ThreadPoolExecutor(max_workers=PLACING_THREADS) as pool:
+        changed = [job for job, ok in zip(jobs, pool.map(intact, jobs), strict=True) if not ok]
     mended = []
-    for name, entry in manifest["shards"].items():
-        for variant, file in entry["files"].items():
-            path, listed = storage.join(final, file["path"]), (file["bytes"], file["sha256"])
-            if storage.exists(path) and cache.sha256(settings.work, path) == listed:
-                continue
-            source = work.variant(variant, name)
-            if not storage.exists(source) or cache.sha256(settings.work, source) != listed:
-                raise ReleaseError(
-                    f"release {version}: {file['path']} is not what its manifest lists, and the work location no"
-                    f" longer holds the file it published{refused}"
-                )
-            if storage.is_local(path):
-                beside = str(Path(path).with_name(f".tmp-mend-{uuid.uuid4().hex[:8]}-{Path(path).name}"))
-                _place(settings, name, variant, source, beside, listed)
-                os.replace(beside, path)
-            else:  # an object is replaced whole
-                _place(settings, name, variant, source, path, listed)
-            cache.remember_sha256(settings.work, path, *listed)
-            mended.append(file["path"])
+    for name, variant, file in changed:
+        path, listed = storage.join(final, file["path"]), (file["bytes"], file["sha256"])
+        source = work.variant(variant, name)
+        if not storage.exists(source) or cache.sha256(settings.work, source) != listed:
+            raise ReleaseError(
+                f"release {version}: {file['path']} is not what its manifest lists, and the work location no"
+                f" longer holds the file it published{refused}"
+            )
+        if storage.is_local(path):
+            beside = str(Path(path).with_name(f".tmp-mend-{uuid.uuid4().hex[:8]}-{Path(path).name}"))
+            _place(settings, name, variant, source, beside, listed)
+            os.replace(beside, path)
+        else:  # an object is replaced whole
+            _place(settings, name, variant, source, path, listed)
+        cache.remember_sha256(settings.work, path, *listed)
+        mended.append(file["path"])
     return mended
 
 

@@ -293,12 +293,8 @@ def as_operator(*args, env=None) -> subprocess.CompletedProcess:
 def test_an_operator_bound_by_file_modes_reruns_changes_settings_and_lists_cleans_and_deletes_work(tmp_path):
     ws = make(tmp_path / "ws")
     flags = ws.layout()
-    for step, env in [
-        ("first run", None),
-        ("--force", None),
-        ("a changed setting", {"RELAION_SAFE_THRESHOLD": "0.25"}),
-    ]:
-        ran = as_operator("run", *flags, *(["--force"] if step == "--force" else []), env=env)
+    for step, env in [("first run", None), ("a changed setting", {"RELAION_SAFE_THRESHOLD": "0.25"})]:
+        ran = as_operator("run", *flags, env=env)  # the second writes research-safe anew over a read-only file
         assert ran.returncode == 0, (step, ran.stdout[-2000:] + ran.stderr)
     first = sorted(p.name for p in ws.releases.iterdir() if p.is_dir())
     assert len(first) == 2
@@ -402,7 +398,7 @@ def two_buckets(tmp_path, monkeypatch):
     server.stop()
 
 
-PATTERN_NAMES = ["br[a]cket", "st*r", "s?r", "c{a,b}"]
+PATTERN_NAMES = ["br[a]cket", "c{a,b}"]  # every pattern character on S3: tests/core/test_names.py
 
 
 def test_a_release_in_another_bucket_with_pattern_names_holds_the_work_files_bytes_and_verifies(
