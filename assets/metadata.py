@@ -24,17 +24,8 @@ class _Forward(logging.Handler):
 def progress_to(log, seconds: float):
     """While an asset runs: the progress lines of its long work (`core.progress`), one every `seconds` at
     most (the setting `progress_seconds`), in its run's log, which the UI shows as it goes."""
-    handler = _Forward(log)
-    progress.log.addHandler(handler)
-    previous = progress.log.level, progress.EVERY
-    progress.log.setLevel(logging.INFO)
-    progress.EVERY = seconds
-    try:
+    with progress.to(_Forward(log), seconds):
         yield
-    finally:
-        progress.log.removeHandler(handler)
-        progress.log.setLevel(previous[0])
-        progress.EVERY = previous[1]
 
 
 def markdown_table(counts: dict[str, int], header: tuple[str, str]) -> dg.MetadataValue:

@@ -93,15 +93,8 @@ class _Lines(logging.Handler):
 def _run(args) -> int:
     run_all = _runner()
     settings = _settings(args)
-    lines, every = _Lines(), progress.EVERY
-    progress.log.addHandler(lines)
-    progress.log.setLevel(logging.INFO)
-    progress.EVERY = settings.progress_seconds  # the release's and, without workers, every stage's
-    try:
+    with progress.to(_Lines(), settings.progress_seconds):  # each asset sets the interval for its own work too
         summary = run_all(settings, progress=lambda line: print(line, flush=True), force=args.force, debug=args.debug)
-    finally:
-        progress.log.removeHandler(lines)
-        progress.EVERY = every
     if summary.error:
         print(f"error: {summary.error}", file=sys.stderr)
     if summary.shards:

@@ -164,19 +164,13 @@ def checks_passed(settings: Settings, name: str) -> tuple[bool, str]:
         return False, f"check {INPUT_WELL_FORMED} ran on an older input file"
     if not record.success:
         return False, f"check {INPUT_WELL_FORMED} failed"
-    for variant, suites in BLOCKING.items():
+    for variant in BLOCKING:
         path = work.variant(variant, name)
         if not storage.exists(path):
             return False, f"no {variant} output"
-        _, digest = cache.sha256(settings.work, path)
-        for suite in suites:
-            record = _check_record(work, suite, name)
-            if isinstance(record, str):
-                return False, record
-            if record.validated_sha256 != digest:
-                return False, f"check {suite} ran on an older {variant} file"
-            if not record.success:
-                return False, f"check {suite} failed"
+        why = _variant_checks(work, name, variant, cache.sha256(settings.work, path)[1])
+        if why:
+            return False, why
     return True, "passed"
 
 
@@ -186,12 +180,21 @@ def proved(settings: Settings, name: str, digests: dict[str, str]) -> bool:
     the safe threshold. A release's own check takes the word of these checks for these bytes (their records
     name them by digest) rather than proving them again; `relaion verify` proves them from the bytes."""
     work = Work(settings.work)
-    for variant, suites in BLOCKING.items():
-        for suite in suites:
-            record = _check_record(work, suite, name)
-            if isinstance(record, str) or not record.success or record.validated_sha256 != digests.get(variant):
-                return False
-    return True
+    return not any(_variant_checks(work, name, variant, digests.get(variant)) for variant in BLOCKING)
+
+
+def _variant_checks(work: Work, name: str, variant: str, digest: str | None) -> str:
+    """Why the blocking checks of shard `name`'s `variant` did not all pass on the bytes whose sha256 is
+    `digest` (empty when they did)."""
+    for suite in BLOCKING[variant]:
+        record = _check_record(work, suite, name)
+        if isinstance(record, str):
+            return record
+        if record.validated_sha256 != digest:
+            return f"check {suite} ran on an older {variant} file"
+        if not record.success:
+            return f"check {suite} failed"
+    return ""
 
 
 def _check_record(work: Work, suite: str, name: str) -> CheckRecord | str:

@@ -34,6 +34,23 @@ def name(default: str) -> str:
     return _NAME.get() or default
 
 
+@contextlib.contextmanager
+def to(handler: logging.Handler, seconds: float):
+    """While inside: progress lines go to `handler` (the CLI's output, a Dagster run's log), one every `seconds`
+    at most for each piece of work; the logger's level and interval are as they were afterwards."""
+    global EVERY
+    previous = log.level, EVERY
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    EVERY = seconds
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous[0])
+        EVERY = previous[1]
+
+
 class Progress:
     """How far `what` is through `total` `unit`s; `update(done)` as it goes, `finish()` at its end."""
 
