@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ from relaion_pipeline.publishing.verification import resolve, verify  # noqa: F4
 from relaion_pipeline.stages.work import RESEARCH, RESEARCH_SAFE, Work
 
 VARIANTS = (RESEARCH, RESEARCH_SAFE)
+log = logging.getLogger(__name__)
 
 
 def code_version() -> str:
@@ -199,8 +201,8 @@ def _clear_leftovers(location: str) -> None:
         if entry.name.startswith(".tmp-"):
             try:
                 shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
-            except OSError:
-                pass  # a read-only location: nothing can be left there by this run either
+            except OSError as error:  # a read-only location: this run cannot leave anything there either
+                log.warning("%s: left by a publish that was stopped, cannot be removed (%s)", entry.path, error)
 
 
 def _clear_unpublished(location: str) -> None:
